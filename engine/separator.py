@@ -1,0 +1,200 @@
+"""StreamingSeparator: runs a model-contract ONNX model on audio, hop by hop, with recurrent state carried.
+
+One separator serves ``num_streams`` independent streams (decks) in one batched model call. Audio goes in whole
+hops; stems come out delayed by the model latency ``n_fft - hop_size``. ``engine.stream.BlockAdapter`` adapts any
+host block size to whole hops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from engine.model_card import ModelCard, ModelError, check_card_against_graph, load_card, resolve_model_path
+from engine.stft import StreamingSTFT
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
+DEVICES = ("auto", "cpu", "cuda")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class NoDefaultModelError(ModelError):
+    """The package holds no trained default model yet."""
+
+
+def default_model_path() -> Path:
+    """The shipped default model; raises ``NoDefaultModelError`` with a clear message when it is absent."""
+    if not DEFAULT_MODEL.exists() or not DEFAULT_MODEL.with_suffix(".json").exists():
+        raise NoDefaultModelError(
+            f"no trained default model is installed (expected {DEFAULT_MODEL}); "
+            "pass --model PATH to a model that follows the model contract"
+        )
+    return DEFAULT_MODEL
+
+
+def _providers_for(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    gpu = [p for p in ("CUDAExecutionProvider",) if p in available]
+    if device == "cuda" and not gpu:
+        raise ModelError("--device cuda was asked for, but this onnxruntime build has no CUDA provider")
+    if device == "auto" and not _gpu_present():
+        # onnxruntime-gpu lists CUDA even without a GPU and logs a load failure when asked for it: don't ask.
+        return ["CPUExecutionProvider"]
+    return gpu + ["CPUExecutionProvider"]
+
+
+def _gpu_present() -> bool:
+    """Whether an NVIDIA driver is visible to this process (device nodes exist)."""
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg"))
+
+
+def create_session(card: ModelCard, device: str = "auto", intra_op_threads: int = 1):
+    """An ONNX Runtime session for ``card``'s graph on ``device``; checks the graph against the card.
+
+    Returns ``(session, active_provider)``. The provider is read from ``session.get_providers()``, which is what
+    really runs (a CUDA provider that fails to load falls back to CPU silently in ONNX Runtime).
+    """
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise ModelError(f"unknown device {device!r} (choose from {', '.join(DEVICES)})")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(card.path), sess_options=options, providers=_providers_for(device))
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
+        raise ModelError(f"{card.path}: ONNX Runtime cannot load the graph: {exc}") from exc
+    check_card_against_graph(
+        card,
+        {i.name: i.shape for i in session.get_inputs()},
+        {o.name: o.shape for o in session.get_outputs()},
+    )
+    active = session.get_providers()[0]
+    if device == "cuda" and active not in GPU_PROVIDERS:
+        raise ModelError(f"--device cuda was asked for, but CUDA could not start here (running on {active})")
+    return session, active
+
+
+class StreamingSeparator:
+    """Separates ``num_streams`` stereo streams into the card's stems, any number of whole hops per call."""
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        device: str = "auto",
+        num_streams: int = 1,
+        intra_op_threads: int = 1,
+        max_hops: int = 64,
+    ) -> None:
+        path = resolve_model_path(model_path) if model_path is not None else default_model_path()
+        self.card = load_card(path)
+        self.session, self.active_provider = create_session(self.card, device, intra_op_threads)
+        log.info("model %s runs on %s (%d stream(s))", self.card.name, self.active_provider, num_streams)
+        card = self.card
+        self.num_streams = num_streams
+        self.max_hops = max_hops
+        self.num_channels = card.num_channels
+        self.stems = card.stems
+        self.sample_rate = card.sample_rate
+        self.hop_size = card.hop_size
+        self.latency_samples = card.latency_samples
+        num_signals = num_streams * card.num_channels
+        self._analysis = StreamingSTFT(card.n_fft, card.hop_size, num_signals, max_hops)
+        self._synthesis = StreamingSTFT(card.n_fft, card.hop_size, num_signals * card.num_stems, max_hops)
+        self._mag = np.zeros((num_streams, max_hops, card.num_channels, card.num_bins), dtype=np.float32)
+        self._out = np.zeros((num_signals * card.num_stems, max_hops * card.hop_size), dtype=np.float32)
+        self._dry = np.zeros((num_streams * card.num_channels, max_hops * card.hop_size), dtype=np.float32)
+        self._residual = card.stems.index(card.residual_stem) if card.residual_stem else None
+        self._states: dict[str, np.ndarray] = {}
+        self._state_outputs = [s.output for s in card.states]
+        self._output_names = [card.output_name, *self._state_outputs]
+        self.reset()
+
+    @property
+    def num_stems(self) -> int:
+        return self.card.num_stems
+
+    def reset(self) -> None:
+        """Forget all history: zero STFT buffers and recurrent state."""
+        self._analysis.reset()
+        self._synthesis.reset()
+        self._dry_history = np.zeros((self.num_streams * self.num_channels, self.latency_samples), np.float32)
+        for s in self.card.states:
+            shape = [self.num_streams if d == "batch" else d for d in s.shape]
+            self._states[s.input] = np.zeros(shape, dtype=np.float32)
+
+    def process(self, audio: np.ndarray) -> np.ndarray:
+        """audio: float32 (num_streams, num_channels, num_hops * hop_size), any number of hops.
+
+        Returns float32 stems (num_streams, num_stems, num_channels, num_hops * hop_size), delayed by
+        ``latency_samples``. Up to ``max_hops`` hops the result is a view of an internal buffer, valid until the
+        next call. With a residual stem, that stem is the latency-aligned input minus the other stems, so the
+        stems sum to the input exactly.
+        """
+        num_streams, num_channels, num_frames = audio.shape
+        if num_streams != self.num_streams or num_channels != self.num_channels:
+            raise ValueError(
+                f"audio shape {audio.shape} does not match ({self.num_streams}, {self.num_channels}, frames)"
+            )
+        if num_frames % self.hop_size:
+            raise ValueError(f"num_frames {num_frames} is not a multiple of hop_size {self.hop_size}")
+        total_hops = num_frames // self.hop_size
+        if total_hops <= self.max_hops:
+            return self._process_hops(audio, total_hops)
+        out = np.empty((num_streams, self.num_stems, num_channels, num_frames), dtype=np.float32)
+        for start in range(0, total_hops, self.max_hops):
+            hops = min(self.max_hops, total_hops - start)
+            a, b = start * self.hop_size, (start + hops) * self.hop_size
+            out[:, :, :, a:b] = self._process_hops(audio[:, :, a:b], hops)
+        return out
+
+    def _process_hops(self, audio: np.ndarray, hops: int) -> np.ndarray:
+        card = self.card
+        n = hops * self.hop_size
+        signals = audio.reshape(self.num_streams * self.num_channels, n)
+        spectra = self._analysis.analyse(signals)  # (streams * channels, hops, bins)
+        spectra_4d = spectra.reshape(self.num_streams, self.num_channels, hops, card.num_bins)
+        mag = self._mag[:, :hops]
+        np.abs(spectra_4d.transpose(0, 2, 1, 3), out=mag)
+        feeds = {card.input_name: mag} | self._states
+        results = self.session.run(self._output_names, feeds)
+        masks = results[0]  # (streams, hops, stems, channels, bins)
+        for s, value in zip(card.states, results[1:], strict=True):
+            self._states[s.input] = value
+        masked = masks.transpose(0, 2, 3, 1, 4) * spectra_4d[:, None]  # (streams, stems, channels, hops, bins)
+        flat = self._out[:, :n]
+        self._synthesis.synthesise(masked.reshape(-1, hops, card.num_bins), flat)
+        stems = flat.reshape(self.num_streams, self.num_stems, self.num_channels, n)
+        if self._residual is not None:
+            self._apply_residual(signals, stems, n)
+        return stems
+
+    def _apply_residual(self, signals: np.ndarray, stems: np.ndarray, n: int) -> None:
+        """Set the residual stem to the latency-aligned input minus all other stems."""
+        latency = self.card.latency_samples
+        dry = self._dry[:, :n]
+        if n >= latency:
+            dry[:, :latency] = self._dry_history
+            dry[:, latency:] = signals[:, : n - latency]
+            self._dry_history[:] = signals[:, n - latency :]
+        else:
+            dry[:] = self._dry_history[:, :n]
+            self._dry_history[:, : latency - n] = self._dry_history[:, n:]
+            self._dry_history[:, latency - n :] = signals
+        r = self._residual
+        others = stems.sum(axis=1) - stems[:, r]
+        np.subtract(dry.reshape(self.num_streams, self.num_channels, n), others, out=stems[:, r])

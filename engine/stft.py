@@ -1,0 +1,94 @@
+"""Host-side streaming STFT and overlap-add inverse, with the framing the model contract fixes.
+
+Frame ``k`` covers input samples ``[(k + 1) * hop - n_fft, (k + 1) * hop)``; the stream starts with ``n_fft - hop``
+samples of zero history. The same periodic Hann window is used for analysis and synthesis and the overlap-add is
+divided by the constant ``sum_k w(n - k * hop)^2``, so an all-pass mask reconstructs the input delayed by exactly
+``n_fft - hop`` samples. Equivalent in torch (used in training)::
+
+    torch.stft(F.pad(x, (n_fft - hop, 0)), n_fft, hop, window=torch.hann_window(n_fft), center=False)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def hann_window(n_fft: int) -> np.ndarray:
+    """Periodic Hann window, float32 (n_fft,): the same as ``torch.hann_window(n_fft)``."""
+    n = np.arange(n_fft, dtype=np.float64)
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)).astype(np.float32)
+
+
+def ola_constant(window: np.ndarray, hop: int) -> float:
+    """The constant that ``sum_k window(n - k * hop)^2`` takes; raises ValueError when it is not constant."""
+    n_fft = window.shape[0]
+    if n_fft % hop:
+        raise ValueError(f"n_fft {n_fft} must be a multiple of hop_size {hop} for constant overlap-add")
+    squared = (window.astype(np.float64) ** 2).reshape(n_fft // hop, hop).sum(axis=0)
+    if np.ptp(squared) > 1e-6 * squared.mean():
+        raise ValueError(f"window with hop {hop} does not overlap-add to a constant")
+    return float(squared.mean())
+
+
+class StreamingSTFT:
+    """Analysis and synthesis for ``num_signals`` independent signals, one hop at a time or many hops per call.
+
+    Buffers are preallocated for ``max_hops`` hops per call; ``analyse`` and ``synthesise`` are real-time safe
+    apart from numpy's FFT work arrays.
+    """
+
+    def __init__(self, n_fft: int, hop: int, num_signals: int, max_hops: int) -> None:
+        self.n_fft = n_fft
+        self.hop = hop
+        self.num_signals = num_signals
+        self.max_hops = max_hops
+        self.num_bins = n_fft // 2 + 1
+        self.window = hann_window(n_fft)
+        self.synthesis_window = (self.window / ola_constant(self.window, hop)).astype(np.float32)
+        history = n_fft - hop
+        # Input ring: n_fft - hop samples of history, then up to max_hops * hop new samples.
+        self._in = np.zeros((num_signals, history + max_hops * hop), dtype=np.float32)
+        # Overlap-add accumulator: the tail still owed by earlier frames, plus room for new frames.
+        self._ola = np.zeros((num_signals, n_fft + max_hops * hop), dtype=np.float32)
+        self._frames = np.zeros((num_signals, max_hops, n_fft), dtype=np.float32)
+
+    def reset(self) -> None:
+        self._in[:] = 0.0
+        self._ola[:] = 0.0
+
+    def analyse(self, audio: np.ndarray) -> np.ndarray:
+        """audio: float32 (num_signals, num_hops * hop) -> complex64 spectra (num_signals, num_hops, num_bins)."""
+        num_hops = audio.shape[1] // self.hop
+        history = self.n_fft - self.hop
+        new = num_hops * self.hop
+        self._in[:, history : history + new] = audio
+        # frame k = samples [k * hop, k * hop + n_fft) of the buffer
+        strides = self._in.strides
+        view = np.lib.stride_tricks.as_strided(
+            self._in,
+            shape=(self.num_signals, num_hops, self.n_fft),
+            strides=(strides[0], self.hop * strides[1], strides[1]),
+        )
+        frames = self._frames[:, :num_hops]
+        np.multiply(view, self.window, out=frames)
+        spectra = np.fft.rfft(frames, axis=-1).astype(np.complex64, copy=False)
+        # keep the last n_fft - hop samples as history for the next call
+        self._in[:, :history] = self._in[:, new : new + history]
+        return spectra
+
+    def synthesise(self, spectra: np.ndarray, out: np.ndarray) -> None:
+        """spectra: complex (num_signals, num_hops, num_bins) -> writes float32 out (num_signals, num_hops * hop).
+
+        Output sample ``j`` of this call is input sample ``j - (n_fft - hop)`` of the stream (latency n_fft - hop).
+        """
+        num_hops = spectra.shape[1]
+        frames = np.fft.irfft(spectra, n=self.n_fft, axis=-1)
+        frames *= self.synthesis_window
+        ola = self._ola
+        for k in range(num_hops):
+            ola[:, k * self.hop : k * self.hop + self.n_fft] += frames[:, k]
+        new = num_hops * self.hop
+        out[:, :new] = ola[:, :new]
+        tail = self.n_fft - self.hop
+        ola[:, :tail] = ola[:, new : new + tail]
+        ola[:, tail : tail + new] = 0.0
