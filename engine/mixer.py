@@ -221,8 +221,9 @@ class StemMixer:
         busses = self._busses[:, :, :n]
         for i, s in enumerate(self._order):
             bus = busses[i]
+            silent = s.gain.is_still and s.gain.value == 0.0  # settled at zero before this block
             gain = s.gain.next_block(n)
-            if s.gain.is_still and s.gain.value == 0.0 and not s.effects:
+            if silent and not s.effects:
                 bus.fill(0.0)
                 continue
             np.multiply(stems[i], gain, out=bus)

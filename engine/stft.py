@@ -85,9 +85,11 @@ class StreamingSTFT:
         frames = np.fft.irfft(spectra, n=self.n_fft, axis=-1)
         frames *= self.synthesis_window
         ola = self._ola
-        for k in range(num_hops):
-            ola[:, k * self.hop : k * self.hop + self.n_fft] += frames[:, k]
-        new = num_hops * self.hop
+        hop = self.hop
+        new = num_hops * hop
+        # frame k lands at [k * hop, k * hop + n_fft): add its r-th hop-sized piece for all k at once
+        for r in range(self.n_fft // hop):
+            ola[:, r * hop : r * hop + new] += frames[:, :, r * hop : (r + 1) * hop].reshape(-1, new)
         out[:, :new] = ola[:, :new]
         tail = self.n_fft - self.hop
         ola[:, :tail] = ola[:, new : new + tail]

@@ -1,0 +1,122 @@
+"""Separating files through the live streaming path (``stembridge separate``).
+
+A file is fed block by block through the same ``BlockAdapter`` + ``StreamingSeparator`` that live use runs; the
+reported latency is removed by feeding that many samples of silence after the end and dropping the first samples,
+so every stem lines up with the input and has its length. Inputs at another sample rate are resampled to the
+model's rate and the stems back to the input's rate; mono inputs are separated as centred stereo and folded back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from engine.audio_io import AtomicStemWriter, read_audio
+from engine.stream import BlockAdapter
+
+
+@dataclass
+class SeparationResult:
+    """What one file's separation did: outputs, audio duration, wall time, clipping."""
+
+    input: Path
+    outputs: list[Path]
+    duration_s: float
+    elapsed_s: float
+    num_clipped: int
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.duration_s / self.elapsed_s if self.elapsed_s > 0 else float("inf")
+
+
+def _resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """audio: float32 (num_channels, n) -> float32 (num_channels, round(n * to_rate / from_rate))."""
+    if from_rate == to_rate:
+        return audio
+    g = gcd(from_rate, to_rate)
+    return resample_poly(audio, to_rate // g, from_rate // g, axis=-1).astype(np.float32)
+
+
+def separate_audio(
+    adapter: BlockAdapter,
+    audio: np.ndarray,
+    block_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Run audio (num_channels, n) at the model rate through ``adapter`` in blocks of ``block_size``.
+
+    Returns float32 stems (num_stems, num_channels, n), aligned to the input (latency removed). The model's
+    channel count is met by duplicating a mono input and averaging the stems back to mono.
+    """
+    sep = adapter.separator
+    num_in_channels, n = audio.shape
+    model_in = np.repeat(audio, sep.num_channels, axis=0) if num_in_channels == 1 else audio
+    latency = adapter.latency_samples
+    total = n + latency
+    total_blocks = -(-total // block_size)
+    padded = np.zeros((sep.num_channels, total_blocks * block_size), dtype=np.float32)
+    padded[:, :n] = model_in
+    stems = np.zeros((sep.num_stems, sep.num_channels, total_blocks * block_size), dtype=np.float32)
+    adapter.reset()
+    for b in range(total_blocks):
+        a = b * block_size
+        stems[:, :, a : a + block_size] = adapter.process(padded[None, :, a : a + block_size])[0]
+        if progress is not None:
+            progress(min(block_size, max(0, n - a)))
+    aligned = stems[:, :, latency : latency + n]
+    if num_in_channels == 1 and sep.num_channels != 1:
+        aligned = aligned.mean(axis=1, keepdims=True)
+    return np.ascontiguousarray(aligned)
+
+
+def separate_file(
+    adapter: BlockAdapter,
+    path: Path,
+    out_dir: Path,
+    *,
+    stems: list[str],
+    block_size: int,
+    fmt: str = "wav",
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_loaded: Callable[[int], None] | None = None,
+) -> SeparationResult:
+    """Separate one file into ``out_dir/<stem>.<fmt>`` (24-bit, the input's rate and channels).
+
+    ``on_loaded(num_frames)`` is called once the input is decoded (for a progress bar); ``progress(frames)`` as
+    model-rate frames are done. Raises ``AudioFileError`` for bad input or existing outputs; writes nothing then.
+    """
+    sep = adapter.separator
+    audio, rate = read_audio(path)
+    writer = AtomicStemWriter(out_dir, stems, rate, audio.shape[0], fmt=fmt, overwrite=overwrite)
+    start = time.perf_counter()
+    model_audio = _resample(audio, rate, sep.sample_rate)
+    if on_loaded is not None:
+        on_loaded(model_audio.shape[1])
+    separated = separate_audio(adapter, model_audio, block_size, progress)
+    with writer:
+        for stem in stems:
+            out = _resample(separated[sep.stems.index(stem)], sep.sample_rate, rate)
+            out = _fit_length(out, audio.shape[1])
+            writer.write(stem, out)
+    return SeparationResult(
+        input=path,
+        outputs=list(writer.targets.values()),
+        duration_s=audio.shape[1] / rate,
+        elapsed_s=time.perf_counter() - start,
+        num_clipped=writer.num_clipped,
+    )
+
+
+def _fit_length(audio: np.ndarray, n: int) -> np.ndarray:
+    """Crop or zero-pad audio (num_channels, m) to n frames (resampling round trips can be off by one)."""
+    if audio.shape[1] >= n:
+        return audio[:, :n]
+    return np.pad(audio, ((0, 0), (0, n - audio.shape[1])))

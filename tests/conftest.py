@@ -1,0 +1,23 @@
+"""Shared fixtures: the committed fixture model and deterministic test signals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TINY_MODEL = FIXTURES / "tiny.onnx"
+
+
+@pytest.fixture
+def tiny_model() -> Path:
+    """The fixture model (regenerate with tests/fixtures/make_fixture_model.py)."""
+    return TINY_MODEL
+
+
+@pytest.fixture
+def noise() -> np.ndarray:
+    """Two seconds of seeded stereo noise, float32 (1, 2, 88200)."""
+    return (np.random.default_rng(7).standard_normal((1, 2, 88200)) * 0.2).astype(np.float32)
