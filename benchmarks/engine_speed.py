@@ -1,0 +1,137 @@
+"""Engine speed: per-block time of the streaming separator and the throughput of `stembridge separate`.
+
+Measures, for each model: per-hop block time (STFT + model + inverse STFT, one hop per call as in live use)
+median / p99 / max and the realtime factor, at batch (decks) 1 and 4 and ONNX Runtime threads 1 and 2; and the
+offline throughput of the separate path (block size 4096) in multiples of real time.
+
+Models: the shipped default model when present, plus two architecture stand-ins built by
+tests/fixtures/make_fixture_model.py at realistic sizes (hop 256: n_fft 1024; hop 512: n_fft 2048; GRU hidden 256)
+so hop 256 and 512 can be compared in the same run. Stand-ins have random weights: they time, they do not separate.
+
+    python benchmarks/engine_speed.py [--blocks 2000] [--seconds 60]
+
+Writes benchmarks/results/engine_speed.json and engine_speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+
+from engine.separate import separate_audio  # noqa: E402
+from engine.separator import DEFAULT_MODEL, StreamingSeparator  # noqa: E402
+from engine.stream import BlockAdapter  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def models(tmp: Path) -> dict[str, Path]:
+    import make_fixture_model
+
+    found = {}
+    if DEFAULT_MODEL.exists():
+        found["default"] = DEFAULT_MODEL
+    found["standin_hop256"] = make_fixture_model.write(tmp, "standin_hop256", n_fft=1024, hop=256, hidden=256)
+    found["standin_hop512"] = make_fixture_model.write(tmp, "standin_hop512", n_fft=2048, hop=512, hidden=256)
+    return found
+
+
+def time_blocks(path: Path, batch: int, threads: int, num_blocks: int) -> dict:
+    sep = StreamingSeparator(path, num_streams=batch, intra_op_threads=threads, max_hops=1)
+    hop = sep.hop_size
+    audio = (np.random.default_rng(0).standard_normal((batch, sep.num_channels, hop * 64)) * 0.1).astype(np.float32)
+    for i in range(50):
+        sep.process(audio[..., (i % 64) * hop : (i % 64 + 1) * hop])
+    times = np.empty(num_blocks)
+    for i in range(num_blocks):
+        block = audio[..., (i % 64) * hop : (i % 64 + 1) * hop]
+        t0 = time.perf_counter()
+        sep.process(block)
+        times[i] = time.perf_counter() - t0
+    block_ms = 1000.0 * hop / sep.sample_rate
+    ms = times * 1000.0
+    return {
+        "hop_size": hop,
+        "batch": batch,
+        "threads": threads,
+        "provider": sep.active_provider,
+        "block_ms": round(block_ms, 3),
+        "median_ms": round(float(np.median(ms)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "max_ms": round(float(ms.max()), 4),
+        "p99_percent_of_block": round(100.0 * float(np.percentile(ms, 99)) / block_ms, 2),
+        "realtime_factor": round(block_ms / float(np.median(ms)), 1),
+    }
+
+
+def separate_throughput(path: Path, seconds: float, threads: int, block_size: int = 4096) -> dict:
+    sep = StreamingSeparator(path, intra_op_threads=threads, max_hops=block_size // 64 + 2)
+    adapter = BlockAdapter(sep, max_block_size=block_size, block_size=block_size)
+    n = int(seconds * sep.sample_rate)
+    audio = (np.random.default_rng(1).standard_normal((2, n)) * 0.1).astype(np.float32)
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        separate_audio(adapter, audio, block_size)
+        runs.append(time.perf_counter() - t0)
+    elapsed = float(np.median(runs))
+    return {
+        "threads": threads,
+        "block_size": block_size,
+        "audio_s": seconds,
+        "median_elapsed_s": round(elapsed, 3),
+        "x_realtime": round(seconds / elapsed, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=2000, help="timed blocks per configuration")
+    parser.add_argument("--seconds", type=float, default=60.0, help="audio seconds for the separate throughput")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {"machine": platform.processor() or platform.machine(), "per_block": {}, "separate": {}}
+        for name, path in models(Path(tmp)).items():
+            results["per_block"][name] = [
+                time_blocks(path, batch, threads, args.blocks) for batch in (1, 4) for threads in (1, 2)
+            ]
+            results["separate"][name] = [separate_throughput(path, args.seconds, t) for t in (1, 2)]
+            print(name, json.dumps(results["per_block"][name][0]), json.dumps(results["separate"][name][0]))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "engine_speed.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        "# Engine speed",
+        "",
+        "Per-block time of one hop (STFT + model + iSTFT), 2-core CPU; `p99 %` is p99 as a share of the block.",
+        "",
+        "| model | hop | decks | threads | median ms | p99 ms | max ms | p99 % | x real time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in results["per_block"].items():
+        for r in rows:
+            lines.append(
+                f"| {name} | {r['hop_size']} | {r['batch']} | {r['threads']} | {r['median_ms']} | {r['p99_ms']} | "
+                f"{r['max_ms']} | {r['p99_percent_of_block']} | {r['realtime_factor']} |"
+            )
+    lines += ["", "`separate` throughput (block 4096, median of 3 runs):", "", "| model | threads | x real time |"]
+    lines += ["|---|---|---|"]
+    for name, rows in results["separate"].items():
+        for r in rows:
+            lines.append(f"| {name} | {r['threads']} | {r['x_realtime']} |")
+    (RESULTS / "engine_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
