@@ -51,6 +51,7 @@ class StreamingSTFT:
         # Overlap-add accumulator: the tail still owed by earlier frames, plus room for new frames.
         self._ola = np.zeros((num_signals, n_fft + max_hops * hop), dtype=np.float32)
         self._frames = np.zeros((num_signals, max_hops, n_fft), dtype=np.float32)
+        self._views: dict[int, np.ndarray] = {}
 
     def reset(self) -> None:
         self._in[:] = 0.0
@@ -63,12 +64,12 @@ class StreamingSTFT:
         new = num_hops * self.hop
         self._in[:, history : history + new] = audio
         # frame k = samples [k * hop, k * hop + n_fft) of the buffer
-        strides = self._in.strides
-        view = np.lib.stride_tricks.as_strided(
-            self._in,
-            shape=(self.num_signals, num_hops, self.n_fft),
-            strides=(strides[0], self.hop * strides[1], strides[1]),
-        )
+        view = self._views.get(num_hops)
+        if view is None:  # one strided view per distinct hop count, made once
+            s0, s1 = self._in.strides
+            shape = (self.num_signals, num_hops, self.n_fft)
+            view = np.lib.stride_tricks.as_strided(self._in, shape=shape, strides=(s0, self.hop * s1, s1))
+            self._views[num_hops] = view
         frames = self._frames[:, :num_hops]
         np.multiply(view, self.window, out=frames)
         spectra = np.fft.rfft(frames, axis=-1).astype(np.complex64, copy=False)
