@@ -1,0 +1,1 @@
+"""Optional training tools: synthetic data, model training and export (the `train` extra)."""

@@ -1,0 +1,324 @@
+"""Synthetic 4-stem training songs (vocals, drums, bass, other), deterministic from an integer seed.
+
+One song: a style picks an MMA groove, tempo, key and chord progression (synth_music); MMA writes the accompaniment as
+MIDI, split per instrument group and rendered with fluidsynth through one of several soundfonts; a melody is sung by
+festival + WORLD (synth_vocals); every stem gets its own effect chain, planned silent sections, level and pan, and the
+mix bus compresses and limits through gain envelopes shared by all stems (synth_produce), so mixture == sum of stems.
+
+Layout: OUT/<split>/<song_id>/{vocals,drums,bass,other}.wav (44.1 kHz stereo PCM_16) + mixture.wav (PCM_24, the exact
+sum of the 16-bit stems: read as float, mixture == vocals + drums + bass + other bit for bit) + meta.json.
+song_id = f"song{seed:06d}". Split rule (fixed): seed % 20 == 0 -> test, seed % 20 == 1 -> validation, else train.
+
+    python -m engine.training.synth batch --first-seed 0 --num-songs 400 --jobs 1 --out data/synth --duration 20
+
+Completed songs are skipped (a song is written to a hidden temporary folder and renamed when complete), so a batch
+can be stopped and restarted. Needs the tools of engine/training/install_synth_tools.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import click
+import numpy as np
+import soundfile as sf
+
+from engine.training import synth_music as music
+from engine.training.synth_produce import STEMS, produce, silent_sections
+from engine.training.synth_vocals import make_vocals
+
+GENERATOR_VERSION = 2
+SPLITS = ("train", "validation", "test")
+SF_WEIGHTS = music.SF_WEIGHTS
+
+
+def split_of(seed: int) -> str:
+    """Dataset split of a song seed: seed % 20 == 0 -> "test", seed % 20 == 1 -> "validation", else "train"."""
+    r = seed % 20
+    return "test" if r == 0 else ("validation" if r == 1 else "train")
+
+
+def song_id(seed: int) -> str:
+    return f"song{seed:06d}"
+
+
+def song_dir(out: Path, seed: int) -> Path:
+    return Path(out) / split_of(seed) / song_id(seed)
+
+
+def is_complete(out: Path, seed: int) -> bool:
+    return (song_dir(out, seed) / "meta.json").exists()
+
+
+def missing_tools() -> list[str]:
+    """Names of the external tools or packages this generator needs that are not installed."""
+    missing = [t for t in ("mma", "fluidsynth", "festival") if shutil.which(t) is None]
+    try:
+        import pyworld  # noqa: F401
+    except ImportError:
+        missing.append("pyworld")
+    try:
+        music.available_soundfonts()
+    except RuntimeError:
+        missing.append("GM soundfont")
+    return missing
+
+
+def quantize_pcm16(x: np.ndarray) -> np.ndarray:
+    """float (channels, frames) -> int16 (channels, frames) with x = k / 32768 (libsndfile's read scaling)."""
+    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def write_song_audio(folder: Path, stems: dict[str, np.ndarray], sample_rate: int) -> None:
+    """Write stems (float32 (2, frames) each) as PCM_16 and their exact integer sum as mixture.wav (PCM_24).
+
+    Read back as float, mixture == sum of the stems exactly (all values are multiples of 2^-15)."""
+    ints = {k: quantize_pcm16(stems[k]) for k in STEMS}
+    total = sum(v.astype(np.int32) for v in ints.values())
+    if np.abs(total).max() >= 32768:
+        raise ValueError("mixture exceeds full scale; produce() should have prevented this")
+    for k, v in ints.items():
+        sf.write(folder / f"{k}.wav", v.T, sample_rate, subtype="PCM_16")
+    sf.write(folder / "mixture.wav", (total << 16).T, sample_rate, subtype="PCM_24")
+
+
+def stage_rng(seed: int, stage: str) -> random.Random:
+    """Independent random stream of one stage of song `seed` (a change in one stage does not shift the others)."""
+    return random.Random(f"stembridge-synth:{seed}:{stage}")
+
+
+def plan_song(seed: int, duration_s: float) -> tuple[random.Random, dict]:
+    """Draw the song-level choices (soundfont, style, groove, tempo, key, mode, chords, variation) from `seed`.
+
+    Returns (the rng, positioned after these draws, plan dict). Pure apart from reading the installed MMA library and
+    soundfont list."""
+    rng = random.Random(seed)
+    fonts = music.available_soundfonts()
+    names = sorted(fonts)
+    sf_name = rng.choices(names, weights=[SF_WEIGHTS.get(k, 0.2) for k in names])[0]
+    style = rng.choice(sorted(music.STYLES))
+    grooves, (tempo_lo, tempo_hi), flavour, _, _ = music.STYLES[style]
+    groove = rng.choice(grooves)
+    tempo = rng.randint(tempo_lo, tempo_hi)
+    key_pc = rng.randrange(12)
+    mode = "major" if rng.random() < 0.7 else "minor"
+    bar_s = 240.0 / tempo
+    num_bars = int(math.ceil(duration_s / bar_s)) + 1
+    bars = music.make_progression(rng, key_pc, mode, flavour, num_bars)
+    catalog = music.groove_catalog()
+    cands = [groove + s for s in ("Plus", "Sus", "1", "SusPlus", "2") if (groove + s).lower() in catalog]
+    variation = rng.choice(cands) if cands and rng.random() < 0.6 else None
+    swap_bar = rng.randint(num_bars // 3, max(num_bars // 3, 2 * num_bars // 3))
+    plan = {
+        "soundfont": sf_name,
+        "soundfont_path": str(fonts[sf_name]),
+        "style": style,
+        "groove": groove,
+        "variation": variation,
+        "swap_bar": swap_bar,
+        "tempo": tempo,
+        "key_pc": key_pc,
+        "mode": mode,
+        "bar_s": bar_s,
+        "bars": bars,
+    }
+    return rng, plan
+
+
+def render_song(seed: int, duration_s: float, work: Path) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """Make one song in scratch folder `work`. Returns (stems {name: float32 (2, num_frames)}, mixture float32
+    (2, num_frames) = sum of stems, meta)."""
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    _, plan = plan_song(seed, duration_s)
+    soundfont = Path(plan["soundfont_path"])
+    bars = plan["bars"]
+    chart = music.mma_chart(plan["groove"], plan["variation"], plan["tempo"], bars, plan["swap_bar"])
+    mid = music.run_mma(chart, work)
+    timings["mma"] = time.time() - t0
+    files, tracks = music.split_midi(mid, stage_rng(seed, "tracks"), plan["style"])
+    drum_rng = stage_rng(seed, "drums")
+    num_frames = int(duration_s * music.SAMPLE_RATE)
+    t = time.time()
+    dry: dict[str, np.ndarray] = {}
+    drum_kit = None
+    for group, mf in files.items():
+        if mf is None:
+            continue
+        if group == "drums":
+            x, drum_kit = music.render_drums(mf, soundfont, drum_rng, work, plan["style"])
+        else:
+            x = music.render_group(mf, soundfont, work, group)
+        dry[group] = music.fit_length(x, num_frames)
+    for group in ("drums", "bass", "other"):
+        dry.setdefault(group, np.zeros((2, num_frames), np.float32))
+    timings["fluidsynth"] = time.time() - t
+    t = time.time()
+    vocal_rng = stage_rng(seed, "vocals")
+    instrumental = vocal_rng.random() < 0.04
+    if instrumental:
+        dry["vocals"], vmeta = np.zeros((2, num_frames), np.float32), {"instrumental": True}
+    else:
+        dry["vocals"], vmeta = make_vocals(
+            vocal_rng, bars, plan["key_pc"], plan["mode"], plan["tempo"], duration_s, soundfont, work
+        )
+    timings["vocals"] = time.time() - t
+    t = time.time()
+    silences = {}
+    section_rng = stage_rng(seed, "sections")
+    for g in ("drums", "bass", "guitars", "other"):
+        spans = silent_sections(section_rng, g, len(bars), plan["bar_s"], duration_s)
+        if spans and g in dry:
+            silences[g] = spans
+    stems, mix, pmeta = produce(dry, stage_rng(seed, "produce"), plan["style"], silences)
+    timings["produce"] = time.time() - t
+    timings["total"] = time.time() - t0
+    meta = {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "song_id": song_id(seed),
+        "split": split_of(seed),
+        "duration_s": duration_s,
+        "sample_rate": music.SAMPLE_RATE,
+        **{k: v for k, v in plan.items() if k not in ("bars", "key_pc", "soundfont_path", "bar_s")},
+        "key": music.PC_NAMES[plan["key_pc"]],
+        "drum_kit": drum_kit,
+        "chords": [[music.chord_name(r, q) for _, r, q in b] for b in bars],
+        "bar_s": plan["bar_s"],
+        "tracks": tracks,
+        "silent_sections_s": silences,
+        "vocals": vmeta,
+        "production": pmeta,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    return stems, mix, meta
+
+
+def make_song(seed: int, out: Path, duration_s: float = 20.0) -> Path:
+    """Render song `seed` into out/<split>/<song_id>/ (skipped if already complete). Returns the song folder."""
+    final = song_dir(out, seed)
+    if (final / "meta.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with tempfile.TemporaryDirectory(prefix="synth_", dir=tmp) as work:
+            stems, _mix, meta = render_song(seed, duration_s, Path(work))
+        write_song_audio(tmp, stems, music.SAMPLE_RATE)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        shutil.rmtree(final, ignore_errors=True)  # an incomplete folder left by an older layout
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _job(args: tuple[int, str, float]) -> tuple[int, float | None]:
+    seed, out, duration_s = args
+    t = time.time()
+    try:
+        make_song(seed, Path(out), duration_s)
+        return seed, time.time() - t
+    except Exception as e:  # a bad random draw must not stop a long batch
+        sys.stderr.write(f"seed {seed} failed: {e!r}\n{traceback.format_exc()}\n")
+        return seed, None
+
+
+def _nice(level: int) -> None:
+    if level:
+        try:
+            os.nice(level)
+        except OSError:
+            pass
+
+
+def ensure_musescore_sf2() -> None:
+    """Make the decompressed MuseScore sf2 cache once (faster fluidsynth loads; same samples)."""
+    if not music.musescore_sf2_path().exists() and music.SF_MUSESCORE_SF3.exists():
+        t = time.time()
+        music.sf3_to_sf2()
+        print(f"cached {music.musescore_sf2_path()} in {time.time() - t:.0f} s", flush=True)
+
+
+@click.group()
+def main() -> None:
+    """Synthetic 4-stem training songs (vocals, drums, bass, other)."""
+
+
+@main.command()
+@click.option("--first-seed", type=int, default=0, show_default=True, help="Seed of the first song.")
+@click.option("--num-songs", type=int, default=100, show_default=True, help="Number of consecutive seeds.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Songs rendered in parallel (processes).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/synth"), show_default=True)
+@click.option("--duration", type=float, default=20.0, show_default=True, help="Song length in seconds.")
+@click.option("--nice", "nice_level", type=int, default=10, show_default=True, help="CPU niceness of the workers.")
+def batch(first_seed: int, num_songs: int, jobs: int, out: Path, duration: float, nice_level: int) -> None:
+    """Render songs first-seed .. first-seed+num-songs-1 into OUT/<split>/songNNNNNN/, skipping complete ones."""
+    _nice(nice_level)
+    missing = missing_tools()
+    if missing:
+        raise click.ClickException(f"missing {', '.join(missing)}: run engine/training/install_synth_tools.sh")
+    ensure_musescore_sf2()
+    for split in SPLITS:  # stale temporaries of an interrupted run
+        for p in (out / split).glob(".song*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)
+    todo = [s for s in range(first_seed, first_seed + num_songs) if not is_complete(out, s)]
+    print(f"{num_songs - len(todo)} of {num_songs} songs already complete; rendering {len(todo)}", flush=True)
+    t0 = time.time()
+    done = failed = 0
+    args = [(s, str(out), duration) for s in todo]
+    results = map(_job, args) if jobs <= 1 else ProcessPoolExecutor(jobs).map(_job, args)
+    for seed, secs in results:
+        if secs is None:
+            failed += 1
+        else:
+            done += 1
+        wall = time.time() - t0
+        print(
+            f"seed {seed} {'FAILED' if secs is None else f'{secs:.1f} s'}  done {done} failed {failed}  "
+            f"{done / wall * 60:.1f} songs/min",
+            flush=True,
+        )
+    print(json.dumps({"rendered": done, "failed": failed, "wall_s": round(time.time() - t0, 1)}), flush=True)
+
+
+@main.command()
+@click.option("--seed", type=int, required=True, help="Song seed.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/synth"), show_default=True)
+@click.option("--duration", type=float, default=20.0, show_default=True, help="Song length in seconds.")
+def song(seed: int, out: Path, duration: float) -> None:
+    """Render one song into OUT/<split>/songNNNNNN/."""
+    missing = missing_tools()
+    if missing:
+        raise click.ClickException(f"missing {', '.join(missing)}: run engine/training/install_synth_tools.sh")
+    click.echo(make_song(seed, out, duration))
+
+
+@main.command()
+def sf3to2() -> None:
+    """Cache a decompressed copy of the MuseScore sf3 soundfont (loads 3x faster in fluidsynth)."""
+    ensure_musescore_sf2()
+
+
+if __name__ == "__main__":
+    main()

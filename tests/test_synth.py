@@ -1,0 +1,336 @@
+"""Synthetic training songs (engine/training/synth*.py): pure parts fast, one full render where the tools are."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import mido
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine.training import synth
+from engine.training import synth_music as music
+from engine.training import synth_produce as produce
+from engine.training import synth_vocals as vocals
+
+SR = music.SAMPLE_RATE
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# progressions and charts
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(12))
+def test_progression_is_diatonic_and_has_one_chord_on_every_downbeat(seed):
+    rng = random.Random(seed)
+    key_pc, mode = rng.randrange(12), rng.choice(["major", "minor"])
+    flavour = rng.choice(["triad", "pop", "seventh", "jazz", "blues"])
+    bars = music.make_progression(rng, key_pc, mode, flavour, 9)
+    scale = {(key_pc + s) % 12 for s in (music.MAJOR if mode == "major" else music.MINOR)}
+    assert len(bars) == 9
+    for bar in bars:
+        assert bar[0][0] == 0 and all(beat in (0, 2) for beat, _, _ in bar)
+        for _, root, quality in bar:
+            assert root in scale
+            assert quality in music.CHORD_INTERVALS
+
+
+def test_blues_in_major_follows_the_twelve_bar_form():
+    bars = music.make_progression(random.Random(0), 7, "major", "blues", 12)  # G
+    roots = [bar[0][1] for bar in bars]
+    assert roots == [7, 0, 7, 7, 0, 0, 7, 7, 2, 0, 7, 2]
+    assert all(bar[0][2] == "7" for bar in bars)
+
+
+def test_mma_chart_places_chords_on_beats_and_switches_groove():
+    bars = [[(0, 0, "")], [(0, 9, "m"), (2, 5, "maj7")]]
+    chart = music.mma_chart("Pop", "PopPlus", 100, bars, swap_bar=1)
+    assert chart.splitlines() == ["Tempo 100", "Groove Pop", "1 C / / /", "Groove PopPlus", "2 Am / Fmaj7 /"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# melody
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(10))
+def test_melody_fits_range_and_chords(seed):
+    rng = random.Random(seed)
+    tempo = rng.randint(62, 170)
+    key_pc, mode = rng.randrange(12), rng.choice(["major", "minor"])
+    bars = music.make_progression(rng, key_pc, mode, "seventh", 12)
+    lo = rng.randint(45, 60)
+    phrases = vocals.melody_notes(rng, bars, key_pc, mode, tempo, (lo, lo + 15), lambda i, mx: mx // 2 + 1, 20.0)
+    assert phrases
+    spb = 60.0 / tempo
+    scale = {(key_pc + s) % 12 for s in (music.MAJOR if mode == "major" else music.MINOR)}
+    last_end = -1.0
+    for ph in phrases:
+        for n in ph:
+            assert lo <= n["pitch"] <= lo + 15
+            assert n["t"] >= last_end - 1e-9 and n["d"] > 0
+            last_end = n["t"] + n["d"]
+            beat = round(n["t"] / spb, 6)
+            root, quality = vocals.chord_at(bars, beat)[1:]
+            chord = {(root + iv) % 12 for iv in music.CHORD_INTERVALS[quality]}
+            assert n["pitch"] % 12 in chord | scale
+            if beat == round(beat):  # on the beat: a chord tone
+                assert n["pitch"] % 12 in chord
+
+
+def test_melody_layout_is_shared_between_passes_with_the_same_layout_seed():
+    bars = music.make_progression(random.Random(1), 2, "major", "pop", 10)
+    first = vocals.melody_notes(
+        random.Random(5), bars, 2, "major", 90, (55, 72), lambda i, mx: 3, 20.0, 0.4, random.Random(77)
+    )
+    second = vocals.melody_notes(
+        random.Random(6), bars, 2, "major", 90, (55, 72), lambda i, mx: 5, 20.0, 0.4, random.Random(77)
+    )
+
+    def bar_of(ph):
+        return int(round(ph[0]["t"] / (4 * 60 / 90), 6))  # a pickup is at most a quarter bar early
+
+    assert [bar_of(ph) for ph in first] == [bar_of(ph) for ph in second]
+    assert [len(ph) for ph in first] == [3] * len(first)
+    assert [len(ph) for ph in second] == [5] * len(second)
+
+
+def test_harmony_moves_every_note_three_to_nine_semitones_the_asked_way():
+    bars = music.make_progression(random.Random(3), 0, "major", "pop", 8)
+    phrases = vocals.melody_notes(random.Random(3), bars, 0, "major", 100, (55, 70), lambda i, mx: 4, 15.0)
+    for direction in (1, -1):
+        harm = vocals.harmony_line(phrases, bars, 0, "major", 100, direction)
+        for ph, hp in zip(phrases, harm, strict=True):
+            for n, h in zip(ph, hp, strict=True):
+                assert 3 <= (h["pitch"] - n["pitch"]) * direction <= 9
+                assert h["t"] == n["t"] and h["d"] == n["d"]
+
+
+def test_pitch_contour_follows_notes_and_is_zero_between_phrases():
+    notes = [[{"t": 0.5, "d": 1.0, "pitch": 69}], [{"t": 3.0, "d": 0.5, "pitch": 57}]]
+    singer = {
+        "vib_rate": 5.5,
+        "vib_depth": 30,
+        "vib_delay": 0.2,
+        "glide_hz": 8,
+        "damping": 0.7,
+        "scoop": 0.5,
+        "drift_cents": 5,
+    }
+    f0 = vocals.pitch_contour(notes, 1000, random.Random(0), singer)
+    frame = vocals.FRAME_PERIOD_MS / 1000
+    assert f0[int(2.0 / frame)] == 0 and f0[int(4.0 / frame)] == 0
+    assert 420 < np.median(f0[int(0.9 / frame) : int(1.4 / frame)]) < 460  # A4 = 440 Hz
+    assert 210 < np.median(f0[int(3.2 / frame) : int(3.45 / frame)]) < 230  # A3 = 220 Hz
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MIDI split
+# ---------------------------------------------------------------------------------------------------------------------
+def _track(name, channel, program, pitches):
+    tr = mido.MidiTrack()
+    tr.append(mido.MetaMessage("track_name", name=name, time=0))
+    tr.append(mido.Message("program_change", channel=channel, program=program, time=0))
+    tr.append(mido.Message("control_change", channel=channel, control=10, value=20, time=0))
+    for p in pitches:
+        tr.append(mido.Message("note_on", channel=channel, note=p, velocity=90, time=0))
+        tr.append(mido.Message("note_off", channel=channel, note=p, velocity=0, time=240))
+    return tr
+
+
+def _mma_like(*tracks):
+    mf = mido.MidiFile(type=1, ticks_per_beat=480)
+    conductor = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500000, time=0)])
+    mf.tracks.append(conductor)
+    mf.tracks.extend(tracks)
+    return mf
+
+
+def test_split_midi_groups_by_channel_and_program():
+    mf = _mma_like(
+        _track("Drum-Kick", 9, 0, [36, 38]),
+        _track("Bass", 1, 33, [40, 43]),
+        _track("Chord", 2, 0, [60, 64, 67]),
+        _track("Chord-Guitar", 3, 27, [55, 59]),
+        _track("Walk", 4, 24, [41, 45]),  # an MMA walking bass voiced with a guitar
+        mido.MidiTrack([mido.MetaMessage("track_name", name="empty", time=0)]),
+    )
+    files, info = music.split_midi(mf, random.Random(0), "rock")
+    assert [t["group"] for t in info] == ["drums", "bass", "other", "guitars", "bass"]
+    assert len(files["drums"].tracks) == 2 and len(files["bass"].tracks) == 3
+    assert len(files["other"].tracks) == 2 and len(files["guitars"].tracks) == 2
+    for f in files.values():
+        assert f.tracks[0] is mf.tracks[0]  # the conductor track travels with every group
+    drum_progs = [m.program for m in files["drums"].tracks[1] if m.type == "program_change"]
+    assert drum_progs[0] in music.STYLES["rock"][3]
+    for g in ("bass",):
+        for tr in files[g].tracks[1:]:
+            assert all(32 <= m.program <= 39 for m in tr if m.type == "program_change")
+    pans = [m.value for m in files["other"].tracks[1] if m.type == "control_change" and m.control == 10]
+    assert len(pans) == 1 and pans[0] == info[2]["pan"]  # MMA's pan replaced by ours
+
+
+def test_split_midi_makes_the_lowest_track_the_bass_when_none_is_marked():
+    mf = _mma_like(_track("Drum", 9, 0, [36]), _track("Chord", 1, 16, [36, 40]), _track("Arp", 2, 0, [72, 76]))
+    files, info = music.split_midi(mf, random.Random(1), "dance")
+    assert [t["group"] for t in info] == ["drums", "bass", "other"]
+    assert files["guitars"] is None
+
+
+def test_split_kit_notes_moves_kit_range_to_a_melodic_channel():
+    mf = _mma_like(_track("Drum", 9, 0, [36, 42, 81, 35]))
+    kit, rest, num_rest = music.split_kit_notes(mf)
+    kit_notes = [(m.channel, m.note) for m in kit.tracks[1] if m.type == "note_on"]
+    rest_notes = [(m.channel, m.note) for m in rest.tracks[1] if m.type == "note_on"]
+    assert kit_notes == [(0, 36), (0, 42), (0, 36)]
+    assert rest_notes == [(9, 81)] and num_rest == 2  # note_on + note_off
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# production
+# ---------------------------------------------------------------------------------------------------------------------
+def _dry_stems(seconds=2.0, seed=0):
+    r = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    hits = np.zeros(n)
+    hits[:: SR // 4] = 1.0
+    drums = np.convolve(hits, r.normal(0, 1, 2000) * np.exp(-np.arange(2000) / 300), "same")
+    return {
+        "vocals": np.stack([np.sin(2 * np.pi * 220 * t) * (t % 1 < 0.7)] * 2) * 0.3,
+        "drums": np.stack([drums, drums]) * 0.5,
+        "bass": np.stack([np.sin(2 * np.pi * 55 * t)] * 2) * 0.4,
+        "guitars": np.stack([np.sign(np.sin(2 * np.pi * 196 * t))] * 2) * 0.1,
+        "other": np.stack([np.sin(2 * np.pi * 330 * t), np.sin(2 * np.pi * 440 * t)]) * 0.2,
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_production_keeps_the_mixture_the_sum_of_stems_and_never_clips(seed):
+    dry = {k: v.astype(np.float32) for k, v in _dry_stems(seed=seed).items()}
+    stems, mix, meta = produce.produce(dry, random.Random(seed), "rock", {"drums": [[0.5, 1.0]]})
+    assert set(stems) == set(produce.STEMS)
+    for v in stems.values():
+        assert v.shape == (2, int(2.0 * SR)) and v.dtype == np.float32 and np.isfinite(v).all()
+        assert np.abs(v).max() <= 0.98 + 1e-6
+    np.testing.assert_allclose(mix, sum(stems.values()), atol=1e-6)
+    assert np.abs(mix).max() <= 0.98 + 1e-6
+    assert "bus" in meta and "loudness_db_rms" in meta["bus"]
+
+
+def test_production_is_deterministic_from_the_rng():
+    dry = {k: v.astype(np.float32) for k, v in _dry_stems().items()}
+    a = produce.produce(dry, random.Random(3), "pop", {})
+    b = produce.produce(dry, random.Random(3), "pop", {})
+    for k in produce.STEMS:
+        np.testing.assert_array_equal(a[0][k], b[0][k])
+    assert json.dumps(a[2], default=str) == json.dumps(b[2], default=str)
+
+
+def test_silent_stem_stays_silent():
+    dry = {k: v.astype(np.float32) for k, v in _dry_stems().items()}
+    dry["vocals"] = np.zeros_like(dry["vocals"])
+    stems, mix, meta = produce.produce(dry, random.Random(0), "jazz", {})
+    assert not stems["vocals"].any() and meta["vocals"]["silent"]
+
+
+def test_section_gain_mutes_spans_with_short_fades():
+    g = produce.section_gain([[0.5, 1.0]], SR * 2, fade_s=0.01)
+    assert g[int(0.6 * SR) : int(0.99 * SR)].max() == 0
+    assert g[: int(0.48 * SR)].min() == 1 and g[int(1.02 * SR) :].min() == 1
+    assert 0 < g[int(0.495 * SR)] < 1 and 0 < g[int(1.005 * SR)] < 1
+
+
+def test_silent_sections_lie_on_bar_lines_inside_the_song():
+    rng = random.Random(0)
+    spans = [s for _ in range(200) for s in produce.silent_sections(rng, "drums", 10, 2.0, 18.0)]
+    assert 30 < len(spans) < 100  # about 30 %
+    for a, b in spans:
+        assert 0 <= a < b <= 18.0 and a % 2.0 == 0 and b - a <= 8.0
+    assert produce.silent_sections(rng, "vocals", 10, 2.0, 18.0) == []
+
+
+def test_bus_compressor_turns_loud_parts_down_and_leaves_quiet_parts():
+    t = np.arange(SR * 2) / SR
+    mix = np.stack([np.sin(2 * np.pi * 100 * t) * np.where(t < 1, 0.05, 0.9)] * 2)
+    g = produce.compressor_gain(mix, threshold_db=-12, ratio=4, attack_ms=5, release_ms=100)
+    assert g.shape == (SR * 2,)
+    assert np.all(g[int(0.2 * SR) : int(0.95 * SR)] > 0.99)
+    gr_db = -20 * np.log10(g[int(1.5 * SR)])
+    assert 5.5 < gr_db < 9.5  # (-0.9 dB - -12 dB) * (1 - 1/4) = 8.3 dB, less the soft knee
+
+
+def test_limiter_holds_peaks_near_the_ceiling():
+    r = np.random.default_rng(0)
+    mix = r.normal(0, 0.1, (2, SR))
+    mix[:, 10000] = 3.0
+    g = produce.limiter_gain(mix, ceiling=0.9, release_ms=100)
+    assert np.abs(mix * g).max() <= 0.9 * 1.05
+    assert g[-1000:].min() > 0.99  # recovered
+    assert np.median(g) > 0.9
+
+
+def test_written_mixture_reads_back_as_the_exact_sum_of_stems(tmp_path):
+    r = np.random.default_rng(0)
+    stems = {k: (r.uniform(-0.24, 0.24, (2, 3000))).astype(np.float32) for k in produce.STEMS}
+    synth.write_song_audio(tmp_path, stems, SR)
+    back = {
+        k: sf.read(tmp_path / f"{k}.wav", dtype="float32", always_2d=True)[0].T for k in (*produce.STEMS, "mixture")
+    }
+    assert np.array_equal(back["mixture"], back["vocals"] + back["drums"] + back["bass"] + back["other"])
+    for k in produce.STEMS:
+        assert np.abs(back[k] - stems[k]).max() <= 1 / 32768
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# splits and seeds
+# ---------------------------------------------------------------------------------------------------------------------
+def test_split_rule_is_seed_mod_20():
+    splits = [synth.split_of(s) for s in range(200)]
+    assert splits.count("test") == 10 and splits.count("validation") == 10 and splits.count("train") == 180
+    assert synth.split_of(40) == "test" and synth.split_of(41) == "validation" and synth.split_of(42) == "train"
+    assert synth.song_dir("out", 41).as_posix() == "out/validation/song000041"
+
+
+def test_stage_streams_are_reproducible_and_independent():
+    assert synth.stage_rng(7, "vocals").random() == synth.stage_rng(7, "vocals").random()
+    assert synth.stage_rng(7, "vocals").random() != synth.stage_rng(7, "produce").random()
+    assert synth.stage_rng(7, "vocals").random() != synth.stage_rng(8, "vocals").random()
+
+
+@pytest.mark.skipif(not music.SF_FLUIDR3.exists() and not music.SF_TIMGM.exists(), reason="no GM soundfont installed")
+def test_song_plan_is_deterministic_from_seed():
+    a, b, c = synth.plan_song(12, 20.0)[1], synth.plan_song(12, 20.0)[1], synth.plan_song(13, 20.0)[1]
+    assert a == b and a != c
+    assert a["style"] in music.STYLES and a["groove"] in music.STYLES[a["style"]][0]
+    assert len(a["bars"]) == int(np.ceil(20.0 / a["bar_s"])) + 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one full song (needs mma, fluidsynth, festival, pyworld and soundfonts)
+# ---------------------------------------------------------------------------------------------------------------------
+_MISSING = synth.missing_tools()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    bool(_MISSING),
+    reason=f"synthesis tools missing ({', '.join(_MISSING)}): run engine/training/install_synth_tools.sh",
+)
+def test_full_song_render(tmp_path):
+    seed = 21  # validation split (21 % 20 == 1), sung by WORLD with a double
+    folder = synth.make_song(seed, tmp_path, duration_s=8.0)
+    assert folder == tmp_path / "validation" / "song000021"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["seed"] == seed and meta["generator_version"] == synth.GENERATOR_VERSION
+    audio = {k: sf.read(folder / f"{k}.wav", dtype="float32", always_2d=True) for k in (*produce.STEMS, "mixture")}
+    for x, rate in audio.values():
+        assert rate == SR and x.shape == (8 * SR, 2) and np.isfinite(x).all()
+    x = {k: v[0] for k, v in audio.items()}
+    assert np.array_equal(x["mixture"], x["vocals"] + x["drums"] + x["bass"] + x["other"])
+    assert np.sqrt(np.mean(x["mixture"] ** 2)) > 0.01
+    if not meta["vocals"].get("instrumental"):
+        assert np.sqrt(np.mean(x["vocals"] ** 2)) > 1e-3
+    assert not list(tmp_path.rglob(".*.tmp"))  # no temporary left behind
+    mtime = (folder / "meta.json").stat().st_mtime_ns
+    synth.make_song(seed, tmp_path, duration_s=8.0)  # complete songs are skipped
+    assert (folder / "meta.json").stat().st_mtime_ns == mtime
