@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import mido
 import numpy as np
@@ -45,8 +46,15 @@ def test_blues_in_major_follows_the_twelve_bar_form():
 
 def test_mma_chart_places_chords_on_beats_and_switches_groove():
     bars = [[(0, 0, "")], [(0, 9, "m"), (2, 5, "maj7")]]
-    chart = music.mma_chart("Pop", "PopPlus", 100, bars, swap_bar=1)
-    assert chart.splitlines() == ["Tempo 100", "Groove Pop", "1 C / / /", "Groove PopPlus", "2 Am / Fmaj7 /"]
+    chart = music.mma_chart("Pop", "PopPlus", 100, bars, swap_bar=1, seed=7)
+    assert chart.splitlines() == [
+        "RndSeed 7",
+        "Tempo 100",
+        "Groove Pop",
+        "1 C / / /",
+        "Groove PopPlus",
+        "2 Am / Fmaj7 /",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -121,6 +129,18 @@ def test_pitch_contour_follows_notes_and_is_zero_between_phrases():
     assert f0[int(2.0 / frame)] == 0 and f0[int(4.0 / frame)] == 0
     assert 420 < np.median(f0[int(0.9 / frame) : int(1.4 / frame)]) < 460  # A4 = 440 Hz
     assert 210 < np.median(f0[int(3.2 / frame) : int(3.45 / frame)]) < 230  # A3 = 220 Hz
+
+
+@pytest.mark.skipif(shutil.which("mma") is None, reason="mma not installed: run engine/training/install_synth_tools.sh")
+def test_mma_output_is_reproducible_from_the_chart_seed(tmp_path):
+    bars = music.make_progression(random.Random(0), 0, "major", "pop", 4)
+    midi = []
+    for i, seed in enumerate((5, 5, 6)):
+        (tmp_path / str(i)).mkdir()
+        music.run_mma(music.mma_chart("Swing", None, 120, bars, 0, seed), tmp_path / str(i))
+        midi.append((tmp_path / str(i) / "song.mid").read_bytes())
+    assert midi[0] == midi[1]  # MMA humanises timing and velocity with Python's random: seeded, it repeats
+    assert midi[0] != midi[2]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from engine.training import synth_music as music
 from engine.training.synth_produce import STEMS, produce, silent_sections
 from engine.training.synth_vocals import make_vocals
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SPLITS = ("train", "validation", "test")
 SF_WEIGHTS = music.SF_WEIGHTS
 
@@ -143,7 +143,7 @@ def render_song(seed: int, duration_s: float, work: Path) -> tuple[dict[str, np.
     _, plan = plan_song(seed, duration_s)
     soundfont = Path(plan["soundfont_path"])
     bars = plan["bars"]
-    chart = music.mma_chart(plan["groove"], plan["variation"], plan["tempo"], bars, plan["swap_bar"])
+    chart = music.mma_chart(plan["groove"], plan["variation"], plan["tempo"], bars, plan["swap_bar"], seed)
     mid = music.run_mma(chart, work)
     timings["mma"] = time.time() - t0
     files, tracks = music.split_midi(mid, stage_rng(seed, "tracks"), plan["style"])

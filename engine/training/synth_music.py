@@ -301,9 +301,11 @@ def chord_name(root_pc: int, suffix: str) -> str:
     return PC_NAMES[root_pc] + suffix
 
 
-def mma_chart(groove: str, variation: str | None, tempo: int, bars: list[Bar], swap_bar: int) -> str:
-    """MMA source text: tempo, groove, one line of four beat slots per bar; `variation` takes over at `swap_bar`."""
-    lines = [f"Tempo {tempo}", f"Groove {groove}"]
+def mma_chart(groove: str, variation: str | None, tempo: int, bars: list[Bar], swap_bar: int, seed: int = 0) -> str:
+    """MMA source text: tempo, groove, one line of four beat slots per bar; `variation` takes over at `swap_bar`.
+
+    `seed` seeds MMA's own humanisation (random timing, volume, skipped notes), which is otherwise unseeded."""
+    lines = [f"RndSeed {seed}", f"Tempo {tempo}", f"Groove {groove}"]
     for i, bar in enumerate(bars):
         if variation and i == swap_bar:
             lines.append(f"Groove {variation}")
