@@ -528,6 +528,10 @@ class Binding:
     resolution: int = 14
     label: str = ""
 
+    def __post_init__(self) -> None:
+        if self.control == "note" and self.mode not in BUTTON_MODES:  # notes are always buttons
+            object.__setattr__(self, "mode", "toggle")
+
     @property
     def is_button(self) -> bool:
         return self.mode in BUTTON_MODES
