@@ -1,0 +1,493 @@
+"""CLI commands ``stembridge live`` (the engine with its control bridge) and ``stembridge devices``.
+
+Registered in bridge/cli.py with ``main.add_command`` (objects ``live`` and ``devices``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+log = logging.getLogger("stembridge.live")
+
+ENGINE_STATUS_ADDRESS = "/stembridge/engine/status"
+STATUS_KEYS = (
+    "xruns", "deadline_misses", "dry_blocks", "skipped_blocks", "backend_errors", "commands_dropped",
+    "callback_ms_p99", "worker_ms_p99", "cpu_pct", "latency_ms",
+)  # fmt: skip
+
+
+@click.command("live")
+@click.option(
+    "--backend",
+    type=click.Choice(["jack", "portaudio", "dummy"]),
+    default="jack",
+    show_default=True,
+    help="Audio system: JACK ports, a PortAudio device, or dummy (a real-time clock, no device: for rehearsing "
+    "mappings and for tests).",
+)
+@click.option(
+    "--deck",
+    "deck_files",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Play an audio file on a deck (repeatable: one deck each). Decks are numbered 1, 2, ... in order.",
+)
+@click.option(
+    "--inputs",
+    "num_inputs",
+    type=click.IntRange(0, 8),
+    help="Live stereo input decks, numbered after the file decks (JACK ports in<N>_L/R, or device input channels "
+    "1-2, 3-4, ...). Default: 1 when no --deck is given, else 0.",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    help="Model .onnx (with its .json card beside it) or a folder holding one. Default: the built-in model.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the model runs; auto uses CUDA only when it really starts, else CPU.",
+)
+@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="ONNX Runtime threads.")
+@click.option(
+    "--period",
+    type=click.IntRange(16, 8192),
+    default=256,
+    show_default=True,
+    help="Frames per period for portaudio and dummy (JACK uses its server's period).",
+)
+@click.option(
+    "--sample-rate",
+    type=click.IntRange(8000, 192000),
+    help="Sample rate for portaudio and dummy. Default: the model's (JACK uses its server's; it must match).",
+)
+@click.option("--audio-device", help="PortAudio device name or index (see `stembridge devices`). Default: the default.")
+@click.option("--client-name", default="stembridge", show_default=True, help="JACK client name (port prefix).")
+@click.option("--jack-server", help="JACK server name, if not the default one.")
+@click.option(
+    "--connect",
+    "connections",
+    multiple=True,
+    metavar="OURS=THEIRS",
+    help="JACK: connect ports (repeatable). OURS: master, vocals, drums, bass, other, a port like vocals_L, an "
+    "input deck like in1, or all. THEIRS: a port, a client, or a regular expression; matching ports are taken in "
+    "order. E.g. --connect master=system:playback --connect all=ardour.",
+)
+@click.option(
+    "--auto-connect",
+    is_flag=True,
+    help="JACK: connect master to the first physical playback ports and the first physical capture ports to the "
+    "first input deck.",
+)
+@click.option(
+    "--fifo-periods",
+    type=click.IntRange(2, 16),
+    help="Periods the separation worker may take (latency of a live input = model latency + this many periods). "
+    "Default: 2 with a live input deck, 4 with file decks only (their read-ahead hides it).",
+)
+@click.option(
+    "--worker",
+    type=click.Choice(["process", "thread"]),
+    default="process",
+    show_default=True,
+    help="Run the model in a worker process (its Python never competes with the audio callback for the GIL) or a "
+    "thread (less memory; fine on an idle machine).",
+)
+@click.option("--osc-host", default="127.0.0.1", show_default=True, help="OSC bind address.")
+@click.option("--osc-port", type=click.IntRange(0, 65535), default=9000, show_default=True, help="OSC UDP port.")
+@click.option(
+    "--osc-tcp-port",
+    type=click.IntRange(-1, 65535),
+    help="OSC TCP port (default: the UDP port's number; -1: no TCP).",
+)
+@click.option(
+    "--osc-allow",
+    multiple=True,
+    metavar="NET",
+    help="Client addresses or networks allowed when --osc-host is not loopback (repeatable).",
+)
+@click.option("--no-osc", is_flag=True, help="Do not start the OSC server.")
+@click.option("--midi-in", help="MIDI input port (exact or partial name) for a controller.")
+@click.option("--midi-out", help="MIDI output port for LED feedback.")
+@click.option(
+    "--midi-map",
+    help="Controller map preset (name or .toml), e.g. akai_apc_mini_mk2. Needed with --midi-in.",
+)
+@click.option(
+    "--midi-api",
+    type=click.Choice(["auto", "alsa", "jack"]),
+    default="auto",
+    show_default=True,
+    help="MIDI system for --midi-in/--midi-out.",
+)
+@click.option("--scene", help="Scene preset to load at start (chains and levels), e.g. default or karaoke.")
+@click.option("--paused", is_flag=True, help="File decks start paused (play them over OSC or MIDI).")
+@click.option("--loop", is_flag=True, help="File decks loop the whole file.")
+@click.option(
+    "--record",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also record every output channel (master then the stems) to this WAV file.",
+)
+@click.option("--duration", type=click.FloatRange(0.1, None), help="Stop after this many seconds (default: Ctrl-C).")
+@click.option(
+    "--stats-json",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the final counters and timings (xruns, misses, callback p99, CPU) to this JSON file.",
+)
+@click.option(
+    "--status-every",
+    type=click.FloatRange(0, None),
+    default=0.0,
+    help="Print a status line to stderr every this many seconds (0: only warnings).",
+)
+def live(**opts) -> None:
+    """Run the live engine: decks in, four stereo stem busses and a stereo master out, controlled over OSC/MIDI.
+
+    JACK ports: stembridge:master_L/R and stembridge:<stem>_L/R for vocals, drums, bass and other (a PortAudio
+    device gets master on channels 1-2, then the stems). Separation runs on a worker thread behind a FIFO of
+    fixed latency; when it falls behind, the dry mix plays on the "other" bus and separation fades back in.
+    Control: OSC on --osc-port (/stembridge/deck/1/stem/vocals/mute 1, ...); deck transport under
+    /stembridge/deck/<n>/transport/ play|seek_s|cue|cue_s|loop|loop_start_s|loop_end_s, and
+    /stembridge/deck/<n>/level_db.
+
+    Examples:
+
+      stembridge live --deck song.wav --connect master=system:playback
+
+      stembridge live --inputs 1 --auto-connect --midi-in "APC mini" --midi-map akai_apc_mini_mk2
+    """
+    session = LiveSession(opts)
+    try:
+        session.open()
+        session.run()
+    except LiveError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        session.close()
+    if session.failed:
+        raise click.ClickException(session.failed)
+
+
+class LiveError(Exception):
+    """A start-up problem with a message for the user."""
+
+
+class LiveSession:
+    """Everything ``stembridge live`` owns, opened in order and closed in reverse."""
+
+    def __init__(self, opts: dict) -> None:
+        self.opts = opts
+        self.backend = None
+        self.engine = None
+        self.control = None
+        self.monitor = None
+        self.recorder = None
+        self.failed: str | None = None
+        self._stop = threading.Event()
+        self._started = 0.0
+        self._cpu0 = 0.0
+
+    # -- start-up --
+    def open(self) -> None:
+        from engine.live.backends import BackendError, open_backend
+        from engine.live.monitor import Monitor, Recorder
+        from engine.model_card import ModelError
+        from engine.separator import StreamingSeparator
+
+        o = self.opts
+        files = list(o["deck_files"])
+        num_inputs = o["num_inputs"] if o["num_inputs"] is not None else (0 if files else 1)
+        if not files and not num_inputs:
+            raise LiveError("no decks: give --deck FILE and/or --inputs N")
+        num_decks = len(files) + num_inputs
+        try:
+            separator = StreamingSeparator(
+                o["model_path"], device=o["device"], num_streams=num_decks, intra_op_threads=o["threads"], max_hops=64
+            )
+        except ModelError as exc:
+            raise LiveError(str(exc)) from exc
+        card = separator.card
+        self.backend = open_backend(o["backend"], client_name=o["client_name"], device=o["audio_device"],
+                                    server=o["jack_server"])  # fmt: skip
+        try:
+            rate, period = self.backend.open(o["sample_rate"] or card.sample_rate, o["period"])
+        except BackendError as exc:
+            raise LiveError(str(exc)) from exc
+        if rate != card.sample_rate:
+            raise LiveError(
+                f"{self.backend.name} runs at {rate} Hz but model {card.name} needs {card.sample_rate} Hz "
+                f"(for JACK: restart jackd with -r {card.sample_rate})"
+            )
+        decks = self._make_decks(files, num_inputs, rate)
+        from engine.live.engine import LiveEngine
+
+        sys.setswitchinterval(0.001)  # the audio thread waits at most ~1 ms for the GIL (default 5 ms)
+        self.engine = LiveEngine(separator, decks, period, fifo_periods=o["fifo_periods"], worker_mode=o["worker"])
+        self.monitor = Monitor(self.engine, self.backend)
+        if o["record"]:
+            self.recorder = Recorder(o["record"], self.engine.num_outputs, rate, period)
+            self.engine.taps.append(self.recorder)
+        self._open_control(num_decks)
+        self.engine.start()
+        try:
+            self.backend.start(self.engine.process_block, self.engine.input_names(), self.engine.output_names())
+            made = []
+            if o["auto_connect"]:
+                made += self.backend.auto_connect()
+            for spec in o["connections"]:
+                made += self.backend.connect(spec)
+        except BackendError as exc:
+            raise LiveError(str(exc)) from exc
+        self.monitor.start()
+        self._announce(card, made)
+
+    def _make_decks(self, files: list[Path], num_inputs: int, rate: int) -> list:
+        from engine.audio_io import AudioFileError
+        from engine.live.deck import FileDeck, InputDeck, load_deck_audio
+
+        decks = []
+        for path in files:
+            try:
+                audio = load_deck_audio(path, rate)
+            except AudioFileError as exc:
+                raise LiveError(str(exc)) from exc
+            decks.append(FileDeck(audio, path.name, play=not self.opts["paused"], loop=self.opts["loop"]))
+        decks += [InputDeck(f"input {i + 1}") for i in range(num_inputs)]
+        return decks
+
+    def _open_control(self, num_decks: int) -> None:
+        o = self.opts
+        from bridge.control import Controller
+
+        self.control = Controller(self.engine.stems, num_decks)
+        for deck, queue in enumerate(self.engine.queues, start=1):
+            self.control.attach_queue(deck, queue)
+        try:
+            if o["scene"]:
+                self.control.load_scene(o["scene"])
+            if o["midi_in"] or o["midi_out"]:
+                self._open_midi()
+            if not o["no_osc"]:
+                server = self.control.serve_osc(
+                    o["osc_host"], o["osc_port"], tcp_port=o["osc_tcp_port"], allow=o["osc_allow"]
+                )
+                route_deck_commands(server, self.engine)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise LiveError(str(exc)) from exc
+        self.control.start()
+        self.monitor.meter_listeners.append(self.control.publish_meters)
+        self.monitor.stats_listeners.append(self._push_stats)
+
+    def _open_midi(self) -> None:
+        o = self.opts
+        from bridge.midi_map import MidiUnavailable, open_ports
+        from bridge.presets import PresetError, find_preset, load_controller_map
+
+        if not o["midi_map"]:
+            raise LiveError("--midi-in/--midi-out need --midi-map (a controller map preset)")
+        try:
+            cmap = load_controller_map(find_preset("controllers", o["midi_map"]))
+            inp, out = open_ports(o["midi_in"], o["midi_out"], api=o["midi_api"])
+        except (PresetError, MidiUnavailable) as exc:
+            raise LiveError(str(exc)) from exc
+        self.control.add_midi(cmap, inp, out)
+
+    def _push_stats(self, stats: dict) -> None:
+        osc = self.control.osc if self.control is not None else None
+        if osc is None:
+            return
+        pairs: list = []
+        for key in STATUS_KEYS:
+            if key in stats:
+                value = stats[key]
+                pairs += [key, int(value) if isinstance(value, int) else float(value)]
+        osc.broadcast(ENGINE_STATUS_ADDRESS, pairs)
+
+    def _announce(self, card, made: list) -> None:
+        e, b = self.engine, self.backend
+        decks = ", ".join(f"{i}: {d.name}" for i, d in enumerate(e.decks, start=1))
+        sep = e.worker.separation_latency
+        lines = [
+            f"stembridge live: {b.describe()}; model {card.name} on {e.separator.active_provider}",
+            f"decks: {decks}",
+            f"latency: live input {e.latency_samples} samples ({e.latency_ms:.1f} ms) = model {sep} + "
+            f"{e.fifo_periods} periods of {e.block_size}; file decks read ahead (nothing added)",
+        ]
+        if b.name == "jack":
+            lines.append(f"ports: {b.client_name}:" + f", {b.client_name}:".join(e.output_names() + e.input_names()))
+        for src, dst in made:
+            lines.append(f"connected {src} -> {dst}")
+        if self.control is not None and self.control.osc is not None:
+            host, port = self.control.osc.address
+            lines.append(f"OSC: udp://{host}:{port} (status pushed to subscribers at {ENGINE_STATUS_ADDRESS})")
+        if self.recorder is not None:
+            lines.append(f"recording to {self.recorder.path}")
+        for line in lines:
+            click.echo(line, err=True)
+        click.echo("running (Ctrl-C stops)", err=True)
+
+    # -- running --
+    def run(self) -> None:
+        from engine.live.monitor import engine_cpu_s
+
+        o = self.opts
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stop.set())
+        self._started, self._cpu0 = time.monotonic(), engine_cpu_s(self.engine)
+        deadline = self._started + o["duration"] if o["duration"] else None
+        next_status = self._started + (o["status_every"] or 1e18)
+        while not self._stop.wait(0.1):
+            now = time.monotonic()
+            if self.backend.failed:
+                self.failed = self.backend.failed
+                break
+            if deadline is not None and now >= deadline:
+                break
+            if now >= next_status:
+                self._status_line(self.monitor.check())
+                next_status = now + o["status_every"]
+
+    def _status_line(self, s: dict) -> None:
+        click.echo(
+            f"xruns {s.get('xruns', 0)}  misses {s['deadline_misses']}  dry blocks {s['dry_blocks']}  "
+            f"callback p99 {s['callback_ms_p99']:.2f} ms  worker p99 {s['worker_ms_p99']:.2f} ms  "
+            f"cpu {s.get('cpu_pct', 0):.0f}%",
+            err=True,
+        )
+
+    def final_stats(self) -> dict:
+        from engine.live.monitor import engine_cpu_s
+
+        stats = self.monitor.check() if self.monitor is not None else {}
+        wall = time.monotonic() - self._started if self._started else 0.0
+        if wall > 0:
+            stats["duration_s"] = wall
+            stats["cpu_pct"] = 100.0 * (engine_cpu_s(self.engine) - self._cpu0) / wall  # whole run, with the worker
+        stats["decks"] = len(self.engine.decks) if self.engine is not None else 0
+        stats["backend"] = self.backend.name if self.backend is not None else None
+        stats["period"] = self.engine.block_size if self.engine is not None else None
+        stats["fifo_periods"] = self.engine.fifo_periods if self.engine is not None else None
+        if self.engine is not None:
+            stats["model"] = self.engine.card.name
+            stats["provider"] = self.engine.separator.active_provider
+        if self.recorder is not None:
+            stats["recorder_dropped"] = self.recorder.num_dropped
+        if self.control is not None:
+            stats["control"] = self.control.stats()
+        return stats
+
+    def close(self) -> None:
+        stats = None
+        if self.engine is not None and self._started:
+            stats = self.final_stats()
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.backend is not None:
+            self.backend.close()
+        if self.engine is not None:
+            self.engine.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.control is not None:
+            self.control.close()
+        if stats is not None:
+            self._status_line(stats)
+            if self.opts.get("stats_json"):
+                path = Path(self.opts["stats_json"])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(stats, indent=2, default=str) + "\n")
+
+
+def route_deck_commands(server, engine) -> None:
+    """Route deck addresses the parameter tree does not hold yet straight to the decks' command queues:
+
+        /stembridge/deck/<n>/transport/<play|seek_s|cue|cue_s|loop|loop_start_s|loop_end_s> <value>
+        /stembridge/deck/<n>/level_db <value>
+
+    (A trigger such as play or cue without an argument means 1.) Wraps the OSC router's dispatch; every other
+    address goes on to the router unchanged.
+    """
+    from engine.commands import SetParam
+    from engine.live.deck import TRANSPORT_PATHS
+
+    router = server.router
+    dispatch = router._dispatch
+
+    def deck_dispatch(address: str, args: list, client, reply, connection) -> None:
+        parts = address.split("/")
+        if len(parts) < 5 or parts[1] != "stembridge" or parts[2] != "deck":
+            return dispatch(address, args, client, reply, connection)
+        path = "/".join(parts[4:])
+        if path not in TRANSPORT_PATHS:
+            return dispatch(address, args, client, reply, connection)
+        if not parts[3].isdigit() or not 1 <= int(parts[3]) <= len(engine.decks):
+            router._warn(reply, "unknown", address, f"no deck {parts[3]} (decks 1..{len(engine.decks)})")
+            return None
+        try:
+            value = 1.0 if not args else float(args[0])
+        except (TypeError, ValueError):
+            router._warn(reply, "bad_args", address, f"expected a number, got {args[0]!r}")
+            return None
+        if engine.push(int(parts[3]), SetParam(path, value)):
+            router.count("applied")
+        else:
+            router._warn(reply, "errors", address, "the deck's command queue is full")
+        return None
+
+    router._dispatch = deck_dispatch
+
+
+@click.command("devices")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--jack-server", help="JACK server name, if not the default one.")
+def devices(as_json: bool, jack_server: str | None) -> None:
+    """List audio devices and ports (JACK, PortAudio) and MIDI ports (ALSA, JACK) that `stembridge live` can use.
+
+    JACK ports are listed only while a JACK server runs; none is started. Use a JACK port or client name with
+    `stembridge live --connect`, a PortAudio device name or index with --audio-device, and a MIDI port name
+    with --midi-in/--midi-out.
+    """
+    from engine.live.devices import list_devices, sections_as_dicts
+
+    sections = list_devices(jack_server)
+    if as_json:
+        click.echo(json.dumps(sections_as_dicts(sections), indent=2))
+        return
+    for section in sections:
+        click.echo(f"{section.name}:")
+        if not section.available:
+            click.echo(f"  (unavailable: {section.reason})")
+            continue
+        if not section.items:
+            click.echo(f"  ({section.reason or 'none'})")
+        for item in section.items:
+            click.echo("  " + _describe(item))
+
+
+def _describe(item: dict) -> str:
+    if "server" in item:
+        return f"server: {item['server']}"
+    if "index" in item:
+        return (
+            f"[{item['index']}] {item['name']} ({item['host_api']}): {item['inputs']} in, {item['outputs']} out, "
+            f"{item['default_rate']} Hz"
+        )
+    extra = []
+    if "type" in item:
+        extra.append(item["type"])
+    extra.append(item["direction"])
+    if item.get("physical"):
+        extra.append("physical")
+    return f"{item['port']} ({', '.join(extra)})"

@@ -1,0 +1,302 @@
+"""LiveEngine: decks in, stem busses and a stereo master out, one host block at a time.
+
+Per block (``process_block``, the one audio-thread entry point):
+
+1. drain each deck's ``CommandQueue`` (mixer and deck parameters, never blocking);
+2. each deck writes its input for the separation worker into the worker's input ring (a file deck reads ahead of its
+   playhead by the engine's latency) and the worker is woken;
+3. the stems of the block committed ``fifo_periods`` blocks ago are taken from the output ring if the worker has
+   delivered them; each deck's stems are crossfaded with its dry signal (below), go through the deck's ``StemMixer``
+   (ramped gain/mute/solo, effect chains), and are summed over decks into the stem busses and the master.
+
+Deadline misses. The engine looks one block ahead: if the stems for the *next* block are not there yet, this block
+fades separation out (linearly across the block) and the deck's dry, latency-aligned signal in, on the dry bus
+(the model's residual stem, "other", or the last stem). While the worker is late the dry mix plays on that bus;
+when it catches up, separation fades back in across one block. Because the residual stem makes the stems sum to the
+input, the master is the same either way: nothing goes silent, nothing clicks, the mix only loses its separation for
+a moment. Misses are counted (``num_misses``) together with the blocks that played any dry signal.
+
+Output channels (``output_names``): master_L, master_R, then <stem>_L, <stem>_R per stem in the model's order.
+Input channels (``input_names``): in<deck>_L, in<deck>_R for each live input deck, in deck order.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from engine.commands import CommandQueue
+from engine.live.deck import Deck, InputDeck
+from engine.live.worker import HIST_BIN_NS, HIST_BINS, SeparationWorker
+from engine.mixer import StemMixer
+
+CHANNEL_NAMES = ("L", "R")
+
+
+def hist_percentile_ms(hist: np.ndarray, q: float) -> float:
+    """The q-th percentile (0..100) of a 10-us-bin duration histogram, in ms (upper bin edge)."""
+    total = int(hist.sum())
+    if total == 0:
+        return 0.0
+    k = int(np.searchsorted(np.cumsum(hist), q / 100.0 * total))
+    return (k + 1) * HIST_BIN_NS / 1e6
+
+
+class _DeckSlot:
+    """Routes a deck's commands: deck parameters to the deck, everything else to its mixer."""
+
+    __slots__ = ("deck", "mixer", "num_rejected")
+
+    def __init__(self, deck: Deck, mixer: StemMixer) -> None:
+        self.deck, self.mixer, self.num_rejected = deck, mixer, 0
+
+    def apply(self, command) -> None:
+        path = getattr(command, "path", "")
+        if path.startswith("transport/") or path == "level_db":
+            self.deck.apply(command)
+        elif not self.mixer.apply(command):
+            self.num_rejected += 1
+
+
+class LiveEngine:
+    """The live engine. Build it, ``start()`` its worker, then call ``process_block`` from the device callback.
+
+    separator: a StreamingSeparator with ``num_streams == len(decks)``. block_size: the host period (constant).
+    fifo_periods: how many periods the stems may take (>= 2); default 2 with a live input deck (latency matters),
+    4 with file decks only (their read-ahead hides it, and the worker gets more slack).
+    worker_mode: "thread" or "process" (see ``engine.live.worker``; ``stembridge live`` uses a process).
+    """
+
+    def __init__(
+        self,
+        separator,
+        decks: list[Deck],
+        block_size: int,
+        *,
+        fifo_periods: int | None = None,
+        ramp_ms: float = 10.0,
+        num_slots: int = 64,
+        queue_len: int = 1024,
+        worker_mode: str = "thread",
+    ) -> None:
+        if not decks:
+            raise ValueError("the engine needs at least one deck")
+        if separator.num_streams != len(decks):
+            raise ValueError(f"the separator serves {separator.num_streams} stream(s) but there are {len(decks)} decks")
+        if fifo_periods is None:
+            fifo_periods = 2 if any(isinstance(d, InputDeck) for d in decks) else 4
+        self.separator = separator
+        self.card = separator.card
+        self.stems = tuple(separator.stems)
+        self.sample_rate = int(separator.sample_rate)
+        self.num_channels = separator.num_channels
+        self.block_size = block_size
+        self.fifo_periods = fifo_periods
+        self.decks = list(decks)
+        self.worker = SeparationWorker(separator, block_size, fifo_periods, num_slots, mode=worker_mode)
+        self.latency_samples = self.worker.latency_samples
+        self.dry_stem = self.card.residual_stem or self.stems[-1]
+        self._dry_index = self.stems.index(self.dry_stem)
+        for deck in self.decks:
+            deck.prepare(
+                sample_rate=self.sample_rate,
+                block_size=block_size,
+                latency_samples=self.latency_samples,
+                settle_blocks=self.worker.settle_blocks + fifo_periods,
+            )
+        self.mixers = [
+            StemMixer(self.stems, self.num_channels, self.sample_rate, max_block_size=block_size, ramp_ms=ramp_ms)
+            for _ in self.decks
+        ]
+        self.queues = [CommandQueue(queue_len) for _ in self.decks]
+        self._slots = [_DeckSlot(d, m) for d, m in zip(self.decks, self.mixers, strict=True)]
+        self._appliers = [s.apply for s in self._slots]
+        self._input_ranges = []
+        first = 0
+        for deck in self.decks:
+            self._input_ranges.append((first, first + deck.num_inputs))
+            first += deck.num_inputs
+        self.num_inputs = first
+        self.num_outputs = (len(self.stems) + 1) * self.num_channels
+        self._build_buffers()
+        self._weights = [0.0] * len(self.decks)  # separation weight at the end of the last block, per deck
+        self.block = 0
+        self.num_misses = 0  # blocks whose look-ahead found the worker late (separation faded out)
+        self.num_dry_blocks = 0  # blocks in which a playing deck played any dry signal
+        self.num_bad_blocks = 0  # blocks of the wrong size (the host changed its period): answered with silence
+        self.cb_ns = np.zeros(8192, dtype=np.int64)  # recent callback durations (ring)
+        self.cb_hist = np.zeros(HIST_BINS + 1, dtype=np.int64)  # all callback durations, 10 us bins
+        self.cb_max_ns = 0
+        self.taps: list = []  # objects with push(out) (real-time safe), e.g. a Recorder
+
+    def _build_buffers(self) -> None:
+        n, ch, s, d = self.block_size, self.num_channels, len(self.stems), len(self.decks)
+        self._stems_in = np.zeros((d, s, ch, n), dtype=np.float32)
+        self._dry = np.zeros((d, ch, n), dtype=np.float32)
+        self._busses = np.zeros((s, ch, n), dtype=np.float32)
+        self._master = np.zeros((ch, n), dtype=np.float32)
+        self._ramp = np.zeros(n, dtype=np.float32)
+        self._inv = np.zeros(n, dtype=np.float32)
+        self._tmp = np.zeros((ch, n), dtype=np.float32)
+        self._steps = (np.arange(1, n + 1, dtype=np.float32) / n).astype(np.float32)
+        self._no_input = np.zeros((0, n), dtype=np.float32)
+        self.meter_frames = n * max(1, -(-4096 // n))
+        self.meters = np.zeros((d, s + 1, ch, self.meter_frames), dtype=np.float32)  # per deck: stems + master
+        self.meter_pos = 0
+
+    # -- names --
+    def output_names(self) -> list[str]:
+        names = [f"master_{c}" for c in CHANNEL_NAMES[: self.num_channels]]
+        for stem in self.stems:
+            names += [f"{stem}_{c}" for c in CHANNEL_NAMES[: self.num_channels]]
+        return names
+
+    def input_names(self) -> list[str]:
+        names = []
+        for i, deck in enumerate(self.decks, start=1):
+            if deck.num_inputs:
+                names += [f"in{i}_{c}" for c in CHANNEL_NAMES[: deck.num_inputs]]
+        return names
+
+    # -- control side --
+    def push(self, deck: int, command) -> bool:
+        """Queue a command for deck ``deck`` (1-based); False when its queue is full. Never blocks."""
+        return self.queues[deck - 1].push(command)
+
+    def start(self) -> LiveEngine:
+        """Start the separation worker (it warms the model up first, so the first real block is not slow)."""
+        self.worker.start()
+        return self
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    def close(self) -> None:
+        self.worker.close()
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000.0 * self.latency_samples / self.sample_rate
+
+    # -- audio thread --
+    def process_block(self, inp: np.ndarray, out: np.ndarray) -> None:
+        """inp: float32 (num_inputs, n); out: float32 (num_outputs, n), written in full. n must equal block_size
+        (otherwise the block is answered with silence and counted). Real-time safe: only copies and mixes into
+        preallocated buffers (pedalboard effects allocate their own output arrays)."""
+        t0 = time.perf_counter_ns()
+        n = out.shape[-1]
+        if n != self.block_size:
+            out.fill(0.0)
+            self.num_bad_blocks += 1
+            return
+        t = self.block
+        worker = self.worker
+        decks = self.decks
+        for i, queue in enumerate(self.queues):
+            if queue._items:
+                queue.drain(self._appliers[i])
+        slot = worker.input_slot(t)
+        for i, deck in enumerate(decks):
+            a, b = self._input_ranges[i]
+            deck_in = inp[a:b] if b > a else self._no_input
+            deck.begin_block(t)
+            deck.feed(slot[i], deck_in)
+            deck.dry(self._dry[i], deck_in)
+        worker.commit()
+        j = t - self.fifo_periods
+        have = worker.ready(j)
+        ahead = worker.ready(j + 1)
+        if not ahead and j + 1 >= 0 and worker.done <= j + 1:
+            self.num_misses += 1
+        sep = worker.output_slot(j) if have else None
+        busses, master = self._busses, self._master
+        busses.fill(0.0)
+        master.fill(0.0)
+        any_dry = False
+        for i, deck in enumerate(decks):
+            w0 = self._weights[i] if have else 0.0
+            w1 = 1.0 if (have and ahead and deck.sep_valid(t)) else 0.0
+            self._weights[i] = w1
+            stems_in = self._stems_in[i]
+            dry = self._dry[i]
+            if w0 == 1.0 and w1 == 1.0:
+                np.copyto(stems_in, sep[i])
+            elif w0 == 0.0 and w1 == 0.0:
+                stems_in.fill(0.0)
+                stems_in[self._dry_index] = dry
+                any_dry = any_dry or not deck.silent
+            else:
+                ramp = self._ramp
+                np.multiply(self._steps, w1 - w0, out=ramp)
+                ramp += w0
+                np.multiply(sep[i], ramp, out=stems_in)
+                np.subtract(1.0, ramp, out=self._inv)
+                np.multiply(dry, self._inv, out=self._tmp)
+                stems_in[self._dry_index] += self._tmp
+                any_dry = any_dry or not deck.silent
+            gain = deck.gain(n)
+            if gain is not None:
+                stems_in *= gain
+            deck_busses, deck_master = self.mixers[i].process(stems_in)
+            busses += deck_busses
+            master += deck_master
+            p = self.meter_pos
+            self.meters[i, :-1, :, p : p + n] = deck_busses
+            self.meters[i, -1, :, p : p + n] = deck_master
+            deck.end_block()
+        if any_dry:
+            self.num_dry_blocks += 1
+        ch = self.num_channels
+        out[:ch] = master
+        out[ch:] = busses.reshape(-1, n)
+        self.meter_pos = (self.meter_pos + n) % self.meter_frames
+        for tap in self.taps:
+            tap.push(out)
+        self.block = t + 1
+        dt = time.perf_counter_ns() - t0
+        self.cb_ns[t % len(self.cb_ns)] = dt
+        self.cb_hist[min(dt // HIST_BIN_NS, HIST_BINS)] += 1
+        if dt > self.cb_max_ns:
+            self.cb_max_ns = dt
+
+    # -- statistics (control side) --
+    def callback_times_ms(self) -> np.ndarray:
+        """Recent callback durations in ms (up to the last 8192 blocks)."""
+        return self.cb_ns[: min(self.block, len(self.cb_ns))] / 1e6
+
+    def stats(self) -> dict:
+        """Counters and timings for logs, the OSC status push and benchmarks. Not real-time.
+
+        Callback and worker percentiles cover the whole run (10 us histogram bins)."""
+        period_ms = 1000.0 * self.block_size / self.sample_rate
+        return {
+            "blocks": self.block,
+            "deadline_misses": self.num_misses,
+            "dry_blocks": self.num_dry_blocks,
+            "skipped_blocks": self.worker.num_skipped,
+            "bad_blocks": self.num_bad_blocks,
+            "commands_dropped": sum(q.num_dropped for q in self.queues),
+            "commands_rejected": sum(s.num_rejected + s.deck.num_rejected for s in self._slots),
+            "callback_ms_p50": hist_percentile_ms(self.cb_hist, 50),
+            "callback_ms_p99": hist_percentile_ms(self.cb_hist, 99),
+            "callback_ms_p999": hist_percentile_ms(self.cb_hist, 99.9),
+            "callback_ms_max": self.cb_max_ns / 1e6,
+            "worker_ms_p50": hist_percentile_ms(self.worker.call_hist, 50),
+            "worker_ms_p99": hist_percentile_ms(self.worker.call_hist, 99),
+            "worker_ms_max": self.worker.call_max_ns / 1e6,
+            "worker_calls": self.worker.num_calls,
+            "worker_cpu_s": self.worker.cpu_s,
+            "worker_failures": self.worker.num_failures,
+            "period_ms": period_ms,
+            "latency_samples": self.latency_samples,
+            "latency_ms": self.latency_ms,
+        }
+
+    def meter_levels(self) -> list[dict[str, tuple[float, float]]]:
+        """Per deck {stem or "master": (peak, rms)} over the last ~4096 frames (linear). Not real-time."""
+        snap = self.meters.copy()
+        peak = np.abs(snap).max(axis=(2, 3))
+        rms = np.sqrt(np.mean(np.square(snap, dtype=np.float64), axis=(2, 3)))
+        names = [*self.stems, "master"]
+        return [{name: (float(peak[d, k]), float(rms[d, k])) for k, name in enumerate(names)} for d in range(len(peak))]
