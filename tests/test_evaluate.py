@@ -1,0 +1,200 @@
+"""Quality evaluation: metrics on signals whose answer is known, the baselines, and `stembridge evaluate`."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from bridge.cli import main
+from engine import separator as separator_module
+from engine.baselines import STEMS, ClassicalSeparator, ideal_ratio_mask, mixture_fraction
+from engine.evaluate import (
+    EvaluationError,
+    find_songs,
+    full_sdr,
+    load_song,
+    median_sdr,
+    si_sdr,
+    vocal_leakage_db,
+    window_sdr,
+)
+
+SR = 8000
+
+
+def tones(freqs_hz, seconds, sr=SR, channels=2):
+    """Sines at whole-cycle-per-second frequencies: exactly orthogonal over every 1 s window. (len, ch, n)."""
+    t = np.arange(int(seconds * sr)) / sr
+    return np.stack([np.stack([0.2 * np.sin(2 * np.pi * f * t + c)] * channels) for c, f in enumerate(freqs_hz)])
+
+
+def test_window_sdr_matches_museval_including_silent_windows():
+    pytest.importorskip("museval")
+    from engine.evaluate import museval_sdr
+
+    rng = np.random.default_rng(1)
+    ref = (0.1 * rng.standard_normal((2, 4 * SR))).astype(np.float32)
+    ref[:, :SR] = 0.0  # a silent first window: NaN in both
+    est = (0.8 * ref + 0.02 * rng.standard_normal(ref.shape)).astype(np.float32)
+    ours = window_sdr(ref, est, SR)
+    theirs = museval_sdr(ref, est, SR)
+    assert ours.shape == theirs.shape == (4,)
+    assert np.isnan(ours[0]) and np.isnan(theirs[0])
+    np.testing.assert_allclose(ours[1:], theirs[1:], atol=1e-6)
+
+
+def test_window_sdr_counts_whole_windows_and_reports_nan_for_silent_estimates():
+    ref = tones([440], 3.5)[0]
+    est = ref.copy()
+    est[:, : 2 * SR] = 0.0
+    sdr = window_sdr(ref, 0.5 * ref, SR)
+    assert sdr.shape == (3,)  # the half window at the end is not scored, as in museval
+    np.testing.assert_allclose(sdr, 20 * np.log10(1 / 0.5))  # error = half the signal: 6.02 dB
+    assert np.isnan(window_sdr(ref, est, SR)[:2]).all()
+    assert math.isnan(median_sdr(np.array([np.nan, np.nan])))
+
+
+def test_mixture_over_four_scores_the_expected_value_on_equal_orthogonal_sources():
+    refs = tones([100, 200, 300, 400], 3.0)
+    mixture = refs.sum(axis=0)
+    estimates = mixture_fraction(mixture)
+    # error = -3/4 s1 + 1/4 (s2 + s3 + s4): energy (9 + 3) / 16 of one source
+    expected = 10 * np.log10(16 / 12)
+    for i in range(4):
+        np.testing.assert_allclose(window_sdr(refs[i], estimates[i], SR), expected, atol=1e-3)
+        assert full_sdr(refs[i], estimates[i]) == pytest.approx(expected, abs=1e-3)
+        assert si_sdr(refs[i], estimates[i]) == pytest.approx(10 * np.log10(1 / 3), abs=1e-3)
+
+
+def test_ideal_ratio_mask_separates_sources_in_disjoint_bands():
+    rng = np.random.default_rng(2)
+    n = 3 * SR
+    spectrum = np.fft.rfftfreq(n, 1 / SR)
+    bands = [(100, 600), (900, 1500), (1900, 2600), (3000, 3700)]
+    refs = []
+    for lo, hi in bands:
+        noise = np.fft.rfft(rng.standard_normal((2, n)), axis=-1)
+        noise[:, (spectrum < lo) | (spectrum > hi)] = 0
+        refs.append(np.fft.irfft(noise, n=n, axis=-1) * 0.1)
+    refs = np.asarray(refs, dtype=np.float32)
+    estimates = ideal_ratio_mask(refs.sum(axis=0), refs, n_fft=512, hop_size=128)
+    scores = [median_sdr(window_sdr(refs[i], estimates[i], SR)) for i in range(4)]
+    assert min(scores) > 20.0, scores
+    # and the oracle knows nothing on equal sources: mixture/4's value again, not more
+    equal = np.repeat(refs[:1], 4, axis=0)
+    np.testing.assert_allclose(ideal_ratio_mask(equal.sum(axis=0), equal, 512, 128), equal, atol=1e-5)
+
+
+def test_classical_separator_sums_to_the_mixture_and_finds_clicks_and_bass():
+    sr = 22050
+    n = 3 * sr
+    t = np.arange(n) / sr
+    drums = np.zeros((2, n))
+    drums[:, :: sr // 4] = 0.8  # clicks: broadband and short
+    bass = np.stack([0.3 * np.sin(2 * np.pi * 60 * t)] * 2)
+    vocals = np.stack([0.2 * np.sin(2 * np.pi * 660 * t)] * 2)  # centred, mid-band, sustained
+    other = np.stack([0.2 * np.sin(2 * np.pi * 1320 * t), 0.02 * np.sin(2 * np.pi * 1320 * t)])  # panned left
+    refs = np.asarray([vocals, drums, bass, other], dtype=np.float32)
+    mixture = refs.sum(axis=0)
+    estimates = ClassicalSeparator().separate(mixture, sr)
+    assert estimates.shape == refs.shape
+    np.testing.assert_allclose(estimates.sum(axis=0), mixture, atol=1e-5)
+    trivial = mixture_fraction(mixture)
+    for i, stem in enumerate(STEMS):
+        ours = median_sdr(window_sdr(refs[i], estimates[i], sr))
+        floor = median_sdr(window_sdr(refs[i], trivial[i], sr))
+        assert ours > floor + 3.0, (stem, ours, floor)
+
+
+def test_vocal_leakage_is_minus_2_5_db_for_mixture_over_four_and_tracks_the_vocal_left():
+    rng = np.random.default_rng(3)
+    vocals = (0.1 * rng.standard_normal((2, 2 * SR))).astype(np.float32)
+    accompaniment = (0.2 * rng.standard_normal((2, 2 * SR))).astype(np.float32)
+    mixture = vocals + accompaniment
+    assert vocal_leakage_db(0.75 * mixture, vocals, accompaniment, SR) == pytest.approx(20 * np.log10(0.75), abs=0.01)
+    assert vocal_leakage_db(accompaniment + 0.1 * vocals, vocals, accompaniment, SR) == pytest.approx(-20, abs=0.1)
+    assert vocal_leakage_db(accompaniment, vocals, accompaniment, SR) <= -60
+    assert math.isnan(vocal_leakage_db(accompaniment, 0 * vocals, accompaniment, SR))
+
+
+def write_song(folder, sr=SR, seconds=2.0, seed=0, silent=()):
+    """A song whose stems are tones in separate bands plus a little noise; ``silent`` stems are all zero."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    stems = {}
+    for i, stem in enumerate(STEMS):
+        audio = (
+            0.005 * rng.standard_normal((int(seconds * sr), 2)) + tones([(300, 1100, 2300, 3500)[i]], seconds, sr)[0].T
+        )
+        stems[stem] = np.zeros_like(audio) if stem in silent else audio
+        sf.write(folder / f"{stem}.wav", stems[stem], sr, subtype="FLOAT")
+    sf.write(folder / "mixture.wav", sum(stems.values()), sr, subtype="FLOAT")
+
+
+def test_find_songs_accepts_a_parent_with_a_test_folder_and_names_what_is_missing(tmp_path):
+    write_song(tmp_path / "test" / "b")
+    write_song(tmp_path / "test" / "a")
+    (tmp_path / "test" / ".c.tmp").mkdir()
+    assert [p.name for p in find_songs(tmp_path)] == ["a", "b"]
+    assert [p.name for p in find_songs(tmp_path / "test")] == ["a", "b"]
+    (tmp_path / "test" / "a" / "bass.wav").unlink()
+    with pytest.raises(EvaluationError, match="missing bass.wav"):
+        load_song(tmp_path / "test" / "a")
+    with pytest.raises(EvaluationError, match="no test songs found"):
+        find_songs(tmp_path / "test" / ".c.tmp")
+
+
+def evaluate(*args):
+    return CliRunner().invoke(main, ["evaluate", *map(str, args)])
+
+
+def test_cli_reports_a_missing_folder_clearly(tmp_path):
+    result = evaluate(tmp_path / "nope", "--out", tmp_path / "out")
+    assert result.exit_code != 0
+    assert "nope: no such folder" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_evaluates_model_and_baselines_and_updates_the_card(tmp_path, tiny_model):
+    # songs at 22.05 kHz against a 44.1 kHz model: the model and the oracle run at their rate and come back
+    write_song(tmp_path / "songs" / "one", sr=22050, seed=1)
+    write_song(tmp_path / "songs" / "two", sr=22050, seed=2, silent=("vocals",))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for suffix in (".onnx", ".json"):
+        shutil.copy(tiny_model.with_suffix(suffix), model_dir / f"tiny{suffix}")
+    out = tmp_path / "out"
+    result = evaluate(tmp_path / "songs", "--model", model_dir / "tiny.onnx", "--out", out, "--update-card")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "quality.json").read_text())
+    assert list(report["summary"]) == ["model", "mixture/4", "classical", "irm"]
+    assert report["methods"]["irm"]["params"]["n_fft"] == 256  # the model's own STFT
+    # a silent vocal stem leaves that song out of the vocal figure only
+    assert report["summary"]["mixture/4"]["num_songs"] == {"vocals": 1, "drums": 2, "bass": 2, "other": 2}
+    assert report["songs"]["two"]["irm"]["sdr"]["vocals"] is None
+    assert report["summary"]["irm"]["sdr"]["mean"] > report["summary"]["mixture/4"]["sdr"]["mean"] + 3
+    assert "| irm |" in (out / "quality.md").read_text()
+    card = json.loads((model_dir / "tiny.json").read_text())
+    quality = card["provenance"]["quality"]
+    assert quality["sdr_db"] == report["summary"]["model"]["sdr"]
+    assert set(quality["baselines_sdr_db"]) == {"mixture/4", "classical", "irm"}
+    assert card["provenance"]["training_data"].startswith("none")  # the rest of the card is kept
+
+
+def test_cli_without_a_default_model_evaluates_the_baselines(tmp_path, monkeypatch):
+    monkeypatch.setattr(separator_module, "DEFAULT_MODEL", tmp_path / "absent.onnx")
+    write_song(tmp_path / "songs" / "one")
+    result = evaluate(tmp_path / "songs", "--methods", "model,mixture4", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "evaluating the baselines only" in result.output
+    assert list(json.loads((tmp_path / "out" / "quality.json").read_text())["summary"]) == ["mixture/4"]
+    refused = evaluate(tmp_path / "songs", "--update-card", "--out", tmp_path / "out")
+    assert refused.exit_code != 0 and "--update-card needs a model" in refused.output
+    bad = evaluate(tmp_path / "songs", "--methods", "model,karaoke")
+    assert bad.exit_code != 0 and "unknown method(s) karaoke" in bad.output
