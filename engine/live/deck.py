@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.commands import SetParam
+from engine.live.rt import add_rows_scaled, multiply_rows
 from engine.mixer import Ramp, db_to_gain
 
 # Deck parameters (SetParam paths on a deck's queue, besides the StemMixer's "stem/..." and "master/...").
@@ -170,6 +171,7 @@ class FileDeck(Deck):
         self._valid_from = 0
         self._want_play: bool | None = None
         self._jump: int | None = None
+        self._jump_at_end: int | None = None
         self._loop_changed = False
         self._stopping = False
         self._block = 0
@@ -179,6 +181,7 @@ class FileDeck(Deck):
         n = self.block_size
         self._transport = Ramp(0.0, n, n)
         self._old = np.zeros((self.num_channels, n), dtype=np.float32)
+        self._row = np.zeros(n, dtype=np.float32)
         self._fade_in = (np.arange(1, n + 1, dtype=np.float32) / n).astype(np.float32)
         self._fade_out = (1.0 - self._fade_in).astype(np.float32)
         self._xfade_from: int | None = None
@@ -234,6 +237,9 @@ class FileDeck(Deck):
         self._block = block
         self._xfade_from = None
         resync = False
+        if self._jump is not None and self._want_play is False and self.playing:
+            # cue while playing: fade out where we are, then land on the cue point (paused) at the block's end
+            self._jump_at_end, self._jump = self._jump, None
         if self._jump is not None:
             if self.playing and not self._stopping:
                 self._xfade_from = self.playhead
@@ -274,9 +280,8 @@ class FileDeck(Deck):
         if self._xfade_from is not None:  # a jump while playing: crossfade the old position into the new
             self._read(self._xfade_from, self._old)
             self.playhead = self._read(self.playhead, dst)
-            dst *= self._fade_in
-            self._old *= self._fade_out
-            dst += self._old
+            multiply_rows(dst, self._fade_in, dst)
+            add_rows_scaled(self._old, self._fade_out, dst, self._row)
         else:
             self.playhead = self._read(self.playhead, dst)
 
@@ -299,6 +304,9 @@ class FileDeck(Deck):
         if self._stopping and self._transport.is_still:
             self._stopping = False
             self.playing = False
+        if self._jump_at_end is not None:
+            self.playhead, self._jump_at_end = self._jump_at_end, None
+            self.num_jumps += 1
         if self.playing and self.playhead >= self.num_frames and not self.loop_on:
             self.playing = False  # the end of the file (its last block was already heard in full)
             self._transport.set(0.0)

@@ -28,6 +28,7 @@ import numpy as np
 
 from engine.commands import CommandQueue
 from engine.live.deck import Deck, InputDeck
+from engine.live.rt import add_rows_scaled, multiply_rows
 from engine.live.worker import HIST_BIN_NS, HIST_BINS, SeparationWorker
 from engine.mixer import StemMixer
 
@@ -121,6 +122,7 @@ class LiveEngine:
         self.num_outputs = (len(self.stems) + 1) * self.num_channels
         self._build_buffers()
         self._weights = [0.0] * len(self.decks)  # separation weight at the end of the last block, per deck
+        self._was_silent = [True] * len(self.decks)
         self.block = 0
         self.num_misses = 0  # blocks whose look-ahead found the worker late (separation faded out)
         self.num_dry_blocks = 0  # blocks in which a playing deck played any dry signal
@@ -138,7 +140,7 @@ class LiveEngine:
         self._master = np.zeros((ch, n), dtype=np.float32)
         self._ramp = np.zeros(n, dtype=np.float32)
         self._inv = np.zeros(n, dtype=np.float32)
-        self._tmp = np.zeros((ch, n), dtype=np.float32)
+        self._row = np.zeros(n, dtype=np.float32)
         self._steps = (np.arange(1, n + 1, dtype=np.float32) / n).astype(np.float32)
         self._no_input = np.zeros((0, n), dtype=np.float32)
         self.meter_frames = n * max(1, -(-4096 // n))
@@ -200,6 +202,7 @@ class LiveEngine:
         for i, deck in enumerate(decks):
             a, b = self._input_ranges[i]
             deck_in = inp[a:b] if b > a else self._no_input
+            self._was_silent[i] = deck.silent
             deck.begin_block(t)
             deck.feed(slot[i], deck_in)
             deck.dry(self._dry[i], deck_in)
@@ -215,7 +218,9 @@ class LiveEngine:
         master.fill(0.0)
         any_dry = False
         for i, deck in enumerate(decks):
-            w0 = self._weights[i] if have else 0.0
+            # a deck that was silent starts on its dry signal: its stems are of the silence (a paused deck
+            # feeds zeros), and its own fade-in already shapes the start
+            w0 = self._weights[i] if (have and not self._was_silent[i]) else 0.0
             w1 = 1.0 if (have and ahead and deck.sep_valid(t)) else 0.0
             self._weights[i] = w1
             stems_in = self._stems_in[i]
@@ -230,14 +235,13 @@ class LiveEngine:
                 ramp = self._ramp
                 np.multiply(self._steps, w1 - w0, out=ramp)
                 ramp += w0
-                np.multiply(sep[i], ramp, out=stems_in)
+                multiply_rows(sep[i], ramp, stems_in)
                 np.subtract(1.0, ramp, out=self._inv)
-                np.multiply(dry, self._inv, out=self._tmp)
-                stems_in[self._dry_index] += self._tmp
+                add_rows_scaled(dry, self._inv, stems_in[self._dry_index], self._row)
                 any_dry = any_dry or not deck.silent
             gain = deck.gain(n)
             if gain is not None:
-                stems_in *= gain
+                multiply_rows(stems_in, gain, stems_in)
             deck_busses, deck_master = self.mixers[i].process(stems_in)
             busses += deck_busses
             master += deck_master
