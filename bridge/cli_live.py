@@ -105,6 +105,14 @@ STATUS_KEYS = (
     help="Run the model in a worker process (its Python never competes with the audio callback for the GIL) or a "
     "thread (less memory; fine on an idle machine).",
 )
+@click.option(
+    "--worker-rt-priority",
+    type=click.IntRange(0, 99),
+    default=1,
+    show_default=True,
+    help="Real-time (SCHED_FIFO) priority of the worker process, below JACK's audio threads, when the system "
+    "permits it (root or JACK's audio group); 0 keeps it an ordinary process.",
+)
 @click.option("--osc-host", default="127.0.0.1", show_default=True, help="OSC bind address.")
 @click.option("--osc-port", type=click.IntRange(0, 65535), default=9000, show_default=True, help="OSC UDP port.")
 @click.option(
@@ -234,7 +242,14 @@ class LiveSession:
         from engine.live.engine import LiveEngine
 
         sys.setswitchinterval(0.001)  # the audio thread waits at most ~1 ms for the GIL (default 5 ms)
-        self.engine = LiveEngine(separator, decks, period, fifo_periods=o["fifo_periods"], worker_mode=o["worker"])
+        self.engine = LiveEngine(
+            separator,
+            decks,
+            period,
+            fifo_periods=o["fifo_periods"],
+            worker_mode=o["worker"],
+            worker_rt_priority=o["worker_rt_priority"],
+        )
         self.monitor = Monitor(self.engine, self.backend)
         if o["record"]:
             self.recorder = Recorder(o["record"], self.engine.num_outputs, rate, period)

@@ -80,6 +80,7 @@ class LiveEngine:
         num_slots: int = 64,
         queue_len: int = 1024,
         worker_mode: str = "thread",
+        worker_rt_priority: int = 0,
     ) -> None:
         if not decks:
             raise ValueError("the engine needs at least one deck")
@@ -95,7 +96,9 @@ class LiveEngine:
         self.block_size = block_size
         self.fifo_periods = fifo_periods
         self.decks = list(decks)
-        self.worker = SeparationWorker(separator, block_size, fifo_periods, num_slots, mode=worker_mode)
+        self.worker = SeparationWorker(
+            separator, block_size, fifo_periods, num_slots, mode=worker_mode, rt_priority=worker_rt_priority
+        )
         self.latency_samples = self.worker.latency_samples
         self.dry_stem = self.card.residual_stem or self.stems[-1]
         self._dry_index = self.stems.index(self.dry_stem)

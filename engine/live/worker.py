@@ -250,6 +250,8 @@ def _child_main(config: dict) -> int:
         c[FAILED] += 1
         c[STARTED] = -1
         return 1
+    if config.get("rt_priority"):
+        set_realtime_priority(config["rt_priority"])
     c[STARTED] = 1
 
     def wait() -> None:
@@ -259,6 +261,18 @@ def _child_main(config: dict) -> int:
 
     core.loop(wait, lambda: os.getppid() == ppid)
     return 0
+
+
+def set_realtime_priority(priority: int) -> bool:
+    """Put the calling thread in SCHED_FIFO at ``priority`` (below JACK's audio threads, above ordinary processes)
+    when the system allows it (root, or an rtprio limit as JACK's audio group has); otherwise leave it as it is."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        c = True
+    except (AttributeError, PermissionError, OSError):
+        c = False
+    log.debug("worker real-time priority %d: %s", priority, "set" if c else "not permitted")
+    return c
 
 
 def _warm_up(separator) -> None:
@@ -273,11 +287,18 @@ class SeparationWorker:
     separator: an ``engine.separator.StreamingSeparator`` with ``num_streams`` = number of decks (in process mode
     the child builds its own from the same model, provider and thread count). block_size: the host period in frames
     (constant). fifo_periods: how many periods the audio thread waits for a block's stems (>= 2: one period of the
-    wait is the look-ahead that lets a late block fade out cleanly).
+    wait is the look-ahead that lets a late block fade out cleanly). rt_priority: process mode: run the worker
+    process in SCHED_FIFO at this priority when permitted (0: an ordinary process).
     """
 
     def __init__(
-        self, separator, block_size: int, fifo_periods: int = 2, num_slots: int = 64, mode: str = "thread"
+        self,
+        separator,
+        block_size: int,
+        fifo_periods: int = 2,
+        num_slots: int = 64,
+        mode: str = "thread",
+        rt_priority: int = 0,
     ) -> None:
         if fifo_periods < 2:
             raise ValueError("fifo_periods must be at least 2 (one period is the look-ahead for a clean fade)")
@@ -287,6 +308,7 @@ class SeparationWorker:
             raise ValueError(f"mode must be 'thread' or 'process', not {mode!r}")
         self.separator = separator
         self.mode = mode
+        self.rt_priority = rt_priority
         self.block_size = block_size
         self.fifo_periods = fifo_periods
         self.num_slots = num_slots
@@ -433,6 +455,7 @@ class SeparationWorker:
                 "max_hops": max(64, (self.num_slots // 2 + 2) * self.block_size // sep.hop_size),
                 "block_size": self.block_size,
                 "settle_blocks": self.settle_blocks,
+                "rt_priority": self.rt_priority,
             }
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in [str(_ROOT), *sys.path] if p)
