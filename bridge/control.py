@@ -360,16 +360,12 @@ class Controller:
         self, host: str = "127.0.0.1", port: int = 9000, *, tcp_port: int | None = None, allow: Iterable[str] = ()
     ) -> Any:
         """Start the OSC server (UDP + TCP) and its feedback to subscribers. Returns the ``OscServer``."""
-        from bridge.osc_server import OscServer, osc_value
+        from bridge.osc_server import OscServer
 
         server = OscServer(self, host, port, tcp_port=tcp_port, allow=allow)
         self.osc = server.start()
-
-        def feedback(change: Any) -> None:
-            server.broadcast("/stembridge/" + change.path, [osc_value(change.value)])
-
-        self.tree.add_listener(feedback)
-        self._osc_feedback = feedback
+        self._osc_feedback = server.router.feedback
+        self.tree.add_listener(self._osc_feedback)
         return server
 
     # -- life cycle --

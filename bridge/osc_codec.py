@@ -27,7 +27,7 @@ def _string(data: bytes, start: int) -> tuple[str, int]:
     except UnicodeDecodeError:
         raise OscError("string is not UTF-8") from None
     nxt = (end + 4) & ~3
-    if nxt > len(data) or any(data[end:nxt]):
+    if nxt > len(data) or data.count(0, end, nxt) != nxt - end:
         raise OscError("string padding is wrong")
     return text, nxt
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from pythonosc.osc_server import BlockingOSCUDPServer
 
 from bridge.osc_codec import OscError, encode_message, parse_packet, slip_decode, slip_encode
-from bridge.params import BadValue, UnknownParam, has_pattern, normalize_path
+from bridge.params import BadValue, Change, UnknownParam, has_pattern, normalize_path
 
 if TYPE_CHECKING:
     from bridge.control import Controller
@@ -56,6 +56,13 @@ COUNTERS = (
 )  # fmt: skip
 
 Reply = Callable[[bytes], None]
+_INT_TAG, _FLOAT_TAG = b",i\x00\x00", b",f\x00\x00"
+_pack_int, _pack_float = struct.Struct(">i").pack, struct.Struct(">f").pack
+
+
+def _pad_str(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return raw + b"\x00" * (4 - len(raw) % 4)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -247,6 +254,8 @@ class OscRouter:
         self._stats_lock = threading.Lock()
         self._subs_lock = threading.Lock()
         self._subscribers: dict[Any, Any] = {}
+        self._allowed: dict[str, bool] = {}
+        self._heads: dict[str, bytes] = {}
         self._log = _RateLimitedLog()
 
     # -- counters --
@@ -261,6 +270,15 @@ class OscRouter:
         log.exception("OSC %s", message)
 
     def allowed(self, host: str) -> bool:
+        """Loopback clients always; others only when in the allowlist (cached per address)."""
+        cached = self._allowed.get(host)
+        if cached is None:
+            if len(self._allowed) > 4096:
+                self._allowed.clear()
+            cached = self._allowed[host] = self._check_allowed(host)
+        return cached
+
+    def _check_allowed(self, host: str) -> bool:
         try:
             ip = ipaddress.ip_address(host.split("%")[0])
         except ValueError:
@@ -457,13 +475,30 @@ class OscRouter:
 
     def broadcast(self, address: str, args: list) -> None:
         """Send one message to every subscriber (never blocks; a full socket buffer drops and counts it)."""
-        if not self._subscribers:
-            return
-        packet = encode_message(address, args)
+        if self._subscribers:
+            self.broadcast_packet(encode_message(address, args))
+
+    def broadcast_packet(self, packet: bytes) -> None:
         with self._subs_lock:
             subs = list(self._subscribers.values())
         for sub in subs:
             self._to(sub, packet)
+
+    def feedback(self, change: Change) -> None:
+        """Tree listener: push a change to every subscriber (address bytes cached per parameter)."""
+        if not self._subscribers:
+            return
+        head = self._heads.get(change.path)
+        if head is None:
+            if len(self._heads) > 100_000:
+                self._heads.clear()
+            head = self._heads[change.path] = _pad_str("/stembridge/" + change.path)
+        value = change.value
+        if isinstance(value, bool):
+            packet = head + _INT_TAG + _pack_int(1 if value else 0)
+        else:
+            packet = head + _FLOAT_TAG + _pack_float(value)
+        self.broadcast_packet(packet)
 
     def _scene(self, deck: int | None, key: str, action: str, args: list, reply: Reply, address: str) -> None:
         if not key:

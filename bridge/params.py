@@ -9,6 +9,8 @@ Every controllable value lives here, per deck and stem, with its range, unit, de
     deck/<n>/stem/<stem>/fx/<plugin>/bypass   bool, crossfaded by the engine
     deck/<n>/stem/<stem>/fx/<plugin>/<param>  float or bool, one per pedalboard parameter of the loaded chain
     deck/<n>/master/gain_db, deck/<n>/master/level
+    deck/<n>/level_db                     float dB: the deck's level (the live engine applies it to the deck)
+    deck/<n>/transport/<play|cue|loop>    bool actions; transport/<seek_s|cue_s|loop_start_s|loop_end_s> seconds
 
 Fader curve (``level`` <-> ``gain_db``): a cubic amplitude taper with unity at 0.8,
 
@@ -93,6 +95,7 @@ class ParamSpec:
     smoothing_ms: float = 0.0
     smoothed_by: str = "control"
     description: str = ""
+    stateful: bool = True  # False for actions (transport): not in scenes, not re-sent when an engine attaches
 
     def __post_init__(self) -> None:
         if self.kind not in ("float", "bool"):
@@ -191,6 +194,10 @@ class Param:
     spec: ParamSpec
     engine_path: str | None
     value: float | bool = 0.0
+    linked: str | None = None  # level <-> gain_db sibling
+
+    def __post_init__(self) -> None:
+        self.linked = _linked(self.path)
 
     @property
     def address(self) -> str:
@@ -255,6 +262,24 @@ def stem_param_specs() -> dict[str, ParamSpec]:
     }
 
 
+def deck_param_specs() -> dict[str, ParamSpec]:
+    """Deck-level parameters (``deck/<n>/...``), routed by the live engine to the deck rather than its mixer."""
+    seconds = dict(minimum=-1.0, maximum=86400.0, unit="s", stateful=False)
+    return {
+        "level_db": ParamSpec(
+            "float", default=0.0, smoothing_ms=ENGINE_RAMP_MS, description="deck level; scales every bus it feeds",
+            **GAIN_SPEC,
+        ),
+        "transport/play": ParamSpec("bool", default=False, stateful=False, description="1 plays, 0 pauses"),
+        "transport/cue": ParamSpec("bool", stateful=False, description="1 jumps to the cue point and pauses"),
+        "transport/loop": ParamSpec("bool", stateful=False, description="1 loops loop_start_s..loop_end_s"),
+        "transport/seek_s": ParamSpec("float", description="jump the playhead here (seconds)", **seconds),
+        "transport/cue_s": ParamSpec("float", description="set the cue point (-1: at the playhead)", **seconds),
+        "transport/loop_start_s": ParamSpec("float", description="loop start (-1: at the playhead)", **seconds),
+        "transport/loop_end_s": ParamSpec("float", description="loop end (-1: at the playhead)", **seconds),
+    }  # fmt: skip
+
+
 def _linked(path: str) -> str | None:
     """level <-> gain_db sibling path."""
     head, _, leaf = path.rpartition("/")
@@ -299,6 +324,9 @@ class ParamTree:
         self._unsent: dict[tuple[int, str], float] = {}
         self._engine_values: dict[tuple[int, str], float] = {}
         self._glides: dict[tuple[int, str], _Glide] = {}
+        self.coalesce_s = 0.002  # see _emit
+        self._last_push: dict[tuple[int, str], float] = {}
+        self._deferred: dict[tuple[int, str], float] = {}
         self._fx: dict[tuple[int, str], list[str]] = {}  # (deck, stem) -> fx param paths
         for deck in range(1, num_decks + 1):
             for stem in self.stems:
@@ -312,6 +340,8 @@ class ParamTree:
             self._add(Param(f"deck/{deck}/master/level", deck, master["level"], None, UNITY_LEVEL))
             for key in [k for k in self._params if k.startswith(f"deck/{deck}/master/")]:
                 self._params[key].spec.description = self._params[key].spec.description.replace("stem", "master")
+            for leaf, spec in deck_param_specs().items():
+                self._add(Param(f"deck/{deck}/{leaf}", deck, spec, leaf, spec.default))
 
     # -- structure --
     def _add(self, param: Param) -> None:
@@ -324,6 +354,9 @@ class ParamTree:
 
     def param(self, path: str) -> Param:
         """The ``Param`` at ``path`` (a leading "/stembridge/" or "/" is accepted). Raises UnknownParam."""
+        p = self._params.get(path)
+        if p is not None:
+            return p
         key = normalize_path(path)
         try:
             return self._params[key]
@@ -336,7 +369,7 @@ class ParamTree:
         return self._lock
 
     def __contains__(self, path: str) -> bool:
-        return normalize_path(path) in self._params
+        return path in self._params or normalize_path(path) in self._params
 
     def attach_queue(self, deck: int, queue: Any) -> None:
         """Route deck ``deck``'s commands to ``queue`` (anything with ``push(cmd) -> bool``) and send it every
@@ -344,7 +377,7 @@ class ParamTree:
         with self._lock:
             self._queues[deck] = queue
             for p in self._params.values():
-                if p.deck == deck and p.engine_path is not None:
+                if p.deck == deck and p.engine_path is not None and p.spec.stateful:
                     self._emit(deck, p.engine_path, float(p.value))
 
     def set_chain_params(
@@ -371,7 +404,7 @@ class ParamTree:
             for path in self._fx.pop((deck, stem), []):
                 self._params.pop(path, None)
             prefix = f"stem/{stem}/fx/"
-            for table in (self._glides, self._engine_values, self._unsent):
+            for table in (self._glides, self._engine_values, self._unsent, self._deferred, self._last_push):
                 for key in [k for k in table if k[0] == deck and k[1].startswith(prefix)]:
                     del table[key]
             new: list[str] = []
@@ -465,8 +498,7 @@ class ParamTree:
             value, clamped = p.spec.coerce(raw)
             changed = value != p.value
             p.value = value
-            linked_path = _linked(p.path)
-            linked = self._params.get(linked_path) if linked_path else None
+            linked = self._params.get(p.linked) if p.linked else None
             linked_changed = False
             if p.engine_path is None and linked is not None:  # level -> gain_db
                 linked_value = level_to_gain_db(float(value))
@@ -499,7 +531,7 @@ class ParamTree:
                 curve = "gain" if p.spec.scale == "fader" else "linear"
                 self._glides[key] = _Glide(p.deck, p.engine_path, start, value, self.clock(), duration, curve)
                 return
-        self._emit(p.deck, p.engine_path, value)
+        self._emit(p.deck, p.engine_path, value, coalesce=True)
 
     def _cancel_glides(self, deck: int, engine_path: str) -> None:
         """End the glides on ``engine_path`` or whose end commands touch it, sending their end state (but not
@@ -523,15 +555,27 @@ class ParamTree:
             self._cancel_glides(deck, engine_path)
             self._emit(deck, engine_path, value)
 
-    def _emit(self, deck: int, engine_path: str, value: float) -> None:
-        self._engine_values[(deck, engine_path)] = value
+    def _emit(self, deck: int, engine_path: str, value: float, coalesce: bool = False) -> None:
+        """Queue one engine command. ``coalesce`` (direct sets while ticking): a path sent less than
+        ``coalesce_s`` ago waits for the next tick, which sends only its latest value. A burst on one path (an
+        OSC fader streaming at 1 kHz) then costs the audio thread one command per tick, not one per message;
+        a single change is never delayed."""
+        key = (deck, engine_path)
+        self._engine_values[key] = value
         queue = self._queues.get(deck)
         if queue is None:
             return
-        self._unsent.pop((deck, engine_path), None)
+        if coalesce and self.ticking and self.coalesce_s > 0:
+            now = self.clock()
+            if now - self._last_push.get(key, -1e9) < self.coalesce_s:
+                self._deferred[key] = value
+                return
+            self._last_push[key] = now
+        self._deferred.pop(key, None)
+        self._unsent.pop(key, None)
         if not queue.push(SetParam(engine_path, value)):
             self.num_dropped += 1
-            self._unsent[(deck, engine_path)] = value
+            self._unsent[key] = value
 
     def flush(self) -> int:
         """Re-send commands a full queue refused (latest value per path). Returns how many are still unsent."""
@@ -581,6 +625,10 @@ class ParamTree:
         with self._lock:
             if self._unsent:
                 self.flush()
+            if self._deferred:
+                for (deck, engine_path), value in list(self._deferred.items()):
+                    self._emit(deck, engine_path, value)
+                    self._last_push[(deck, engine_path)] = self.clock() if now is None else now
             if not self._glides:
                 return
             now = self.clock() if now is None else now
@@ -607,7 +655,7 @@ class ParamTree:
             return {
                 p.path: p.value
                 for p in self._params.values()
-                if p.engine_path is not None and (deck is None or p.deck == deck)
+                if p.engine_path is not None and p.spec.stateful and (deck is None or p.deck == deck)
             }
 
 
@@ -689,6 +737,9 @@ def compile_osc_pattern(pattern: str) -> re.Pattern:
     return regex
 
 
+_PATTERN_CHARS = re.compile(r"[*?\[\]{}]")
+
+
 def has_pattern(address: str) -> bool:
     """True if the address uses OSC pattern characters."""
-    return any(c in address for c in "*?[]{}")
+    return _PATTERN_CHARS.search(address) is not None

@@ -397,7 +397,11 @@ def test_real_midi_ports_over_jack_midi(jack_server):
                 Binding("note", 1, 36, "deck/1/stem/vocals/mute", feedback=True),
             ],
         )
-        control.add_midi(cmap, inp, out)
+        mapper = control.add_midi(cmap, inp, out)
+        deadline = time.monotonic() + 3
+        while mapper.stats.messages == 0 and time.monotonic() < deadline:  # until JACK has made the connection
+            controller_out.send(cc(99, 127))
+            time.sleep(0.02)
         controller_out.send(cc(7, 64))
         controller_out.send(note(36))
         deadline = time.monotonic() + 3

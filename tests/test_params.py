@@ -123,7 +123,45 @@ def test_attaching_a_queue_sends_every_engine_value_so_the_engine_starts_in_step
     tree.attach_queue(1, q)
     cmds = {c.path: c.value for c in drained(q)}
     assert cmds["stem/other/solo"] == 1.0 and cmds["master/gain_db"] == 0.0
-    assert len(cmds) == 4 * 3 + 1  # gain_db, mute, solo per stem + master; level is not an engine value
+    assert len(cmds) == 4 * 3 + 2  # gain_db, mute, solo per stem + master + deck level_db; no level, no transport
+    assert not any(path.startswith("transport/") for path in cmds)  # actions are never replayed
+
+
+def test_deck_transport_actions_reach_the_deck_every_time_but_stay_out_of_scenes():
+    q = CommandQueue(64)
+    control = Controller(STEMS, queues={1: q})
+    drained(q)
+    control.set("/stembridge/deck/1/transport/cue", True)
+    control.set("/stembridge/deck/1/transport/cue", True)  # pressing cue again cues again
+    control.set("deck/1/transport/seek_s", 42.5)
+    control.set("deck/1/level_db", -6.0)
+    assert drained(q) == [
+        SetParam("transport/cue", 1.0),
+        SetParam("transport/cue", 1.0),
+        SetParam("transport/seek_s", 42.5),
+        SetParam("level_db", -6.0),
+    ]
+    control.store_scene("x")
+    assert control.scenes["x"][1]["level_db"] == -6.0 and "transport/seek_s" not in control.scenes["x"][1]
+
+
+def test_a_burst_on_one_path_is_coalesced_to_its_latest_value_per_tick_but_a_single_change_is_immediate():
+    clock = FakeClock()
+    q = CommandQueue(1024)
+    control = Controller(STEMS, queues={1: q}, clock=clock)
+    control.tree.ticking = True
+    drained(q)
+    control.set("deck/1/stem/vocals/mute", True)
+    assert drained(q) == [SetParam("stem/vocals/mute", 1.0)]  # at once
+    for i in range(50):  # an OSC fader streaming far faster than the engine's blocks
+        control.set("deck/1/stem/drums/gain_db", -i / 10)
+    assert drained(q) == [SetParam("stem/drums/gain_db", 0.0)]  # the first goes at once, the rest wait
+    clock.t += 0.005
+    control.tick()
+    assert drained(q) == [SetParam("stem/drums/gain_db", -4.9)]  # one command: the latest
+    clock.t += 0.005
+    control.set("deck/1/stem/drums/gain_db", -1.0)
+    assert drained(q) == [SetParam("stem/drums/gain_db", -1.0)]  # quiet again: immediate
 
 
 def test_chain_parameters_are_enumerated_from_a_pedalboard_with_ranges():
@@ -148,6 +186,7 @@ def test_tree_commands_drive_a_real_mixer_including_effects():
     control.set("deck/1/stem/vocals/mute", True)
     cmds = drained(q)
     assert isinstance(cmds[0], SwapChain) or any(isinstance(c, SwapChain) for c in cmds)
+    cmds = [c for c in cmds if not (isinstance(c, SetParam) and c.path == "level_db")]  # the deck's, not the mixer's
     assert all(mixer.apply(c) for c in cmds)
     assert mixer.num_rejected == 0
     assert mixer.chain("drums")[0][1].cutoff_frequency_hz == pytest.approx(5000.0)
