@@ -328,10 +328,11 @@ class Controller:
             save_binding(save_to, binding)
             for mapper in self.midi:
                 mapper.learn = None
-            self.midi[0].add_binding(binding, replace=True)
-            self.midi[0].stats.learned += 1
-            if binding.feedback and self.midi[0].output is not None:
-                self.midi[0].send_state()
+            target_mapper = session.source if session.source in self.midi else self.midi[0]
+            target_mapper.add_binding(binding, replace=True)
+            target_mapper.stats.learned += 1
+            if binding.feedback and target_mapper.output is not None:
+                target_mapper.send_state()
             self._learn = None
             text = describe(binding)
             log.info("learned %s -> %s (saved in %s)", text, path, save_to)

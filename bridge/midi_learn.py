@@ -63,6 +63,7 @@ class LearnSession:
         self.messages: list[Any] = []
         self.first_at: float | None = None
         self.result: Binding | None = None
+        self.source: Any = None  # the MidiMapper that fed the messages
 
     @property
     def done(self) -> bool:

@@ -183,6 +183,7 @@ class MidiMapper:
             self.stats.messages += 1
             now = self.clock()
             if self.learn is not None:
+                self.learn.source = self  # the learned binding goes to the mapper whose controller moved
                 self.learn.feed(msg, now)
                 return
             try:

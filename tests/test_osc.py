@@ -219,6 +219,20 @@ def test_tcp_in_both_framings_sets_and_answers(rig):
         finally:
             tcp.close()
     assert control.get("deck/1/stem/other/gain_db") == -5.5
+    tcp = SimpleTCPClient(host, port, mode="1.1")  # a subscription without a port: feedback on this connection
+    try:
+        tcp.send_message("/stembridge/subscribe", [])
+        deadline = time.monotonic() + 3
+        seen: set[str] = set()
+        while "/stembridge/subscribed" not in seen and time.monotonic() < deadline:
+            seen |= {OscMessage(m).address for m in tcp.receive(timeout=2.0)}
+        control.set("deck/1/stem/drums/solo", True, source="midi")
+        got = []
+        while not any(m.address == "/stembridge/deck/1/stem/drums/solo" for m in got) and time.monotonic() < deadline:
+            got += [OscMessage(m) for m in tcp.receive(timeout=2.0)]
+        assert [m.params for m in got if m.address == "/stembridge/deck/1/stem/drums/solo"] == [[1]]
+    finally:
+        tcp.close()
 
 
 def test_binding_beyond_loopback_needs_an_allowlist_and_others_are_refused():
