@@ -81,6 +81,9 @@ def test_file_deck_plays_the_file_at_the_playhead_and_reads_separation_ahead(tin
     np.testing.assert_allclose(out[VOCALS, on:], vocals_ref, atol=2e-5)
     assert np.abs(vocals_ref).max() > 0.01  # the fixture model puts real signal on the vocal stem
     assert engine.num_misses == 0 and engine.worker.num_skipped == 0
+    levels = engine.meter_levels()  # per deck, over the last ~2048 frames: what the control side pushes as meters
+    peak, rms = levels[0]["master"]
+    assert abs(peak - np.abs(a[:, n - 2048 : n]).max()) < 1e-4 and 0 < rms < peak  # deck 1 plays file a
 
 
 def test_live_input_latency_is_model_latency_plus_fifo_periods(tiny_model):

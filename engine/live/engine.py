@@ -146,7 +146,7 @@ class LiveEngine:
         self._row = np.zeros(n, dtype=np.float32)
         self._steps = (np.arange(1, n + 1, dtype=np.float32) / n).astype(np.float32)
         self._no_input = np.zeros((0, n), dtype=np.float32)
-        self.meter_frames = n * max(1, -(-4096 // n))
+        self.meter_frames = n * max(1, -(-2048 // n))
         self.meters = np.zeros((d, s + 1, ch, self.meter_frames), dtype=np.float32)  # per deck: stems + master
         self.meter_pos = 0
 
@@ -301,9 +301,9 @@ class LiveEngine:
         }
 
     def meter_levels(self) -> list[dict[str, tuple[float, float]]]:
-        """Per deck {stem or "master": (peak, rms)} over the last ~4096 frames (linear). Not real-time."""
-        snap = self.meters.copy()
-        peak = np.abs(snap).max(axis=(2, 3))
-        rms = np.sqrt(np.mean(np.square(snap, dtype=np.float64), axis=(2, 3)))
+        """Per deck {stem or "master": (peak, rms)} over the last ~2048 frames (linear). Not real-time."""
+        m = self.meters  # read while the audio thread writes: a meter may mix two blocks, which is fine
+        peak = np.maximum(m.max(axis=3), -m.min(axis=3)).max(axis=2)
+        rms = np.sqrt(np.einsum("dscn,dscn->ds", m, m) / (m.shape[2] * m.shape[3]))
         names = [*self.stems, "master"]
         return [{name: (float(peak[d, k]), float(rms[d, k])) for k, name in enumerate(names)} for d in range(len(peak))]
