@@ -138,11 +138,18 @@ def test_live_on_jack_mutes_the_vocal_bus_over_osc(jack_server, tmp_path, tiny_m
             time.sleep(0.1)
         probe.close()
         recorder = BusRecorder(name, seconds=4.0)
+        feedback = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # our subscription: engine status pushes
+        feedback.bind(("127.0.0.1", 0))
+        feedback.settimeout(0.05)
+        osc = SimpleUDPClient("127.0.0.1", osc_port)
+        osc.send_message("/stembridge/subscribe", feedback.getsockname()[1])
         time.sleep(2.0)  # separation settles, the ramps are done
         sent_at = recorder.frames
-        SimpleUDPClient("127.0.0.1", osc_port).send_message("/stembridge/deck/1/stem/vocals/mute", 1)
+        osc.send_message("/stembridge/deck/1/stem/vocals/mute", 1)
         time.sleep(1.5)
         end = recorder.frames
+        status = _engine_status(feedback)
+        feedback.close()
     finally:
         if recorder is not None:
             recorder.close()
@@ -174,3 +181,22 @@ def test_live_on_jack_mutes_the_vocal_bus_over_osc(jack_server, tmp_path, tiny_m
     blocks = np.abs(frames[:, : frames.shape[1] // window * window]).reshape(2, -1, window).max(axis=(0, 2))
     assert blocks.min() > 0.05, "the master went silent"
     assert "running" in output
+    # the engine's counters reached the OSC subscriber
+    assert {"xruns", "deadline_misses", "callback_ms_p99", "latency_ms"} <= set(status), status
+    assert status["latency_ms"] > 0
+
+
+def _engine_status(sock: socket.socket) -> dict:
+    """The last /stembridge/engine/status pushed to our subscription: {counter: value}."""
+    from pythonosc.osc_message import OscMessage
+
+    status: dict = {}
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (TimeoutError, BlockingIOError):
+            return status
+        if not data.startswith(b"/stembridge/engine/status"):
+            continue
+        params = OscMessage(data).params
+        status = dict(zip(params[0::2], params[1::2], strict=True))

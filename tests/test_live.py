@@ -297,3 +297,35 @@ def test_devices_lists_every_section():
 def test_fifo_needs_a_look_ahead_period(tiny_model, fifo):
     with pytest.raises(ValueError, match="at least 2"):
         make_engine(tiny_model, [InputDeck("in")], fifo_periods=fifo)
+
+
+def test_osc_reaches_deck_transport_and_the_stem_mixer(tiny_model):
+    import time
+
+    from pythonosc.udp_client import SimpleUDPClient
+
+    from bridge.cli_live import route_deck_commands
+    from bridge.control import Controller
+
+    engine = make_engine(tiny_model, [FileDeck(song(2.0), "a")])
+    control = Controller(engine.stems, 1)
+    control.attach_queue(1, engine.queues[0])
+    server = control.serve_osc("127.0.0.1", 0, tcp_port=-1)
+    route_deck_commands(server, engine)
+    try:
+        queued = len(engine.queues[0])  # attach_queue sent every current value first
+        client = SimpleUDPClient(*server.address)
+        client.send_message("/stembridge/deck/1/stem/drums/mute", 1)
+        client.send_message("/stembridge/deck/1/transport/seek_s", 1.0)
+        client.send_message("/stembridge/deck/1/transport/play", 0)
+        client.send_message("/stembridge/deck/9/transport/play", 1)  # no such deck: a warning, counted
+        deadline = time.monotonic() + 5
+        while (len(engine.queues[0]) < queued + 3 or server.stats["unknown"] < 1) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        control.close()
+    run(engine, 3)
+    deck = engine.decks[0]
+    assert engine.mixers[0].state("drums")["mute"] is True
+    assert not deck.playing and deck.playhead == SR  # seek and pause arrived before the first block: paused there
+    assert server.stats["unknown"] == 1
