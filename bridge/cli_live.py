@@ -432,20 +432,21 @@ def route_deck_commands(server, engine) -> None:
         /stembridge/deck/<n>/level_db <value>
 
     (A trigger such as play or cue without an argument means 1.) Wraps the OSC router's dispatch; every other
-    address goes on to the router unchanged.
+    address, and any of these the parameter tree holds itself, goes on to the router unchanged.
     """
     from engine.commands import SetParam
     from engine.live.deck import TRANSPORT_PATHS
 
     router = server.router
     dispatch = router._dispatch
+    tree = router.controller.tree
 
     def deck_dispatch(address: str, args: list, client, reply, connection) -> None:
         parts = address.split("/")
         if len(parts) < 5 or parts[1] != "stembridge" or parts[2] != "deck":
             return dispatch(address, args, client, reply, connection)
         path = "/".join(parts[4:])
-        if path not in TRANSPORT_PATHS:
+        if path not in TRANSPORT_PATHS or address in tree:  # the tree's own parameters keep its feedback
             return dispatch(address, args, client, reply, connection)
         if not parts[3].isdigit() or not 1 <= int(parts[3]) <= len(engine.decks):
             router._warn(reply, "unknown", address, f"no deck {parts[3]} (decks 1..{len(engine.decks)})")
