@@ -199,7 +199,7 @@ class LiveEngine:
         worker = self.worker
         decks = self.decks
         for i, queue in enumerate(self.queues):
-            if queue._items:
+            if len(queue):
                 queue.drain(self._appliers[i])
         slot = worker.input_slot(t)
         for i, deck in enumerate(decks):
