@@ -261,7 +261,7 @@ class Controller:
                 if mute:
                     tree.fade_engine(
                         deck, engine_gain, MIN_GAIN_DB, fade, curve="gain",
-                        start=self._engine_gain(deck, engine_gain, target_gain),
+                        start=tree.engine_value(deck, engine_gain, target_gain),
                         then=[(engine_mute, 1.0), (engine_gain, target_gain)],
                     )  # fmt: skip
                 else:
@@ -269,9 +269,6 @@ class Controller:
                     tree.send_engine(deck, engine_mute, 0.0)
                     tree.fade_engine(deck, engine_gain, target_gain, fade, curve="gain", start=MIN_GAIN_DB)
         return problems
-
-    def _engine_gain(self, deck: int, engine_path: str, default: float) -> float:
-        return self.tree._engine_values.get((deck, engine_path), default)
 
     # -- MIDI --
     def add_midi(self, cmap: ControllerMap, input_port: Any = None, output_port: Any = None) -> MidiMapper:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import socket
 import socketserver
 import struct
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from pythonosc.osc_server import BlockingOSCUDPServer
 
-from bridge.osc_codec import OscError, encode_message, parse_packet, slip_decode, slip_encode
+from bridge.osc_codec import OscError, encode_bundle, encode_message, parse_packet, slip_decode, slip_encode
 from bridge.params import BadValue, Change, UnknownParam, has_pattern, normalize_path
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ MAX_PACKET_BYTES = 8192
 MAX_SUBSCRIBERS = 32
 MAX_TCP_CONNECTIONS = 32
 PREFIX = "/stembridge/"
+_PRESET_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 COUNTERS = (
     "packets", "messages", "applied", "replies", "malformed", "oversized", "unknown", "bad_args", "clamped",
     "refused", "errors", "feedback_sent", "feedback_dropped",
@@ -125,6 +127,20 @@ class _UdpServer(BlockingOSCUDPServer):
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         return True  # the router counts and reports everything, including what is not OSC
+
+    def _handle_request_noblock(self) -> None:
+        """Called by serve_forever when the socket is readable: handle every datagram waiting (up to 256), on
+        this one thread, without a select() and a handler object per datagram."""
+        sock, router = self.socket, self.dispatcher
+        for _ in range(256):
+            try:
+                data, client = sock.recvfrom(self.max_packet_size, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                router.count_error("UDP receive failed")
+                return
+            router.call_handlers_for_packet(data, client)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         self.dispatcher.count_error("unexpected error in the UDP handler")
@@ -256,6 +272,7 @@ class OscRouter:
         self._subscribers: dict[Any, Any] = {}
         self._allowed: dict[str, bool] = {}
         self._heads: dict[str, bytes] = {}
+        self._local = threading.local()  # per transport thread: feedback collected while a packet is handled
         self._log = _RateLimitedLog()
 
     # -- counters --
@@ -321,10 +338,13 @@ class OscRouter:
             except OscError as exc:
                 self.count("malformed", f"from {client[0]}: {exc}")
                 return
+            self._local.batch = [] if self._subscribers else None
             for address, args in messages:
                 self.count("messages")
                 self._dispatch(address, args, client, reply, connection)
+            self._flush_feedback()
         except Exception:
+            self._local.batch = None
             self.count_error("unexpected error handling a packet")
 
     def _warn(self, reply: Reply, kind: str, address: str, text: str) -> None:
@@ -498,11 +518,21 @@ class OscRouter:
             packet = head + _INT_TAG + _pack_int(1 if value else 0)
         else:
             packet = head + _FLOAT_TAG + _pack_float(value)
-        self.broadcast_packet(packet)
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:  # inside handle_packet: sent as one bundle when the packet is done
+            batch.append(packet)
+        else:
+            self.broadcast_packet(packet)
+
+    def _flush_feedback(self) -> None:
+        batch = self._local.batch
+        self._local.batch = None
+        if batch:
+            self.broadcast_packet(batch[0] if len(batch) == 1 else encode_bundle(batch))
 
     def _scene(self, deck: int | None, key: str, action: str, args: list, reply: Reply, address: str) -> None:
-        if not key:
-            self._warn(reply, "unknown", address, "scene name missing")
+        if not _PRESET_NAME.match(key):
+            self._warn(reply, "unknown", address, "scene names are letters, digits, '_' or '-'")
             return
         if action == "store":
             self.controller.store_scene(key, deck=deck)
@@ -528,7 +558,7 @@ class OscRouter:
 
     def _chain(self, parts: list[str], args: list, reply: Reply, address: str) -> None:
         deck = _deck_number(parts[1])
-        if deck is None or len(args) != 1 or not isinstance(args[0], str):
+        if deck is None or len(args) != 1 or not isinstance(args[0], str) or not _PRESET_NAME.match(args[0]):
             self._warn(reply, "bad_args", address, "expected s <chain preset name>")
             return
         try:

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.commands import SetParam
 from engine.mixer import MIN_GAIN_DB
@@ -205,8 +205,7 @@ class Param:
         return "/stembridge/" + self.path
 
 
-@dataclass(frozen=True)
-class SetResult:
+class SetResult(NamedTuple):
     """What ``ParamTree.set`` did: the value stored, what was asked, and whether it was clamped or changed."""
 
     path: str
@@ -216,8 +215,7 @@ class SetResult:
     changed: bool
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """A change told to listeners: path, new value, and source ("osc", "midi", "scene", "api", "chain", ...)."""
 
     path: str
@@ -615,6 +613,10 @@ class ParamTree:
                 return
             self._emit(deck, engine_path, start)
             self._glides[key] = _Glide(deck, engine_path, start, end, self.clock(), duration_s, curve, list(then or []))
+
+    def engine_value(self, deck: int, engine_path: str, default: float) -> float:
+        """The last value sent (or being glided to) for an engine path."""
+        return self._engine_values.get((deck, engine_path), default)
 
     @property
     def num_glides(self) -> int:

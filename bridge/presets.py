@@ -861,11 +861,14 @@ def shipped_files(kind: str | None = None) -> list[Path]:
 
 def find_preset(kind: str, name_or_path: str | Path) -> Path:
     """A preset file by path, or by name in the user's folder then the shipped one. Raises PresetError."""
-    candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" or candidate.exists():
-        if candidate.exists():
+    text = str(name_or_path)
+    if isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text or os.sep in text:
+        candidate = Path(name_or_path)
+        if candidate.is_file():
             return candidate
         raise PresetError(candidate, None, None, "no such file")
+    if not _NAME.match(text):
+        raise PresetError(f"{kind}/{text}", None, None, f"{text!r} is not a preset name (letters, digits, '_', '-')")
     for folder in (user_dir() / kind, SHIPPED_DIR / kind):
         path = folder / f"{name_or_path}.toml"
         if path.exists():

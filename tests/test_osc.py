@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_packet import OscPacket
 from pythonosc.tcp_client import SimpleTCPClient
 
 from bridge.control import Controller
@@ -46,6 +47,7 @@ class Client:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(2.0)
+        self.pending: list[tuple[str, list]] = []
 
     @property
     def port(self) -> int:
@@ -58,10 +60,12 @@ class Client:
         self.sock.sendto(data, self.server)
 
     def recv(self, timeout: float = 2.0) -> tuple[str, list]:
-        self.sock.settimeout(timeout)
-        data, _ = self.sock.recvfrom(65536)
-        msg = OscMessage(data)
-        return msg.address, list(msg.params)
+        """The next message; feedback caused by one incoming packet arrives as one bundle (parsed by python-osc)."""
+        if not self.pending:
+            self.sock.settimeout(timeout)
+            data, _ = self.sock.recvfrom(65536)
+            self.pending = [(m.message.address, list(m.message.params)) for m in OscPacket(data).messages]
+        return self.pending.pop(0)
 
     def recv_until(self, address: str, timeout: float = 2.0) -> list:
         deadline = time.monotonic() + timeout
@@ -107,7 +111,9 @@ def setparams(q: CommandQueue) -> list[SetParam]:
 
 def test_the_issue_examples_set_values_and_reach_the_engine_queue(rig):
     control, _server, q, client = rig
-    control.load_chain(1, "drums", "vocal_echo_out")  # a delay on the drums, as in the issue's example
+    client.send("/stembridge/deck/1/stem/drums/chain", "vocal_echo_out")  # a delay on the drums, as in the issue
+    client.send("/stembridge/deck/1/stem/drums/chain", "../../etc/passwd")  # only preset names are looked up
+    assert "chain preset name" in client.recv_until("/stembridge/warning")[1]
     setparams(q)
     client.send("/stembridge/deck/1/stem/vocals/mute", 1)
     client.send("/stembridge/deck/1/stem/vocals/gain_db", -6.0)
