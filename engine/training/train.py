@@ -1,0 +1,359 @@
+"""Train the causal separation model; resumable, checkpointed, logged.
+
+    python -m engine.training.train --data data/synth --run runs/default [--steps N] [--threads 1]
+
+Resumes by itself: from ``<run>/last.pt`` when it exists (model, optimizer, step, sampler seed), otherwise from the
+committed weights-only checkpoint ``engine/models/checkpoint/default_fp16.pt`` when it exists (a fresh machine:
+weights and step carry over, the optimizer starts anew), otherwise from scratch. A full checkpoint is written every
+``--checkpoint-minutes`` and on SIGTERM/SIGINT (at the end of the current step), atomically (temp file + rename).
+
+Each step draws a batch of random segments from the train split with augmentations (``dataset.py``), runs the model
+on the mixture's host-framed STFT magnitude, applies the masks to the complex mixture STFT and takes the L1 distance
+to each stem's STFT (real, imaginary and magnitude), normalised by the example's mixture level. Every
+``--validate-every`` steps the validation split's first seconds are separated and scored with a global SDR per stem
+(10 log10 |s|^2 / |s - s_hat|^2 on the overlap-added estimates). Lines in ``<run>/log.jsonl``:
+``{"kind": "train", "step", "loss", "lr", "sec_per_step", ...}`` and ``{"kind": "validation", "step", "sdr": {...}}``.
+The data folder is rescanned every ``--rescan-every`` steps, so songs that synthesis adds later join the training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.training.dataset import Augment, BatchPrefetcher, SegmentSampler, SongBank, validation_excerpts
+from engine.training.model import (
+    ModelConfig,
+    SeparatorModel,
+    build_model,
+    count_parameters,
+    istft,
+    stft,
+    stft_frames,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED_CHECKPOINT = ROOT / "engine" / "models" / "checkpoint" / "default_fp16.pt"
+
+
+def spectra(audio: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """audio (..., channels, n) -> complex (..., frames, channels, bins) host-framed STFT."""
+    spec = stft(audio, config.n_fft, config.hop_size)  # (..., channels, frames, bins)
+    return spec.transpose(-3, -2)
+
+
+def separation_loss(
+    model: SeparatorModel, mix: torch.Tensor, stems: torch.Tensor, frame_fraction: float = 1.0, skip_frames: int = 8
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """mix (batch, channels, n), stems (batch, num_stems, channels, n) -> (loss, per-stem loss figures).
+
+    The GRU runs over every frame; the mask head and the loss only over a random ``frame_fraction`` of the frames
+    after the first ``skip_frames`` (neighbouring frames are nearly redundant and the per-bin head dominates the cost).
+    Everything is real-valued: masks are real and non-negative, so the estimate is (m Re X, m Im X) and its
+    magnitude is m |X|. Loss per stem = mean of |Re d| + |Im d| + ||est| - |target||, over the mixture's RMS level.
+    """
+    cfg = model.config
+    x = spectra(mix, cfg)  # (b, t, c, f)
+    num_frames = x.shape[1]
+    count = max(1, int(round((num_frames - skip_frames) * frame_fraction)))
+    frames = torch.sort(torch.randperm(num_frames - skip_frames)[:count]).values + skip_frames
+    mag = x.abs()
+    h, lvl = model.initial_state(mix.shape[0])
+    masks, _, _ = model(mag, h, lvl, frames)  # (b, k, s, c, f)
+    xs = x[:, frames].unsqueeze(2)  # (b, k, 1, c, f)
+    target = stft_frames(stems, cfg.n_fft, cfg.hop_size, frames).permute(0, 3, 1, 2, 4)  # (b, k, s, c, f)
+    level = mag.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp_min(1e-4).reshape(-1, 1, 1, 1, 1)
+    diff = (
+        (masks * xs.real - target.real).abs()
+        + (masks * xs.imag - target.imag).abs()
+        + (masks * xs.abs() - target.abs()).abs()
+    )
+    per_stem = (diff / level).mean(dim=(0, 1, 3, 4))
+    return per_stem.sum(), {s: float(v) for s, v in zip(cfg.stems, per_stem.detach(), strict=True)}
+
+
+@torch.no_grad()
+def separate(model: SeparatorModel, mix: torch.Tensor) -> torch.Tensor:
+    """mix (channels, n) -> stems (num_stems, channels, frames * hop) aligned with the input (one causal pass)."""
+    cfg = model.config
+    x = spectra(mix, cfg)  # (t, c, f)
+    h, lvl = model.initial_state(1)
+    masks, _, _ = model(x.abs().unsqueeze(0), h, lvl)
+    est = masks[0] * x.unsqueeze(1)  # (t, s, c, f)
+    return istft(est.permute(1, 2, 0, 3), cfg.n_fft, cfg.hop_size)
+
+
+def sdr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Global SDR in dB of one stem: 10 log10(|s|^2 / |s - s_hat|^2), arrays of the same shape."""
+    num = float((reference.astype(np.float64) ** 2).sum())
+    den = float(((reference - estimate).astype(np.float64) ** 2).sum())
+    return 10.0 * np.log10((num + 1e-9) / (den + 1e-9))
+
+
+def validate(model: SeparatorModel, excerpts: list[tuple[str, np.ndarray]]) -> dict:
+    """Mean global SDR per stem over the excerpts (stems silent in an excerpt are left out), plus mixture/4."""
+    cfg = model.config
+    model.eval()
+    scores: dict[str, list[float]] = {s: [] for s in cfg.stems}
+    baseline: dict[str, list[float]] = {s: [] for s in cfg.stems}
+    for _, stems in excerpts:
+        mix = stems.sum(axis=0)
+        est = separate(model, torch.from_numpy(mix)).numpy()
+        n = est.shape[-1] - (cfg.n_fft - cfg.hop_size)  # the tail is incomplete in one-shot overlap-add
+        for i, s in enumerate(cfg.stems):
+            ref = stems[i, :, :n]
+            if np.sqrt((ref**2).mean()) < 1e-4:
+                continue
+            scores[s].append(sdr_db(ref, est[i, :, :n]))
+            baseline[s].append(sdr_db(ref, mix[:, :n] / len(cfg.stems)))
+    model.train()
+    sdr = {s: round(float(np.mean(v)), 3) for s, v in scores.items() if v}
+    base = {s: round(float(np.mean(v)), 3) for s, v in baseline.items() if v}
+    return {
+        "sdr": sdr,
+        "sdr_mean": round(float(np.mean(list(sdr.values()))), 3) if sdr else None,
+        "mix4_sdr_mean": round(float(np.mean(list(base.values()))), 3) if base else None,
+        "num_songs": len(excerpts),
+    }
+
+
+def learning_rate(step: int, base: float, warmup: int, half_life: int, floor: float) -> float:
+    """Linear warm-up, then exponential decay halving every ``half_life`` steps, never below ``floor``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return max(base * 0.5 ** ((step - warmup) / half_life), floor)
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_fp16(checkpoint: dict, path: Path) -> None:
+    """The weights-only fp16 checkpoint (config, fp16 weights, step, provenance) that is committed to the repo."""
+    small = {
+        "config": checkpoint["config"],
+        "model": {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["model"].items()},
+        "step": checkpoint["step"],
+        "provenance": checkpoint.get("provenance", {}),
+    }
+    save_atomic(small, path)
+
+
+def data_description(train: SongBank, augment: Augment) -> str:
+    return (
+        f"{len(train)} synthetic songs ({train.root}/{train.split}: engine/training/synth.py, regenerated from seeds), "
+        "random segments with stems remixed across songs, resampling (pitch+tempo), EQ, saturation, gain, channel "
+        f"swap, polarity, mono and silence augmentations ({json.dumps(augment.__dict__)})"
+    )
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.run = Path(args.run)
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.run / "log.jsonl"
+        self.stop = False
+        config = ModelConfig(hidden=args.hidden, num_layers=args.layers)
+        self.step = 0
+        self.sampler_seed = args.seed
+        state = None
+        last = self.run / "last.pt"
+        if last.exists():
+            state = torch.load(last, map_location="cpu", weights_only=False)
+            source = str(last)
+        elif args.init is not None and Path(args.init).exists():
+            state = torch.load(args.init, map_location="cpu", weights_only=True)
+            source = str(args.init)
+        if state is not None:
+            config = ModelConfig.from_dict(state["config"])
+        self.model = build_model(config)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        if state is not None:
+            self.model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+            self.step = int(state.get("step", 0))
+            if "optimizer" in state:
+                self.optimizer.load_state_dict(state["optimizer"])
+            self.sampler_seed = int(state.get("sampler_seed", args.seed)) + 1  # fresh draws after a resume
+            self.log({"kind": "resume", "step": self.step, "source": source})
+        self.best = state.get("best_sdr", -1e9) if state is not None else -1e9
+        self.model.train()
+        self.augment = Augment()
+        self.train_bank = SongBank(args.data, "train", config.stems, config.sample_rate)
+        self.val_bank = SongBank(args.data, "validation", config.stems, config.sample_rate)
+        segment = int(args.segment_seconds * config.sample_rate)
+        self.sampler = SegmentSampler(self.train_bank, segment, self.augment, seed=self.sampler_seed)
+        self.prefetch: BatchPrefetcher | None = None
+        if args.workers:
+            self.prefetch = BatchPrefetcher(
+                args.data,
+                "train",
+                segment,
+                args.batch,
+                self.augment,
+                self.sampler_seed,
+                config.stems,
+                config.sample_rate,
+            )
+
+    def log(self, record: dict) -> None:
+        record = {"time": round(time.time(), 1), **record}
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+
+    def checkpoint(self) -> dict:
+        return {
+            "config": self.model.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "sampler_seed": self.sampler_seed + self.step,
+            "best_sdr": self.best,
+            "provenance": {
+                "training_data": data_description(self.train_bank, self.augment),
+                "trained_steps": self.step,
+                "batch": f"{self.args.batch} x {self.args.segment_seconds} s",
+            },
+        }
+
+    def save(self) -> None:
+        ckpt = self.checkpoint()
+        save_atomic(ckpt, self.run / "last.pt")
+        save_fp16(ckpt, self.run / "last_fp16.pt")
+        self.log({"kind": "checkpoint", "step": self.step})
+
+    def wait_for_data(self) -> None:
+        while len(self.train_bank) < self.args.min_songs and not self.stop:
+            print(f"waiting for songs: {len(self.train_bank)}/{self.args.min_songs} in train", flush=True)
+            time.sleep(30)
+            self.train_bank.rescan()
+            self.val_bank.rescan()
+
+    def train(self) -> None:
+        args = self.args
+        self.wait_for_data()
+        self.log(
+            {
+                "kind": "start",
+                "step": self.step,
+                "parameters": count_parameters(self.model),
+                "config": self.model.config.to_dict(),
+                "train_songs": len(self.train_bank),
+                "validation_songs": len(self.val_bank),
+                "threads": torch.get_num_threads(),
+            }
+        )
+        last_save = time.monotonic()
+        window: list[float] = []
+        per_stem_acc: dict[str, float] = {}
+        t0 = time.monotonic()
+        while self.step < args.steps and not self.stop:
+            lr = learning_rate(self.step, args.lr, args.warmup, args.half_life, args.lr_floor)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            mix, stems = self.prefetch.get() if self.prefetch else self.sampler.batch(args.batch)
+            loss, per_stem = separation_loss(
+                self.model, torch.from_numpy(mix), torch.from_numpy(stems), args.frame_fraction
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip))
+            self.optimizer.step()
+            self.step += 1
+            window.append(float(loss.detach()))
+            for k, v in per_stem.items():
+                per_stem_acc[k] = per_stem_acc.get(k, 0.0) + v
+            if self.step % args.log_every == 0:
+                n = len(window)
+                self.log(
+                    {
+                        "kind": "train",
+                        "step": self.step,
+                        "loss": round(float(np.mean(window)), 5),
+                        "per_stem": {k: round(v / n, 5) for k, v in per_stem_acc.items()},
+                        "lr": lr,
+                        "grad_norm": round(grad_norm, 4),
+                        "sec_per_step": round((time.monotonic() - t0) / n, 3),
+                        "train_songs": len(self.train_bank),
+                    }
+                )
+                window, per_stem_acc, t0 = [], {}, time.monotonic()
+            if self.step % args.rescan_every == 0:
+                self.train_bank.rescan()
+                self.val_bank.rescan()
+            if self.step % args.validate_every == 0 and len(self.val_bank):
+                result = validate(self.model, validation_excerpts(self.val_bank, args.val_songs, args.val_seconds))
+                self.log({"kind": "validation", "step": self.step, **result})
+                if result["sdr_mean"] is not None and result["sdr_mean"] > self.best:
+                    self.best = result["sdr_mean"]
+                    save_atomic(self.checkpoint(), self.run / "best.pt")
+                t0 = time.monotonic()
+            if time.monotonic() - last_save > 60.0 * args.checkpoint_minutes:
+                self.save()
+                last_save = time.monotonic()
+        self.save()
+        if self.prefetch:
+            self.prefetch.close()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train the causal stem separation model (resumes from <run>/last.pt).")
+    p.add_argument("--data", default="data/synth", help="folder with <split>/<song>/{vocals,drums,bass,other}.wav")
+    p.add_argument("--run", default="runs/default", help="run folder: last.pt, best.pt, log.jsonl")
+    p.add_argument("--steps", type=int, default=10**9, help="stop after this many steps in total (default: never)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--segment-seconds", type=float, default=3.0)
+    p.add_argument("--frame-fraction", type=float, default=0.25, help="share of frames the mask head and loss see")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--half-life", type=int, default=40000, help="steps per halving of the learning rate")
+    p.add_argument("--lr-floor", type=float, default=1e-4)
+    p.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
+    p.add_argument("--hidden", type=int, default=ModelConfig.hidden, help="GRU hidden size (new runs only)")
+    p.add_argument("--layers", type=int, default=ModelConfig.num_layers, help="GRU layers (new runs only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, choices=(0, 1), help="1: augment batches in a second process")
+    p.add_argument("--min-songs", type=int, default=1, help="wait until the train split has this many songs")
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--rescan-every", type=int, default=200)
+    p.add_argument("--validate-every", type=int, default=500)
+    p.add_argument("--val-songs", type=int, default=12)
+    p.add_argument("--val-seconds", type=float, default=12.0)
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=COMMITTED_CHECKPOINT,
+        help="weights to start from when the run has no last.pt (default: the committed fp16 checkpoint)",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    trainer = Trainer(args)
+
+    def request_stop(signum, frame):  # noqa: ARG001
+        trainer.stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    trainer.train()
+
+
+if __name__ == "__main__":
+    main()

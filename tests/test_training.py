@@ -1,0 +1,274 @@
+"""Training tools: model contract properties, STFT framing, ONNX export, data loading and augmentation, resuming.
+
+Needs torch (the optional `train` extra); skipped without it. Uses tiny model configurations and made-up songs, so
+it runs in well under a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+torch = pytest.importorskip("torch", reason="torch is not installed (install the `train` extra to test training)")
+pytest.importorskip("onnx", reason="onnx is not installed (needed by torch.onnx.export)")
+
+from engine.model_card import load_card  # noqa: E402
+from engine.separator import StreamingSeparator  # noqa: E402
+from engine.stft import StreamingSTFT  # noqa: E402
+from engine.training import dataset, export, train  # noqa: E402
+from engine.training.model import (  # noqa: E402
+    ModelConfig,
+    SeparatorModel,
+    band_centers,
+    default_band_layout,
+    interpolation_matrix,
+    istft,
+    stft,
+    stft_frames,
+)
+
+TINY = ModelConfig(n_fft=256, hop_size=64, hidden=16, num_layers=2)
+STEMS = ("vocals", "drums", "bass", "other")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model() -> SeparatorModel:
+    model = SeparatorModel(TINY).eval()
+    with torch.no_grad():  # make the decoder matter, so that mask properties are not trivially met
+        for p in model.decoder.parameters():
+            p.normal_(0.0, 0.5)
+    return model
+
+
+def test_band_layout_tiles_the_spectrum_and_interpolates_linearly():
+    layout = default_band_layout(513)
+    centers = band_centers(layout)
+    assert centers[0] == 0 and centers[-1] == 512 and len(centers) == 89
+    assert np.all(np.diff(centers) >= 1)
+    m = interpolation_matrix(layout)
+    assert m.shape == (89, 513)
+    np.testing.assert_allclose(m.sum(axis=0), 1.0, atol=1e-6)
+    ramp = np.arange(513, dtype=np.float32)  # a linear function is reproduced exactly from its band samples
+    np.testing.assert_allclose(centers.astype(np.float32) @ m, ramp, atol=1e-3)
+    model = SeparatorModel(ModelConfig())
+    bands = torch.randn(3, 89)
+    torch.testing.assert_close(model.to_bins(bands), bands @ torch.from_numpy(m), atol=1e-5, rtol=0)
+
+
+def test_training_stft_matches_host_framing_and_inverts():
+    rng = np.random.default_rng(1)
+    audio = rng.standard_normal((3, 64 * 40)).astype(np.float32)
+    host = StreamingSTFT(256, 64, 3, 64).analyse(audio)  # (3, 40, 129)
+    spec = stft(torch.from_numpy(audio), 256, 64)
+    np.testing.assert_allclose(spec.numpy(), host, atol=2e-4)
+    frames = torch.tensor([0, 5, 39])
+    torch.testing.assert_close(stft_frames(torch.from_numpy(audio), 256, 64, frames), spec[:, frames])
+    back = istft(spec, 256, 64).numpy()
+    n = back.shape[-1] - (256 - 64)  # the tail needs frames that come later
+    np.testing.assert_allclose(back[:, :n], audio[:, :n], atol=1e-5)
+
+
+def test_masks_are_causal_sum_to_one_and_ignore_mix_level():
+    model = tiny_model()
+    mag = torch.rand(2, 30, 2, TINY.num_bins) ** 4 * 50
+    h, lvl = model.initial_state(2)
+    with torch.no_grad():
+        masks, _, _ = model(mag, h, lvl)
+        assert masks.shape == (2, 30, 4, 2, TINY.num_bins)
+        torch.testing.assert_close(masks.sum(dim=2), torch.ones(2, 30, 2, TINY.num_bins))
+        assert float(masks.std()) > 0.01  # the masks really vary
+        changed = mag.clone()
+        changed[:, 17:] = torch.rand(2, 13, 2, TINY.num_bins) * 10
+        masks2, _, _ = model(changed, h, lvl)
+        assert torch.equal(masks2[:, :17], masks[:, :17])  # no look-ahead
+        assert not torch.allclose(masks2[:, 17:], masks[:, 17:])
+        louder, _, _ = model(mag * 30.0, h, lvl)
+        # only the first frame's onset cue (level change from the initial state) may differ
+        torch.testing.assert_close(louder[:, 1:], masks[:, 1:], atol=1e-4, rtol=0)
+
+
+def test_streaming_with_carried_state_equals_one_pass_and_head_subset_matches():
+    model = tiny_model()
+    mag = torch.rand(3, 25, 2, TINY.num_bins) * 20
+    with torch.no_grad():
+        full, h_full, lvl_full = model(mag, *model.initial_state(3))
+        h, lvl = model.initial_state(3)
+        parts = []
+        for a, b in ((0, 1), (1, 8), (8, 9), (9, 25)):
+            out, h, lvl = model(mag[:, a:b], h, lvl)
+            parts.append(out)
+        torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
+        torch.testing.assert_close(h, h_full)
+        frames = torch.tensor([2, 3, 11, 24])
+        subset, _, _ = model(mag, *model.initial_state(3), frames)
+        torch.testing.assert_close(subset, full[:, frames], atol=1e-6, rtol=0)
+
+
+def test_export_matches_torch_and_runs_in_the_engine(tmp_path):
+    model = tiny_model()
+    out = tmp_path / "tiny_trained.onnx"
+    card = export.export_model(model, out, {"training_data": "test", "trained_steps": 3}, timing=False)
+    assert card["provenance"]["onnx_max_abs_error_vs_torch"] <= 1e-4
+    assert "quality" in card["provenance"]
+    loaded = load_card(out)
+    assert loaded.latency_samples == TINY.n_fft - TINY.hop_size and loaded.residual_stem == "other"
+    assert [s.input for s in loaded.states] == ["h_in", "lvl_in"]
+    # an existing card's quality figures survive a re-export
+    data = json.loads(out.with_suffix(".json").read_text())
+    data["provenance"]["quality"] = {"sdr_mean": 1.5}
+    out.with_suffix(".json").write_text(json.dumps(data))
+    card = export.export_model(model, out, {"trained_steps": 4}, timing=False)
+    assert card["provenance"]["quality"] == {"sdr_mean": 1.5}
+    # the engine runs it, batched, and the stems sum to the (latency-aligned) input
+    sep = StreamingSeparator(out, num_streams=2)
+    audio = (np.random.default_rng(0).standard_normal((2, 2, TINY.hop_size * 20)) * 0.1).astype(np.float32)
+    stems = sep.process(audio)
+    assert stems.shape == (2, 4, 2, audio.shape[-1])
+    lat = sep.latency_samples
+    np.testing.assert_allclose(stems.sum(axis=1)[..., lat:], audio[..., :-lat], atol=1e-5)
+
+
+def test_export_refuses_a_graph_that_differs_from_torch(tmp_path, monkeypatch):
+    model = tiny_model()
+    real_export = export.export_onnx
+
+    def broken_export(m, path):
+        real_export(m, path)
+        with torch.no_grad():  # the graph was written: now torch's weights no longer match it
+            m.decoder.bias.add_(torch.randn_like(m.decoder.bias))
+
+    monkeypatch.setattr(export, "export_onnx", broken_export)
+    with pytest.raises(AssertionError, match="differs from torch"):
+        export.export_model(model, tmp_path / "bad.onnx", timing=False)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def write_song(root: Path, split: str, name: str, seconds: float, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    folder = root / split / name
+    folder.mkdir(parents=True)
+    n = int(seconds * 44100)
+    t = np.arange(n) / 44100.0
+    stems = {
+        "vocals": np.sin(2 * np.pi * (220 + 40 * seed) * t) * 0.2,
+        "drums": (rng.random(n) < 0.001) * rng.standard_normal(n) * 0.5,
+        "bass": np.sin(2 * np.pi * (55 + 5 * seed) * t) * 0.3,
+        "other": rng.standard_normal(n) * 0.02,
+    }
+    out = {}
+    for k, v in stems.items():
+        stereo = np.stack([v, 0.5 * v]).T
+        pcm = np.clip(np.round(stereo * 32768), -32768, 32767).astype(np.int16)
+        sf.write(folder / f"{k}.wav", pcm, 44100, subtype="PCM_16")
+        out[k] = pcm
+    return out
+
+
+def test_song_bank_memory_maps_stems_and_rescans(tmp_path):
+    written = write_song(tmp_path, "train", "song000002", 1.0, 2)
+    bank = dataset.SongBank(tmp_path, "train")
+    assert len(bank) == 1
+    assert isinstance(bank.songs[0].stems["bass"], np.memmap)
+    np.testing.assert_array_equal(np.asarray(bank.songs[0].stems["bass"]), written["bass"])
+    (tmp_path / "train" / ".song000003.tmp").mkdir()  # incomplete songs are ignored
+    write_song(tmp_path, "train", "song000004", 1.0, 4)
+    assert bank.rescan() == 1 and len(bank) == 2
+    seg = bank.songs[0].segment("vocals", -10, 100)
+    assert seg.shape == (2, 100) and np.all(seg[:, :10] == 0)
+    np.testing.assert_allclose(seg[:, 10:], written["vocals"][:90].T / 32768.0)
+
+
+def test_sampler_rebuilds_the_mixture_from_augmented_stems(tmp_path):
+    for i in range(3):
+        write_song(tmp_path, "train", f"song{i:06d}", 1.5, i)
+    bank = dataset.SongBank(tmp_path, "train")
+    sampler = dataset.SegmentSampler(bank, 22050, seed=3)
+    mix, stems = sampler.batch(6)
+    assert mix.shape == (6, 2, 22050) and stems.shape == (6, 4, 2, 22050)
+    np.testing.assert_allclose(mix, stems.sum(axis=1), atol=1e-6)
+    rms_db = 20 * np.log10(np.sqrt((mix**2).mean(axis=(1, 2))))
+    lo, hi = dataset.Augment().mix_level_db
+    assert np.all(rms_db > lo - 0.1) and np.all(rms_db < hi + 0.1)
+    # without augmentation an example is an aligned excerpt of one song: stems here count samples, so the first
+    # value of each stem gives its offset in the song
+    counting = tmp_path / "count" / "train" / "song000000"
+    counting.mkdir(parents=True)
+    index = np.arange(30000, dtype=np.int16)
+    for k, stem in enumerate(STEMS):
+        sf.write(counting / f"{stem}.wav", np.stack([index, -index]).T + k, 44100, subtype="PCM_16")
+    plain = dataset.SegmentSampler(dataset.SongBank(tmp_path / "count", "train"), 4000, dataset.Augment.none(), seed=3)
+    for _ in range(5):
+        example = np.round(plain.example() * 32768).astype(np.int32)  # (stems, channels, n)
+        start = example[0, 0, 0]
+        for k in range(4):
+            np.testing.assert_array_equal(example[k, 0], np.arange(start, start + 4000) + k)
+            np.testing.assert_array_equal(example[k, 1], -np.arange(start, start + 4000) + k)
+
+
+def test_resampling_and_eq_keep_length_and_shift_pitch():
+    rng = np.random.default_rng(0)
+    n = 44100
+    tone = np.sin(2 * np.pi * 1000.0 * np.arange(3 * n) / 44100.0).astype(np.float32)
+    pcm = np.round(np.stack([tone, tone]).T * 16000).astype(np.int16)
+    song = dataset.Song("s", {k: pcm for k in STEMS}, pcm.shape[0])
+
+    class Bank:
+        sample_rate = 44100
+
+    aug = dataset.Augment(p_eq=0.0)
+    sampler = dataset.SegmentSampler(Bank(), n, aug, seed=0)  # type: ignore[arg-type]
+    y = sampler._draw(song, "vocals", n, 1.05)
+    assert y.shape == (2, n)
+    peak_hz = np.argmax(np.abs(np.fft.rfft(y[0]))) * 44100 / n
+    assert abs(peak_hz - 1050.0) < 8.0  # pitch goes up with the factor
+    curve = dataset.random_eq_db(np.array([20.0, 1000.0, 20000.0]), rng, 6.0)
+    assert np.all(np.abs(curve) < 4 * 6.0)
+
+
+def test_training_steps_lower_the_loss_and_resume(tmp_path):
+    for i in range(3):
+        write_song(tmp_path / "data", "train", f"song{i:06d}", 1.2, i)
+    write_song(tmp_path / "data", "validation", "song000001", 1.2, 7)
+    run = tmp_path / "run"
+    common = ["--data", str(tmp_path / "data"), "--run", str(run), "--hidden", "16", "--batch", "2"]
+    common += ["--segment-seconds", "0.5", "--workers", "0", "--init", str(tmp_path / "none.pt")]
+    common += ["--log-every", "1", "--validate-every", "4", "--val-seconds", "1"]
+    train.main([*common, "--steps", "4"])
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "validation" and r["sdr_mean"] is not None for r in log)
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
+    train.main([*common, "--steps", "6"])  # resumes from last.pt
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "resume" and r["step"] == 4 for r in log)
+    assert max(r["step"] for r in log if r["kind"] == "train") == 6
+    fp16 = torch.load(run / "last_fp16.pt", weights_only=True)
+    assert fp16["step"] == 6 and all(v.dtype == torch.float16 for v in fp16["model"].values() if v.is_floating_point())
+    model = export.load_weights(run / "last_fp16.pt")
+    assert model.config.hidden == 16
+
+    # a fixed batch is fitted: the loss falls clearly within a few dozen steps
+    model = SeparatorModel(ModelConfig(hidden=32))
+    bank = dataset.SongBank(tmp_path / "data", "train")
+    mix, stems = dataset.SegmentSampler(bank, 11025, seed=0).batch(2)
+    mix, stems = torch.from_numpy(mix), torch.from_numpy(stems)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, _ = train.separation_loss(model, mix, stems, frame_fraction=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
