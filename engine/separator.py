@@ -114,11 +114,15 @@ class StreamingSeparator:
         self.latency_samples = card.latency_samples
         num_signals = num_streams * card.num_channels
         self._analysis = StreamingSTFT(card.n_fft, card.hop_size, num_signals, max_hops)
-        self._synthesis = StreamingSTFT(card.n_fft, card.hop_size, num_signals * card.num_stems, max_hops)
+        self._residual = card.stems.index(card.residual_stem) if card.residual_stem else None
+        # the residual stem is computed in the time domain (input minus the others), so it needs no inverse STFT
+        self._synthesised = [i for i in range(card.num_stems) if i != self._residual]
+        num_synth = len(self._synthesised)
+        self._synthesis = StreamingSTFT(card.n_fft, card.hop_size, num_signals * num_synth, max_hops)
         self._mag = np.zeros((num_streams, max_hops, card.num_channels, card.num_bins), dtype=np.float32)
         self._out = np.zeros((num_signals * card.num_stems, max_hops * card.hop_size), dtype=np.float32)
+        self._synth_out = np.zeros((num_signals * num_synth, max_hops * card.hop_size), dtype=np.float32)
         self._dry = np.zeros((num_streams * card.num_channels, max_hops * card.hop_size), dtype=np.float32)
-        self._residual = card.stems.index(card.residual_stem) if card.residual_stem else None
         self._states: dict[str, np.ndarray] = {}
         self._state_outputs = [s.output for s in card.states]
         self._output_names = [card.output_name, *self._state_outputs]
@@ -175,15 +179,21 @@ class StreamingSeparator:
         masks = results[0]  # (streams, hops, stems, channels, bins)
         for s, value in zip(card.states, results[1:], strict=True):
             self._states[s.input] = value
-        masked = masks.transpose(0, 2, 3, 1, 4) * spectra_4d[:, None]  # (streams, stems, channels, hops, bins)
-        flat = self._out[:, :n]
-        self._synthesis.synthesise(masked.reshape(-1, hops, card.num_bins), flat)
-        stems = flat.reshape(self.num_streams, self.num_stems, self.num_channels, n)
         if self._residual is not None:
-            self._apply_residual(signals, stems, n)
+            masks = masks[:, :, self._synthesised]
+        masked = masks.transpose(0, 2, 3, 1, 4) * spectra_4d[:, None]  # (streams, stems, channels, hops, bins)
+        synth = self._synth_out[:, :n]
+        self._synthesis.synthesise(masked.reshape(-1, hops, card.num_bins), synth)
+        synth_4d = synth.reshape(self.num_streams, len(self._synthesised), self.num_channels, n)
+        stems = self._out[:, :n].reshape(self.num_streams, self.num_stems, self.num_channels, n)
+        if self._residual is None:
+            stems[:] = synth_4d
+        else:
+            stems[:, self._synthesised] = synth_4d
+            self._apply_residual(signals, stems, synth_4d, n)
         return stems
 
-    def _apply_residual(self, signals: np.ndarray, stems: np.ndarray, n: int) -> None:
+    def _apply_residual(self, signals: np.ndarray, stems: np.ndarray, synth: np.ndarray, n: int) -> None:
         """Set the residual stem to the latency-aligned input minus all other stems."""
         latency = self.card.latency_samples
         dry = self._dry[:, :n]
@@ -195,6 +205,6 @@ class StreamingSeparator:
             dry[:] = self._dry_history[:, :n]
             self._dry_history[:, : latency - n] = self._dry_history[:, n:]
             self._dry_history[:, latency - n :] = signals
-        r = self._residual
-        others = stems.sum(axis=1) - stems[:, r]
-        np.subtract(dry.reshape(self.num_streams, self.num_channels, n), others, out=stems[:, r])
+        np.subtract(
+            dry.reshape(self.num_streams, self.num_channels, n), synth.sum(axis=1), out=stems[:, self._residual]
+        )

@@ -11,6 +11,7 @@ divided by the constant ``sum_k w(n - k * hop)^2``, so an all-pass mask reconstr
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 
 
 def hann_window(n_fft: int) -> np.ndarray:
@@ -72,7 +73,7 @@ class StreamingSTFT:
             self._views[num_hops] = view
         frames = self._frames[:, :num_hops]
         np.multiply(view, self.window, out=frames)
-        spectra = np.fft.rfft(frames, axis=-1).astype(np.complex64, copy=False)
+        spectra = scipy.fft.rfft(frames, axis=-1)  # float32 in, complex64 out
         # keep the last n_fft - hop samples as history for the next call
         self._in[:, :history] = self._in[:, new : new + history]
         return spectra
@@ -83,7 +84,7 @@ class StreamingSTFT:
         Output sample ``j`` of this call is input sample ``j - (n_fft - hop)`` of the stream (latency n_fft - hop).
         """
         num_hops = spectra.shape[1]
-        frames = np.fft.irfft(spectra, n=self.n_fft, axis=-1)
+        frames = scipy.fft.irfft(spectra, n=self.n_fft, axis=-1)
         frames *= self.synthesis_window
         ola = self._ola
         hop = self.hop
