@@ -7,8 +7,13 @@ SDR equals museval's own and times both.
 
     python benchmarks/quality.py [--data data/synth] [--model PATH] [--max-songs N] [--max-seconds S]
 
-Test songs come from the synthesizer (``python -m engine.training.synth batch``; seeds with seed % 20 == 0 are the
-test split). Writes benchmarks/results/quality.json, quality.md and quality.png (the plot needs matplotlib).
+Test songs come from the synthesizer; seeds with seed % 20 == 0 are the test split. ``synth batch`` renders them
+with the training songs into data/synth/test; the test split alone (20 songs, bit-identical to the batch's) is::
+
+    for s in $(seq 0 20 380); do python -m engine.training.synth song --seed $s --out data/eval_synth; done
+    python benchmarks/quality.py --data data/eval_synth
+
+Writes benchmarks/results/quality.json, quality.md and quality.png (the plot needs matplotlib).
 """
 
 from __future__ import annotations
