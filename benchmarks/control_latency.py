@@ -329,6 +329,9 @@ def measure_rates(
         for transport, rate in [("udp", r) for r in rates] + [("tcp", 0.0)]:
             before = server.stats
             dropped_before = control.tree.num_dropped
+            threads = [t for t in server._threads if t.name == f"osc-{transport}"]
+            clocks = [time.pthread_getcpuclockid(t.ident) for t in threads if transport == "udp"]
+            cpu0 = sum(time.clock_gettime(c) for c in clocks)
             audio.reset_stats()
             port = server.address[1] if transport == "udp" else server.tcp_address[1]
             result = run_sender(transport, port, count, rate, "load")
@@ -336,6 +339,7 @@ def measure_rates(
             wait_until(lambda: len(queue) == 0, 2.0)
             time.sleep(0.05)
             in_step = engine_in_step(control, mixer)
+            cpu_us = 1e6 * (sum(time.clock_gettime(c) for c in clocks) - cpu0)
             after = server.stats
             received = after["messages"] - before["messages"]
             applied = after["applied"] - before["applied"]
@@ -350,6 +354,7 @@ def measure_rates(
                     "commands_drained": audio.drained,
                     "lost": count - applied,
                     "engine_in_step": in_step,
+                    "server_cpu_us_per_msg": round(cpu_us / max(received, 1), 1) if clocks else None,
                     "queue_refused": control.tree.num_dropped - dropped_before,
                     "errors": after["errors"] - before["errors"],
                     "feedback_sent": after["feedback_sent"] - before["feedback_sent"],
@@ -392,12 +397,12 @@ def write_markdown(res: dict) -> str:
             f"GIL switch interval {run['switch_interval']}",
             "",
             "| transport | target msg/s | sent msg/s | received | applied | lost | engine in step | commands drained | "
-            "block start late p99 ms | process p99 ms | missed deadlines |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "server CPU us/msg | block start late p99 ms | process p99 ms | missed deadlines |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         b = run["baseline_audio"]
         lines.append(
-            f"| (idle baseline) | - | - | - | - | - | - | - | {b['start_late_ms_p99']} | {b['process_ms_p99']} | "
+            f"| (idle baseline) | - | - | - | - | - | - | - | - | {b['start_late_ms_p99']} | {b['process_ms_p99']} | "
             f"{b['missed_deadlines']} / {b['blocks']} |"
         )
         for r in run["rates"]:
@@ -405,6 +410,7 @@ def write_markdown(res: dict) -> str:
             lines.append(
                 f"| {r['transport']} | {r['target_rate']} | {r['send_rate']} | {r['received']} | {r['applied']} | "
                 f"{r['lost']} | {'yes' if r['engine_in_step'] else 'NO'} | {r['commands_drained']} | "
+                f"{r['server_cpu_us_per_msg'] if r['server_cpu_us_per_msg'] is not None else '-'} | "
                 f"{a['start_late_ms_p99']} | {a['process_ms_p99']} | {a['missed_deadlines']} / {a['blocks']} |"
             )
         lines.append("")
