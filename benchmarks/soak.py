@@ -127,7 +127,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def soak_live(model: Path, songs: list[Path], minutes: float, jackd_pid: int, workdir: Path) -> dict:
+def soak_live(
+    model: Path, songs: list[Path], minutes: float, jackd_pid: int, workdir: Path, extra: list[str] = ()
+) -> dict:
     stats_path = workdir / f"stats_{len(songs)}.json"
     port = free_port()
     cmd = [sys.executable, "-m", "bridge.cli", "live", "--backend", "jack", "--model", str(model), "--loop",
@@ -135,6 +137,7 @@ def soak_live(model: Path, songs: list[Path], minutes: float, jackd_pid: int, wo
            "--stats-json", str(stats_path), "--client-name", "stembridge-soak"]  # fmt: skip
     for song in songs:
         cmd += ["--deck", str(song)]
+    cmd += list(extra)
     jack0, m0 = cpu_ticks(jackd_pid), machine_cpu()
     busy = busy_processes({os.getpid(), jackd_pid})
     log = (workdir / f"live_{len(songs)}.log").open("w")

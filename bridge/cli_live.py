@@ -113,6 +113,15 @@ STATUS_KEYS = (
     help="Real-time (SCHED_FIFO) priority of the worker process, below JACK's audio threads, when the system "
     "permits it (root or JACK's audio group); 0 keeps it an ordinary process.",
 )
+@click.option(
+    "--thread-rt-priority",
+    type=click.IntRange(0, 99),
+    default=2,
+    show_default=True,
+    help="Real-time priority for stembridge's other threads (control, OSC, MIDI, meters), when permitted: a thread "
+    "holding Python's GIL is then not preempted by ordinary load while the audio callback waits for the GIL. "
+    "Keep it below JACK's audio threads; 0 leaves them ordinary.",
+)
 @click.option("--osc-host", default="127.0.0.1", show_default=True, help="OSC bind address.")
 @click.option("--osc-port", type=click.IntRange(0, 65535), default=9000, show_default=True, help="OSC UDP port.")
 @click.option(
@@ -266,6 +275,10 @@ class LiveSession:
         except BackendError as exc:
             raise LiveError(str(exc)) from exc
         self.monitor.start()
+        if o["thread_rt_priority"]:
+            from engine.live.worker import promote_threads
+
+            promote_threads(o["thread_rt_priority"])
         self._announce(card, made)
 
     def _make_decks(self, files: list[Path], num_inputs: int, rate: int) -> list:

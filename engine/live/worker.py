@@ -275,6 +275,30 @@ def set_realtime_priority(priority: int) -> bool:
     return c
 
 
+def promote_threads(priority: int) -> int:
+    """Move every ordinary (SCHED_OTHER) thread of this process to SCHED_FIFO at ``priority``; returns how many.
+
+    Why: the audio callback needs Python's GIL. If the thread holding it is an ordinary thread that the kernel
+    preempts for other load, the real-time callback waits as long as that thread waits for a CPU (priority
+    inversion through the GIL). Threads that only hold the GIL briefly (control, OSC, MIDI, monitor) lose nothing
+    by running at a low real-time priority, below the audio callback's; threads started later by them inherit it.
+    Needs permission (root, or an rtprio limit as JACK's audio group has); without it nothing changes. Linux only.
+    """
+    count = 0
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            if os.sched_getscheduler(tid) == os.SCHED_OTHER:
+                os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+                count += 1
+        except (AttributeError, PermissionError, OSError):
+            continue
+    return count
+
+
 def _warm_up(separator) -> None:
     zeros = np.zeros((separator.num_streams, separator.num_channels, separator.hop_size * 4), dtype=np.float32)
     for _ in range(3):
