@@ -215,6 +215,7 @@ class LiveSession:
         self._stop = threading.Event()
         self._started = 0.0
         self._cpu0 = 0.0
+        self._promoted: list[int] = []
 
     # -- start-up --
     def open(self) -> None:
@@ -278,7 +279,7 @@ class LiveSession:
         if o["thread_rt_priority"]:
             from engine.live.worker import promote_threads
 
-            promote_threads(o["thread_rt_priority"])
+            self._promoted = promote_threads(o["thread_rt_priority"])
         self._announce(card, made)
 
     def _make_decks(self, files: list[Path], num_inputs: int, rate: int) -> list:
@@ -420,6 +421,10 @@ class LiveSession:
         stats = None
         if self.engine is not None and self._started:
             stats = self.final_stats()
+        if self._promoted:  # this thread (and others) leave real time: matters when live runs inside another program
+            from engine.live.worker import demote_threads
+
+            demote_threads(self._promoted)
         if self.monitor is not None:
             self.monitor.stop()
         if self.backend is not None:

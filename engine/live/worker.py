@@ -275,8 +275,9 @@ def set_realtime_priority(priority: int) -> bool:
     return c
 
 
-def promote_threads(priority: int) -> int:
-    """Move every ordinary (SCHED_OTHER) thread of this process to SCHED_FIFO at ``priority``; returns how many.
+def promote_threads(priority: int) -> list[int]:
+    """Move every ordinary (SCHED_OTHER) thread of this process to SCHED_FIFO at ``priority``; returns their ids
+    (give them to ``demote_threads`` to undo it).
 
     Why: the audio callback needs Python's GIL. If the thread holding it is an ordinary thread that the kernel
     preempts for other load, the real-time callback waits as long as that thread waits for a CPU (priority
@@ -284,19 +285,28 @@ def promote_threads(priority: int) -> int:
     by running at a low real-time priority, below the audio callback's; threads started later by them inherit it.
     Needs permission (root, or an rtprio limit as JACK's audio group has); without it nothing changes. Linux only.
     """
-    count = 0
+    promoted = []
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
-        return 0
+        return promoted
     for tid in tids:
         try:
             if os.sched_getscheduler(tid) == os.SCHED_OTHER:
                 os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
-                count += 1
+                promoted.append(tid)
         except (AttributeError, PermissionError, OSError):
             continue
-    return count
+    return promoted
+
+
+def demote_threads(tids: list[int]) -> None:
+    """Return threads (those still alive) to SCHED_OTHER."""
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        except (AttributeError, PermissionError, OSError):
+            continue
 
 
 def _warm_up(separator) -> None:
