@@ -1,6 +1,7 @@
 """Export a trained model to the model contract: ``<name>.onnx`` + ``<name>.json`` card, verified and timed.
 
-    python -m engine.training.export --checkpoint runs/default/last.pt --out engine/models/default.onnx
+    python -m engine.training.export --checkpoint runs/default/last.pt --out engine/models/default.onnx \\
+        --fp16 engine/models/checkpoint/default_fp16.pt
 
 Export uses the legacy exporter (``dynamo=False``, opset 17: native GRU op, state as real graph I/O, dynamic batch;
 see the field notes). After writing, the graph is checked against torch: ONNX Runtime must equal the torch model to
@@ -188,11 +189,15 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     card_path = out.with_suffix(".json")
     provenance = dict(provenance or {})
-    if card_path.exists() and "quality" not in provenance:
+    keep = ["quality"] if timing else ["quality", "inference_time_cpu_1thread"]
+    if card_path.exists():
         try:
-            provenance["quality"] = json.loads(card_path.read_text()).get("provenance", {}).get("quality", {})
+            old = json.loads(card_path.read_text()).get("provenance", {})
         except (OSError, json.JSONDecodeError):
-            pass
+            old = {}
+        for key in keep:
+            if key in old and key not in provenance:
+                provenance[key] = old[key]
     provenance.setdefault("quality", {})
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_onnx = Path(tmp) / out.name
@@ -203,8 +208,9 @@ def export_model(
         provenance["architecture"] = model.config.to_dict()
         if timing:
             provenance["inference_time_cpu_1thread"] = {
-                "live_single_frame": time_calls(tmp_onnx, model.config, 1),
-                "offline_32_frames": time_calls(tmp_onnx, model.config, 32, num_calls=300),
+                "live_single_frame": time_calls(tmp_onnx, model.config, 1, num_calls=5000),
+                "offline_32_frames": time_calls(tmp_onnx, model.config, 32, num_calls=500),
+                "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} while measuring",
             }
         card = make_card(model.config, name or out.stem, provenance)
         tmp_card = tmp_onnx.with_suffix(".json")
@@ -226,11 +232,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="runs/<name>/last.pt or an fp16 checkpoint")
     parser.add_argument("--out", type=Path, default=Path("engine/models/default.onnx"), help="the .onnx to write")
     parser.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
-    parser.add_argument("--no-timing", action="store_true", help="skip the inference timing")
+    parser.add_argument(
+        "--no-timing", action="store_true", help="skip the inference timing (an existing card's timing is kept)"
+    )
+    parser.add_argument(
+        "--fp16",
+        type=Path,
+        default=None,
+        help="first write the weights-only fp16 checkpoint here (e.g. engine/models/checkpoint/default_fp16.pt) "
+        "and export from it, so the committed checkpoint and graph hold the same weights",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    model = load_weights(args.checkpoint)
+    checkpoint = args.checkpoint
+    if args.fp16 is not None:
+        from engine.training.train import save_fp16
+
+        save_fp16(torch.load(checkpoint, map_location="cpu", weights_only=True), args.fp16)
+        checkpoint = args.fp16
+        print(f"wrote {args.fp16} ({args.fp16.stat().st_size / 1e6:.2f} MB)")
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = load_weights(checkpoint)
     provenance = dict(ckpt.get("provenance", {}))
     provenance["trained_steps"] = int(ckpt.get("step", provenance.get("trained_steps", 0)))
     card = export_model(model, args.out, provenance, name=args.name, timing=not args.no_timing)
