@@ -215,21 +215,26 @@ def write_markdown(result: dict) -> str:
         "about one core, and other developers' jobs); the processes busy at each start are listed below. xruns of an "
         "idle JACK client measured in the same conditions are the machine's own share.",
         "",
-        "| decks | blocks | xruns | deadline misses | dry blocks | callback p50 ms | callback p99 ms | callback max ms "
-        "| worker p99 ms | stembridge CPU % | jackd CPU % | machine steal % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| decks | blocks | xruns | xruns/min | deadline misses | dry blocks | callback p50 ms | callback p99 ms "
+        "| callback max ms | worker p99 ms | stembridge CPU % | jackd CPU % | machine steal % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in result["runs"]:
+        per_min = run["xruns"] / (run["duration_s"] / 60)
         lines.append(
-            f"| {run['decks']} | {run['blocks']} | {run['xruns']} | {run['deadline_misses']} | {run['dry_blocks']} "
+            f"| {run['decks']} | {run['blocks']} | {run['xruns']} | {per_min:.0f} | {run['deadline_misses']} "
+            f"| {run['dry_blocks']} "
             f"| {run['callback_ms_p50']:.2f} | {run['callback_ms_p99']:.2f} | {run['callback_ms_max']:.2f} "
             f"| {run['worker_ms_p99']:.2f} | {run['cpu_pct']:.0f} | {run['jackd_cpu_pct']:.1f} "
             f"| {run['machine']['steal_pct']} |"
         )
     base = result.get("baseline")
     if base:
-        lines += ["", f"Idle JACK client, {base['minutes']} minutes, same server: **{base['xruns']} xruns** "
+        lines += ["", f"Idle JACK client (its callback only writes zeros), {base['minutes']} minutes, same server: "
+                  f"**{base['xruns']} xruns, {base['xruns'] / base['minutes']:.0f} per minute** "
                   f"(machine steal {base['machine']['steal_pct']} %)."]  # fmt: skip
+    if result.get("notes"):
+        lines += ["", result["notes"]]
     lines += ["", "CPU %: of one core (stembridge = audio process + worker process, whole run).", ""]
     for run in result["runs"]:
         lines.append(f"Busy beside the {run['decks']}-deck run: " + ("; ".join(run["other_busy_processes_at_start"])
@@ -247,7 +252,12 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--baseline-minutes", type=float, default=2.0)
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--render", help="only rewrite soak.md from this soak.json (e.g. after editing its notes)")
     args = parser.parse_args()
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        (Path(args.out) / "soak.md").write_text(write_markdown(result))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model, model_note = model_path(args.model, workdir)
