@@ -187,11 +187,13 @@ def test_live_on_jack_mutes_the_vocal_bus_over_osc(jack_server, tmp_path, tiny_m
 
 
 def _engine_status(sock: socket.socket) -> dict:
-    """The last /stembridge/engine/status pushed to our subscription: {counter: value}."""
+    """The last /stembridge/engine/status pushed to our subscription: {counter: value}. Reads what has arrived
+    (feedback keeps coming: meters at 30 Hz), for at most a second."""
     from pythonosc.osc_message import OscMessage
 
     status: dict = {}
-    while True:
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
         try:
             data = sock.recv(65536)
         except (TimeoutError, BlockingIOError):
@@ -200,3 +202,4 @@ def _engine_status(sock: socket.socket) -> dict:
             continue
         params = OscMessage(data).params
         status = dict(zip(params[0::2], params[1::2], strict=True))
+    return status
