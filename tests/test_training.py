@@ -129,8 +129,10 @@ def test_export_matches_torch_and_runs_in_the_engine(tmp_path):
     data = json.loads(out.with_suffix(".json").read_text())
     data["provenance"]["quality"] = {"sdr_mean": 1.5}
     out.with_suffix(".json").write_text(json.dumps(data))
-    card = export.export_model(model, out, {"trained_steps": 4}, timing=False)
+    card = export.export_model(model, out, {"trained_steps": 3}, timing=False)
     assert card["provenance"]["quality"] == {"sdr_mean": 1.5}
+    card = export.export_model(model, out, {"trained_steps": 4}, timing=False)  # new weights: figures marked stale
+    assert card["provenance"]["quality"] == {"sdr_mean": 1.5, "trained_steps": 3}
     # the engine runs it, batched, and the stems sum to the (latency-aligned) input
     sep = StreamingSeparator(out, num_streams=2)
     audio = (np.random.default_rng(0).standard_normal((2, 2, TINY.hop_size * 20)) * 0.1).astype(np.float32)

@@ -8,7 +8,9 @@ see the field notes). After writing, the graph is checked against torch: ONNX Ru
 1e-4 over several consecutive calls with the recurrent state carried between them, batch and frames must stay dynamic
 in the session's input shapes, and the card must load and match the graph (``engine.model_card``). The single-frame
 call time (batch 1, 1 thread: the live case) and the per-frame time of 32-frame calls go into the card's provenance.
-An existing card's ``provenance.quality`` (written by the evaluation) is kept unless the caller passes new figures.
+An existing card's ``provenance.quality`` (written by the evaluation) is kept unless the caller passes new figures;
+when the new export has other weights (another ``trained_steps``), the kept figures get the ``trained_steps`` they
+were measured at, so stale quality figures are visible as such until ``stembridge evaluate`` runs again.
 """
 
 from __future__ import annotations
@@ -198,6 +200,11 @@ def export_model(
         for key in keep:
             if key in old and key not in provenance:
                 provenance[key] = old[key]
+        quality = provenance.get("quality")
+        steps_before = old.get("trained_steps")
+        if quality and "trained_steps" not in quality and steps_before != provenance.get("trained_steps"):
+            # figures measured on the previous export: say so until the evaluation runs again
+            provenance["quality"] = {**quality, "trained_steps": steps_before}
     provenance.setdefault("quality", {})
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_onnx = Path(tmp) / out.name
