@@ -7,6 +7,10 @@ it runs in well under a minute on 2 CPU cores.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +278,31 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+    for i in range(2):
+        write_song(tmp_path / "data", "train", f"song{i:06d}", 1.2, i)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "engine.training.train", "--data", str(tmp_path / "data"), "--run", str(run)]
+    cmd += ["--hidden", "16", "--batch", "2", "--segment-seconds", "0.5", "--init", str(tmp_path / "none.pt")]
+    cmd += ["--log-every", "1", "--checkpoint-minutes", "100"]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        log = run / "log.jsonl"
+        while time.monotonic() < deadline and not (log.exists() and '"kind": "train"' in log.read_text()):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    sig = next(r for r in records if r["kind"] == "signal")
+    assert sig["signal"] == "SIGTERM"
+    last = records[-1]
+    assert last["kind"] == "checkpoint" and last["step"] >= 1
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == last["step"]

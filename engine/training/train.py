@@ -341,18 +341,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     trainer = Trainer(args)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
     def request_stop(signum, frame):  # noqa: ARG001
+        # Python runs this on the main thread between bytecodes: note it, stop after the step, checkpoint, exit 0.
+        # (The sender cannot be named: torch's threads exist before main() runs, so the signal cannot be blocked
+        # everywhere and taken with sigwaitinfo.)
+        if not trainer.stop:
+            trainer.log({"kind": "signal", "step": trainer.step, "signal": signal.Signals(signum).name})
         trainer.stop = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    trainer.train()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, request_stop)
+    try:
+        trainer.train()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":
