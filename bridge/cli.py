@@ -163,28 +163,17 @@ def separate(inputs, out_dir, model_path, device, block_size, stems_arg, fmt, ov
         sys.exit(1)
 
 
-def _register_optional_commands() -> None:
-    """Add the subcommands that live in other modules."""
-    import importlib
+def _register_commands() -> None:
+    """Add the subcommands that live in their own modules."""
+    from bridge.cli_control import midi_learn, presets
+    from bridge.cli_evaluate import evaluate
+    from bridge.cli_live import devices, live
 
-    for module, names in (
-        ("bridge.cli_evaluate", ("evaluate",)),
-        ("bridge.cli_control", ("midi_learn", "presets")),
-        ("bridge.cli_live", ("live", "devices")),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        for name in names:
-            command = getattr(mod, name, None)
-            if command is not None:
-                main.add_command(command)
+    for command in (live, devices, evaluate, midi_learn, presets):
+        main.add_command(command)
 
 
-_register_optional_commands()
+_register_commands()
 
 if __name__ == "__main__":
     main()
