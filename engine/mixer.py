@@ -226,12 +226,15 @@ class StemMixer:
             if silent and not s.effects:
                 bus.fill(0.0)
                 continue
-            np.multiply(stems[i], gain, out=bus)
+            for c in range(self.num_channels):  # 1-D multiplies: broadcasting would allocate a work buffer
+                np.multiply(stems[i, c], gain, out=bus[c])
             for effect in s.effects:
                 self._run_effect(effect, bus, n)
         mix = self._mix[:, :n]
         np.sum(busses, axis=0, out=mix)
-        mix *= self._master.next_block(n)
+        master_gain = self._master.next_block(n)
+        for c in range(self.num_channels):
+            mix[c] *= master_gain
         return busses, mix
 
     def _run_effect(self, effect: _Effect, bus: np.ndarray, n: int) -> None:
