@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from bridge.cli_options import device_option, model_option
+
 STEMS_HELP = "Comma-separated stems to write (default: all the model's stems), e.g. vocals,drums."
 
 
@@ -45,19 +47,8 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     type=click.Path(path_type=Path, file_okay=False),
     help="Output folder; each input gets OUTDIR/<input name>/<stem>.wav.",
 )
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    help="Model .onnx (with its .json card beside it) or a folder holding one. Default: the built-in model.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the model runs; auto uses CUDA only when it really starts, else CPU.",
-)
+@model_option()
+@device_option()
 @click.option(
     "--block-size",
     type=click.IntRange(1, 8192),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from bridge.cli_options import MODEL_HELP, device_option, model_option
+
 METHOD_NAMES = ("model", "mixture4", "classical", "irm")
 
 
@@ -23,20 +25,8 @@ def _parse_methods(value: str) -> list[str]:
 
 @click.command("evaluate")
 @click.argument("song_dir", metavar="DIR", type=click.Path(path_type=Path))
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    help="Model .onnx (with its .json card) or a folder holding one. Default: the built-in model; without one, "
-    "only the baselines are evaluated.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the model runs.",
-)
+@model_option(MODEL_HELP + " Without one, only the baselines are evaluated.")
+@device_option()
 @click.option(
     "--methods",
     "methods_arg",

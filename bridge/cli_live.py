@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from bridge.cli_options import device_option, model_option
+
 log = logging.getLogger("stembridge.live")
 
 ENGINE_STATUS_ADDRESS = "/stembridge/engine/status"
@@ -47,19 +49,8 @@ STATUS_KEYS = (
     help="Live stereo input decks, numbered after the file decks (JACK ports in<N>_L/R, or device input channels "
     "1-2, 3-4, ...). Default: 1 when no --deck is given, else 0.",
 )
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    help="Model .onnx (with its .json card beside it) or a folder holding one. Default: the built-in model.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the model runs; auto uses CUDA only when it really starts, else CPU.",
-)
+@model_option()
+@device_option()
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="ONNX Runtime threads.")
 @click.option(
     "--period",

@@ -21,9 +21,7 @@ one clear message when neither is available. Tests use hardware-free subclasses 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +32,7 @@ import mido
 
 from bridge.params import Change, ParamTree, UnknownParam
 from bridge.presets import Binding, ControllerMap
+from engine.live.devices import quiet_stderr
 
 log = logging.getLogger(__name__)
 
@@ -526,23 +525,6 @@ BACKENDS = {
 }
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Any:
-    """Silence what the ALSA and JACK C libraries print while probing (our own error message says it better)."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def midi_backend(api: str = "auto") -> Any:
     """A working mido backend: "alsa", "jack", or "auto" (ALSA, then JACK). Raises MidiUnavailable."""
     names = ["alsa", "jack"] if api == "auto" else [api]
@@ -551,7 +533,7 @@ def midi_backend(api: str = "auto") -> Any:
         if name not in BACKENDS:
             raise ValueError(f"unknown MIDI API {name!r} (use alsa, jack or auto)")
         try:
-            with _quiet_stderr():
+            with quiet_stderr():
                 backend = mido.Backend(BACKENDS[name], load=True)
                 backend.get_input_names()  # creates a client: fails here when the API has no server
             return backend
