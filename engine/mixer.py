@@ -8,13 +8,13 @@ effects goes silent within the ramp. Every change ramps linearly over ``ramp_ms`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from engine.commands import SetParam, SwapChain
+from engine.rt import multiply_rows
 
 MIN_GAIN_DB = -120.0
 
@@ -226,15 +226,12 @@ class StemMixer:
             if silent and not s.effects:
                 bus.fill(0.0)
                 continue
-            for c in range(self.num_channels):  # 1-D multiplies: broadcasting would allocate a work buffer
-                np.multiply(stems[i, c], gain, out=bus[c])
+            multiply_rows(stems[i], gain, bus)
             for effect in s.effects:
                 self._run_effect(effect, bus, n)
         mix = self._mix[:, :n]
         np.sum(busses, axis=0, out=mix)
-        master_gain = self._master.next_block(n)
-        for c in range(self.num_channels):
-            mix[c] *= master_gain
+        multiply_rows(mix, self._master.next_block(n), mix)
         return busses, mix
 
     def _run_effect(self, effect: _Effect, bus: np.ndarray, n: int) -> None:
@@ -249,8 +246,3 @@ class StemMixer:
             return
         mix = wet.next_block(n)
         bus += (processed - bus) * mix
-
-
-def lin_to_db(gain: float) -> float:
-    """dB of a linear gain; 0 gives -inf."""
-    return -math.inf if gain <= 0.0 else 20.0 * math.log10(gain)

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.commands import SetParam
-from engine.live.rt import add_rows_scaled, multiply_rows
 from engine.mixer import Ramp, db_to_gain
+from engine.rt import add_rows_scaled, multiply_rows
 
 # Deck parameters (SetParam paths on a deck's queue, besides the StemMixer's "stem/..." and "master/...").
 TRANSPORT_PATHS = {

@@ -28,9 +28,9 @@ import numpy as np
 
 from engine.commands import CommandQueue
 from engine.live.deck import Deck, InputDeck
-from engine.live.rt import add_rows_scaled, multiply_rows
 from engine.live.worker import HIST_BIN_NS, HIST_BINS, SeparationWorker
 from engine.mixer import StemMixer
+from engine.rt import add_rows_scaled, multiply_rows
 
 CHANNEL_NAMES = ("L", "R")
 
