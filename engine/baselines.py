@@ -141,11 +141,12 @@ def ideal_ratio_mask(
     hop_size: int,
     power: float = 2.0,
     chunk_hops: int = 256,
+    window_name: str = "hann",
 ) -> np.ndarray:
     """The oracle: each stem = iSTFT(mask * X) with mask = |S_j|^power / sum_k |S_k|^power, per channel and bin.
 
     mixture: float32 (num_channels, n); references: float32 (num_stems, num_channels, n), the true stems at the
-    same rate. The STFT is the model contract's host framing (``engine.stft.StreamingSTFT``: periodic Hann,
+    same rate. The STFT is the model contract's host framing (``engine.stft.StreamingSTFT``: the model's window,
     OLA-normalised), run in chunks so long songs fit in memory. Returns float32 (num_stems, num_channels, n),
     aligned with the input (the framing's latency n_fft - hop_size removed). Where every stem is silent in a bin the
     mask is split equally. ``power`` 2 (the Wiener-like ratio of powers, SiSEC's "IRM2") is the default: on a
@@ -159,9 +160,9 @@ def ideal_ratio_mask(
     mix[:, :n] = mixture
     refs = np.zeros((num_stems * num_channels, length), dtype=np.float32)
     refs[:, :n] = references.reshape(num_stems * num_channels, n)
-    mix_stft = StreamingSTFT(n_fft, hop_size, num_channels, chunk_hops)
-    ref_stft = StreamingSTFT(n_fft, hop_size, num_stems * num_channels, chunk_hops)
-    out_stft = StreamingSTFT(n_fft, hop_size, num_stems * num_channels, chunk_hops)
+    mix_stft = StreamingSTFT(n_fft, hop_size, num_channels, chunk_hops, window_name)
+    ref_stft = StreamingSTFT(n_fft, hop_size, num_stems * num_channels, chunk_hops, window_name)
+    out_stft = StreamingSTFT(n_fft, hop_size, num_stems * num_channels, chunk_hops, window_name)
     out = np.zeros((num_stems * num_channels, length), dtype=np.float32)
     for start in range(0, total_hops, chunk_hops):
         hops = min(chunk_hops, total_hops - start)

@@ -284,18 +284,35 @@ class IdealRatioMaskMethod:
 
     name = "irm"
 
-    def __init__(self, sample_rate: int, n_fft: int, hop_size: int, power: float = 2.0, source: str = "") -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        n_fft: int,
+        hop_size: int,
+        power: float = 2.0,
+        source: str = "",
+        window_name: str = "hann",
+    ) -> None:
         self.sample_rate, self.n_fft, self.hop_size, self.power = sample_rate, n_fft, hop_size, power
+        self.window_name = window_name
         self.description = (
             f"ideal ratio mask |S_j|^{power:g} / sum |S_k|^{power:g} (oracle, non-causal) with "
-            f"{source or 'the'} STFT: n_fft {n_fft}, hop {hop_size}, periodic Hann, {sample_rate} Hz"
+            f"{source or 'the'} STFT: n_fft {n_fft}, hop {hop_size}, {window_name} window, {sample_rate} Hz"
         )
-        self.params = {"sample_rate": sample_rate, "n_fft": n_fft, "hop_size": hop_size, "power": power}
+        self.params = {
+            "sample_rate": sample_rate,
+            "n_fft": n_fft,
+            "hop_size": hop_size,
+            "window": window_name,
+            "power": power,
+        }
 
     def separate(self, song: Song) -> np.ndarray:
         mixture = _resample(song.mixture, song.sample_rate, self.sample_rate)
         references = _resample(song.references, song.sample_rate, self.sample_rate)
-        estimates = ideal_ratio_mask(mixture, references, self.n_fft, self.hop_size, self.power)
+        estimates = ideal_ratio_mask(
+            mixture, references, self.n_fft, self.hop_size, self.power, window_name=self.window_name
+        )
         return _fit(_resample(estimates, self.sample_rate, song.sample_rate), song.mixture.shape[1])
 
 
@@ -350,7 +367,9 @@ def irm_for(model: ModelMethod | None) -> IdealRatioMaskMethod:
     """The oracle with the model's own STFT, or the fallback STFT (44.1 kHz) when no model is evaluated."""
     if model is not None:
         c = model.card
-        return IdealRatioMaskMethod(c.sample_rate, c.n_fft, c.hop_size, source=f"the model's ({c.name})")
+        return IdealRatioMaskMethod(
+            c.sample_rate, c.n_fft, c.hop_size, source=f"the model's ({c.name})", window_name=c.window
+        )
     return IdealRatioMaskMethod(44100, *IRM_FALLBACK_STFT, source="a fallback (no model given)")
 
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.stft import WINDOWS, ola_constant, window
+
 SCHEMA_VERSION = 1
-SUPPORTED_WINDOWS = ("hann",)
+SUPPORTED_WINDOWS = WINDOWS
 SUPPORTED_FEATURES = ("magnitude",)
 REQUIRED_KEYS = (
     "schema_version",
@@ -163,6 +165,10 @@ def load_card(model_path: str | Path) -> ModelCard:
         raise _fail(path, f"hop_size {hop} is larger than n_fft {n_fft}")
     if card["window"] not in SUPPORTED_WINDOWS:
         raise _fail(path, f"window {card['window']!r} is not supported (supported: {', '.join(SUPPORTED_WINDOWS)})")
+    try:
+        ola_constant(window(card["window"], n_fft), hop)
+    except ValueError as exc:
+        raise _fail(path, f"{card['window']} window with n_fft {n_fft}: {exc}") from None
     feature = card.get("feature", "magnitude")
     if feature not in SUPPORTED_FEATURES:
         raise _fail(path, f"feature {feature!r} is not supported (supported: {', '.join(SUPPORTED_FEATURES)})")

@@ -113,12 +113,12 @@ class StreamingSeparator:
         self.hop_size = card.hop_size
         self.latency_samples = card.latency_samples
         num_signals = num_streams * card.num_channels
-        self._analysis = StreamingSTFT(card.n_fft, card.hop_size, num_signals, max_hops)
+        self._analysis = StreamingSTFT(card.n_fft, card.hop_size, num_signals, max_hops, card.window)
         self._residual = card.stems.index(card.residual_stem) if card.residual_stem else None
         # the residual stem is computed in the time domain (input minus the others), so it needs no inverse STFT
         self._synthesised = [i for i in range(card.num_stems) if i != self._residual]
         num_synth = len(self._synthesised)
-        self._synthesis = StreamingSTFT(card.n_fft, card.hop_size, num_signals * num_synth, max_hops)
+        self._synthesis = StreamingSTFT(card.n_fft, card.hop_size, num_signals * num_synth, max_hops, card.window)
         self._mag = np.zeros((num_streams, max_hops, card.num_channels, card.num_bins), dtype=np.float32)
         self._out = np.zeros((num_signals * card.num_stems, max_hops * card.hop_size), dtype=np.float32)
         self._synth_out = np.zeros((num_signals * num_synth, max_hops * card.hop_size), dtype=np.float32)

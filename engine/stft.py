@@ -1,11 +1,19 @@
 """Host-side streaming STFT and overlap-add inverse, with the framing the model contract fixes.
 
 Frame ``k`` covers input samples ``[(k + 1) * hop - n_fft, (k + 1) * hop)``; the stream starts with ``n_fft - hop``
-samples of zero history. The same periodic Hann window is used for analysis and synthesis and the overlap-add is
-divided by the constant ``sum_k w(n - k * hop)^2``, so an all-pass mask reconstructs the input delayed by exactly
-``n_fft - hop`` samples. Equivalent in torch (used in training)::
+samples of zero history. The same window is used for analysis and synthesis and the overlap-add is divided by the
+constant ``sum_k w(n - k * hop)^2``, so an all-pass mask reconstructs the input delayed by exactly ``n_fft - hop``
+samples. Windows (``WINDOWS``, named in the model card):
 
-    torch.stft(F.pad(x, (n_fft - hop, 0)), n_fft, hop, window=torch.hann_window(n_fft), center=False)
+* ``hann``: periodic Hann, the same as ``torch.hann_window(n_fft)``; its square overlap-adds to a constant for
+  ``hop <= n_fft / 4``;
+* ``vorbis``: the Vorbis power-complementary window ``sin(pi/2 sin^2(pi (n + 1/2) / n_fft))``, whose square
+  overlap-adds to a constant already at ``hop = n_fft / 2`` (half the frames of Hann at a quarter hop, with
+  sidelobes well below the sine window's).
+
+Equivalent in torch (used in training)::
+
+    torch.stft(F.pad(x, (n_fft - hop, 0)), n_fft, hop, window=torch.from_numpy(window(name, n_fft)), center=False)
 """
 
 from __future__ import annotations
@@ -13,11 +21,28 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
+WINDOWS = ("hann", "vorbis")
+
 
 def hann_window(n_fft: int) -> np.ndarray:
     """Periodic Hann window, float32 (n_fft,): the same as ``torch.hann_window(n_fft)``."""
     n = np.arange(n_fft, dtype=np.float64)
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)).astype(np.float32)
+
+
+def vorbis_window(n_fft: int) -> np.ndarray:
+    """Vorbis power-complementary window, float32 (n_fft,): ``w(n)^2 + w(n + n_fft/2)^2 = 1``."""
+    n = np.arange(n_fft, dtype=np.float64)
+    return np.sin(0.5 * np.pi * np.sin(np.pi * (n + 0.5) / n_fft) ** 2).astype(np.float32)
+
+
+def window(name: str, n_fft: int) -> np.ndarray:
+    """The analysis/synthesis window called ``name`` (one of ``WINDOWS``), float32 (n_fft,)."""
+    if name == "hann":
+        return hann_window(n_fft)
+    if name == "vorbis":
+        return vorbis_window(n_fft)
+    raise ValueError(f"unknown window {name!r} (supported: {', '.join(WINDOWS)})")
 
 
 def ola_constant(window: np.ndarray, hop: int) -> float:
@@ -38,13 +63,13 @@ class StreamingSTFT:
     apart from numpy's FFT work arrays.
     """
 
-    def __init__(self, n_fft: int, hop: int, num_signals: int, max_hops: int) -> None:
+    def __init__(self, n_fft: int, hop: int, num_signals: int, max_hops: int, window_name: str = "hann") -> None:
         self.n_fft = n_fft
         self.hop = hop
         self.num_signals = num_signals
         self.max_hops = max_hops
         self.num_bins = n_fft // 2 + 1
-        self.window = hann_window(n_fft)
+        self.window = window(window_name, n_fft)
         self.synthesis_window = (self.window / ola_constant(self.window, hop)).astype(np.float32)
         history = n_fft - hop
         # Input ring: n_fft - hop samples of history, then up to max_hops * hop new samples.

@@ -23,15 +23,21 @@ def run_blocks(adapter: BlockAdapter, audio: np.ndarray, block_size: int) -> np.
     return np.concatenate(out, axis=-1)
 
 
-def test_stft_all_pass_reconstructs_input_delayed_by_n_fft_minus_hop():
-    stft = StreamingSTFT(n_fft=1024, hop=256, num_signals=3, max_hops=4)
-    x = np.random.default_rng(0).standard_normal((3, 256 * 40)).astype(np.float32)
+@pytest.mark.parametrize(("window", "hop"), [("hann", 256), ("vorbis", 512), ("vorbis", 256)])
+def test_stft_all_pass_reconstructs_input_delayed_by_n_fft_minus_hop(window, hop):
+    stft = StreamingSTFT(n_fft=1024, hop=hop, num_signals=3, max_hops=4, window_name=window)
+    x = np.random.default_rng(0).standard_normal((3, 512 * 40)).astype(np.float32)
     y = np.zeros_like(x)
-    for a in range(0, x.shape[1], 512):
-        spectra = stft.analyse(x[:, a : a + 512])
-        stft.synthesise(spectra, y[:, a : a + 512])
-    latency = 1024 - 256
+    for a in range(0, x.shape[1], 1024):
+        spectra = stft.analyse(x[:, a : a + 1024])
+        stft.synthesise(spectra, y[:, a : a + 1024])
+    latency = 1024 - hop
     np.testing.assert_allclose(y[:, latency:], x[:, :-latency], atol=2e-6)
+
+
+def test_hann_at_half_overlap_is_refused():
+    with pytest.raises(ValueError, match="overlap-add"):
+        StreamingSTFT(n_fft=1024, hop=512, num_signals=1, max_hops=4, window_name="hann")
 
 
 def test_ola_constant_rejects_non_cola_hop():
@@ -138,6 +144,7 @@ def broken_copy(tmp_path: Path, tiny_model: Path, edit) -> Path:
         (lambda c: c.update(latency_samples=10), "latency_samples 10"),
         (lambda c: c.update(window="blackman"), "window"),
         (lambda c: c.update(hop_size=512), "hop_size 512 is larger"),
+        (lambda c: c.update(hop_size=128, latency_samples=128), "hann window with n_fft 256: .*overlap-add"),
         (lambda c: c.update(residual_stem="piano"), "residual_stem"),
         (lambda c: c["tensors"]["input"].update(name="spec"), "no input named spec"),
         (lambda c: c["tensors"]["state"][0].update(shape=[1, "batch", 32]), "h_in"),

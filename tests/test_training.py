@@ -71,16 +71,17 @@ def test_band_layout_tiles_the_spectrum_and_interpolates_linearly():
     torch.testing.assert_close(model.to_bins(bands), bands @ torch.from_numpy(m), atol=1e-5, rtol=0)
 
 
-def test_training_stft_matches_host_framing_and_inverts():
+@pytest.mark.parametrize(("window", "hop"), [("hann", 64), ("vorbis", 128)])
+def test_training_stft_matches_host_framing_and_inverts(window, hop):
     rng = np.random.default_rng(1)
-    audio = rng.standard_normal((3, 64 * 40)).astype(np.float32)
-    host = StreamingSTFT(256, 64, 3, 64).analyse(audio)  # (3, 40, 129)
-    spec = stft(torch.from_numpy(audio), 256, 64)
+    audio = rng.standard_normal((3, hop * 40)).astype(np.float32)
+    host = StreamingSTFT(256, hop, 3, 64, window).analyse(audio)  # (3, 40, 129)
+    spec = stft(torch.from_numpy(audio), 256, hop, window)
     np.testing.assert_allclose(spec.numpy(), host, atol=2e-4)
     frames = torch.tensor([0, 5, 39])
-    torch.testing.assert_close(stft_frames(torch.from_numpy(audio), 256, 64, frames), spec[:, frames])
-    back = istft(spec, 256, 64).numpy()
-    n = back.shape[-1] - (256 - 64)  # the tail needs frames that come later
+    torch.testing.assert_close(stft_frames(torch.from_numpy(audio), 256, hop, frames, window), spec[:, frames])
+    back = istft(spec, 256, hop, window).numpy()
+    n = back.shape[-1] - (256 - hop)  # the tail needs frames that come later
     np.testing.assert_allclose(back[:, :n], audio[:, :n], atol=1e-5)
 
 

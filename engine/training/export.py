@@ -45,7 +45,7 @@ def make_card(
         "sample_rate": config.sample_rate,
         "n_fft": config.n_fft,
         "hop_size": config.hop_size,
-        "window": "hann",
+        "window": config.window,
         "num_channels": config.num_channels,
         "stems": list(config.stems),
         "latency_samples": config.latency_samples,

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.stft import window as host_window
+
 STEMS = ("vocals", "drums", "bass", "other")
 MAG_FLOOR = 1e-3  # magnitude units; white noise at about -86 dBFS has this RMS magnitude with n_fft 1024 Hann
 LEVEL_REF = 1e-2  # frame RMS magnitude that maps to level 0 in the onset cue
@@ -41,6 +43,7 @@ class ModelConfig:
     sample_rate: int = 44100
     n_fft: int = 1024
     hop_size: int = 256
+    window: str = "hann"  # engine.stft.WINDOWS; checkpoints from before this field used Hann
     num_channels: int = 2
     stems: tuple[str, ...] = STEMS
     band_layout: tuple[tuple[int, int], ...] = ()  # (spacing_bins, end_bin) regions; () = default_band_layout
@@ -203,19 +206,23 @@ class SeparatorModel(nn.Module):
         return torch.cat(pieces, dim=-1)
 
 
-def stft_frames(audio: torch.Tensor, n_fft: int, hop: int, frames: torch.Tensor) -> torch.Tensor:
+def window_tensor(name: str, n_fft: int, like: torch.Tensor) -> torch.Tensor:
+    """The host's analysis/synthesis window (``engine.stft.window``) as a tensor on ``like``'s device and dtype."""
+    return torch.from_numpy(host_window(name, n_fft)).to(device=like.device, dtype=like.dtype)
+
+
+def stft_frames(audio: torch.Tensor, n_fft: int, hop: int, frames: torch.Tensor, window: str = "hann") -> torch.Tensor:
     """Selected frames of ``stft``: audio (..., num_samples), frames int64 (k,) -> complex (..., k, num_bins)."""
     padded = nn.functional.pad(audio, (n_fft - hop, 0))
     chunks = padded.unfold(-1, n_fft, hop)[..., frames, :]  # (..., k, n_fft)
-    window = torch.hann_window(n_fft, device=audio.device, dtype=audio.dtype)
-    return torch.fft.rfft(chunks * window, dim=-1)
+    return torch.fft.rfft(chunks * window_tensor(window, n_fft, audio), dim=-1)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def stft(audio: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+def stft(audio: torch.Tensor, n_fft: int, hop: int, window: str = "hann") -> torch.Tensor:
     """Host-framed STFT (DESIGN.md): audio float32 (..., num_samples) -> complex (..., num_frames, num_bins).
 
     Frame k covers samples [(k + 1) * hop - n_fft, (k + 1) * hop), with zeros before the start; num_frames =
@@ -224,13 +231,13 @@ def stft(audio: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     shape = audio.shape
     flat = audio.reshape(-1, shape[-1])
     padded = nn.functional.pad(flat, (n_fft - hop, 0))
-    window = torch.hann_window(n_fft, device=audio.device, dtype=audio.dtype)
-    spec = torch.stft(padded, n_fft, hop, window=window, center=False, return_complex=True)  # (n, bins, frames)
+    w = window_tensor(window, n_fft, audio)
+    spec = torch.stft(padded, n_fft, hop, window=w, center=False, return_complex=True)  # (n, bins, frames)
     return spec.transpose(1, 2).reshape(*shape[:-1], spec.shape[2], spec.shape[1])
 
 
-def istft(spec: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
-    """Inverse of ``stft`` with the host's synthesis (same Hann, divided by the OLA constant).
+def istft(spec: torch.Tensor, n_fft: int, hop: int, window: str = "hann") -> torch.Tensor:
+    """Inverse of ``stft`` with the host's synthesis (the same window, divided by the OLA constant).
 
     spec complex (..., num_frames, num_bins) -> float (..., num_frames * hop), aligned with the ``stft`` input
     (sample n of the result estimates input sample n). The last n_fft - hop samples are covered by fewer frames
@@ -238,9 +245,9 @@ def istft(spec: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     """
     shape = spec.shape
     frames = torch.fft.irfft(spec.reshape(-1, shape[-2], shape[-1]), n=n_fft, dim=-1)  # (n, T, n_fft)
-    window = torch.hann_window(n_fft, device=spec.device, dtype=frames.dtype)
-    ola = float((window * window).reshape(n_fft // hop, hop).sum(0).mean())
-    frames = frames * (window / ola)
+    w = window_tensor(window, n_fft, frames)
+    ola = float((w * w).reshape(n_fft // hop, hop).sum(0).mean())
+    frames = frames * (w / ola)
     num_frames = shape[-2]
     total = (num_frames - 1) * hop + n_fft
     out = nn.functional.fold(

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.stft import WINDOWS
 from engine.training.dataset import Augment, BatchPrefetcher, SegmentSampler, SongBank, validation_excerpts
 from engine.training.model import (
     ModelConfig,
@@ -45,7 +46,7 @@ COMMITTED_CHECKPOINT = ROOT / "engine" / "models" / "checkpoint" / "default_fp16
 
 def spectra(audio: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     """audio (..., channels, n) -> complex (..., frames, channels, bins) host-framed STFT."""
-    spec = stft(audio, config.n_fft, config.hop_size)  # (..., channels, frames, bins)
+    spec = stft(audio, config.n_fft, config.hop_size, config.window)  # (..., channels, frames, bins)
     return spec.transpose(-3, -2)
 
 
@@ -68,7 +69,7 @@ def separation_loss(
     h, lvl = model.initial_state(mix.shape[0])
     masks, _, _ = model(mag, h, lvl, frames)  # (b, k, s, c, f)
     xs = x[:, frames].unsqueeze(2)  # (b, k, 1, c, f)
-    target = stft_frames(stems, cfg.n_fft, cfg.hop_size, frames).permute(0, 3, 1, 2, 4)  # (b, k, s, c, f)
+    target = stft_frames(stems, cfg.n_fft, cfg.hop_size, frames, cfg.window).permute(0, 3, 1, 2, 4)  # (b, k, s, c, f)
     level = mag.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp_min(1e-4).reshape(-1, 1, 1, 1, 1)
     diff = (
         (masks * xs.real - target.real).abs()
@@ -87,7 +88,7 @@ def separate(model: SeparatorModel, mix: torch.Tensor) -> torch.Tensor:
     h, lvl = model.initial_state(1)
     masks, _, _ = model(x.abs().unsqueeze(0), h, lvl)
     est = masks[0] * x.unsqueeze(1)  # (t, s, c, f)
-    return istft(est.permute(1, 2, 0, 3), cfg.n_fft, cfg.hop_size)
+    return istft(est.permute(1, 2, 0, 3), cfg.n_fft, cfg.hop_size, cfg.window)
 
 
 def sdr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -164,7 +165,8 @@ class Trainer:
         self.run.mkdir(parents=True, exist_ok=True)
         self.log_path = self.run / "log.jsonl"
         self.stop = False
-        config = ModelConfig(hidden=args.hidden, num_layers=args.layers)
+        stft_overrides = {k: v for k, v in (("hop_size", args.hop_size), ("window", args.window)) if v is not None}
+        config = ModelConfig(hidden=args.hidden, num_layers=args.layers, **stft_overrides)
         self.step = 0
         self.sampler_seed = args.seed
         state = None
@@ -177,6 +179,9 @@ class Trainer:
             source = str(args.init)
         if state is not None:
             config = ModelConfig.from_dict(state["config"])
+            if source != str(last) and stft_overrides:
+                # a warm start with another STFT framing: the weights' shapes depend on n_fft only, so they carry
+                config = ModelConfig.from_dict({**config.to_dict(), **stft_overrides})
         self.model = build_model(config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         if state is not None:
@@ -323,6 +328,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
     p.add_argument("--hidden", type=int, default=ModelConfig.hidden, help="GRU hidden size (new runs only)")
     p.add_argument("--layers", type=int, default=ModelConfig.num_layers, help="GRU layers (new runs only)")
+    p.add_argument("--hop-size", type=int, default=None, help="STFT hop (new runs and warm starts from --init)")
+    p.add_argument("--window", choices=WINDOWS, default=None, help="STFT window (new runs and warm starts from --init)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, choices=(0, 1), help="1: augment batches in a second process")
     p.add_argument("--min-songs", type=int, default=1, help="wait until the train split has this many songs")
