@@ -328,12 +328,13 @@ class LiveSession:
         osc = self.control.osc if self.control is not None else None
         if osc is None:
             return
-        pairs: list = []
+        status = {}
         for key in STATUS_KEYS:
             if key in stats:
                 value = stats[key]
-                pairs += [key, int(value) if isinstance(value, int) else float(value)]
-        osc.broadcast(ENGINE_STATUS_ADDRESS, pairs)
+                status[key] = int(value) if isinstance(value, int) else float(value)
+        osc.router.engine_stats = status  # also answered to /stembridge/status (one reference swap)
+        osc.broadcast(ENGINE_STATUS_ADDRESS, [x for pair in status.items() for x in pair])
 
     def _announce(self, card, made: list) -> None:
         e, b = self.engine, self.backend

@@ -13,7 +13,8 @@ Address space (documented in the README):
     /stembridge/scene/<k>/recall [f <fade_s>]       /stembridge/deck/<n>/scene/<k>/recall [f <fade_s>]
     /stembridge/learn s <address> [s <mode>]        MIDI learn: the next control moved is bound and saved
     /stembridge/learn/cancel
-    /stembridge/status                              reply /stembridge/status with counter name/value pairs
+    /stembridge/status                              reply /stembridge/status with counter name/value pairs (OSC
+                                                    counters, then the audio engine's latest status when live)
 
 Values: numbers as i/f/d/h, booleans as T/F or 0/1 (also "on"/"off" strings). Out-of-range values are clamped,
 counted and reported to the sender as ``/stembridge/warning s <address> s <text>``; so are unknown addresses and
@@ -266,6 +267,7 @@ class OscRouter:
         self.controller = controller
         self.allow = parse_allowlist(allow)
         self.stats = dict.fromkeys(COUNTERS, 0)
+        self.engine_stats: dict[str, int | float] = {}  # the live engine's latest status, set by its monitor
         self.udp_socket: socket.socket | None = None
         self._stats_lock = threading.Lock()
         self._subs_lock = threading.Lock()
@@ -374,6 +376,8 @@ class OscRouter:
             pairs: list[Any] = []
             for name, value in self.snapshot_stats().items():
                 pairs += [name, int(value)]
+            for name, value in dict(self.engine_stats).items():
+                pairs += [name, value]
             self._send(reply, "/stembridge/status", pairs)
         elif head == "learn":
             self._learn(parts[1:], args, reply, address)

@@ -112,6 +112,7 @@ def _rms(x: np.ndarray) -> float:
 
 
 def test_live_on_jack_mutes_the_vocal_bus_over_osc(jack_server, tmp_path, tiny_model):
+    from pythonosc.osc_message_builder import OscMessageBuilder
     from pythonosc.udp_client import SimpleUDPClient
 
     t = np.arange(3 * SR) / SR
@@ -148,7 +149,9 @@ def test_live_on_jack_mutes_the_vocal_bus_over_osc(jack_server, tmp_path, tiny_m
         osc.send_message("/stembridge/deck/1/stem/vocals/mute", 1)
         time.sleep(1.5)
         end = recorder.frames
-        status = _engine_status(feedback)
+        status = _last_status(feedback, b"/stembridge/engine/status")
+        feedback.sendto(OscMessageBuilder("/stembridge/status").build().dgram, ("127.0.0.1", osc_port))
+        asked = _last_status(feedback, b"/stembridge/status\0")
         feedback.close()
     finally:
         if recorder is not None:
@@ -184,11 +187,13 @@ def test_live_on_jack_mutes_the_vocal_bus_over_osc(jack_server, tmp_path, tiny_m
     # the engine's counters reached the OSC subscriber
     assert {"xruns", "deadline_misses", "callback_ms_p99", "latency_ms"} <= set(status), status
     assert status["latency_ms"] > 0
+    # and /stembridge/status answers with the OSC counters and the engine's
+    assert {"messages", "xruns", "deadline_misses", "callback_ms_p99"} <= set(asked), asked
 
 
-def _engine_status(sock: socket.socket) -> dict:
-    """The last /stembridge/engine/status pushed to our subscription: {counter: value}. Reads what has arrived
-    (feedback keeps coming: meters at 30 Hz), for at most a second."""
+def _last_status(sock: socket.socket, address: bytes) -> dict:
+    """The last message to ``address`` (a status push or reply) that reached our socket: {counter: value}. Reads
+    what has arrived (feedback keeps coming: meters at 30 Hz), for at most a second."""
     from pythonosc.osc_message import OscMessage
 
     status: dict = {}
@@ -198,7 +203,7 @@ def _engine_status(sock: socket.socket) -> dict:
             data = sock.recv(65536)
         except (TimeoutError, BlockingIOError):
             return status
-        if not data.startswith(b"/stembridge/engine/status"):
+        if not data.startswith(address):
             continue
         params = OscMessage(data).params
         status = dict(zip(params[0::2], params[1::2], strict=True))
