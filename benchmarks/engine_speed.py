@@ -2,13 +2,16 @@
 
 Measures, for each model: per-hop block time (STFT + model + inverse STFT, one hop per call as in live use)
 median / p99 / max and the realtime factor, at batch (decks) 1 and 4 and ONNX Runtime threads 1 and 2; and the
-offline throughput of the separate path (block size 4096) in multiples of real time.
+offline throughput of the separate path (block size 4096) in multiples of real time, with and without the
+overlapped model call (``engine.separate``).
 
 Models: the shipped default model when present, plus two architecture stand-ins built by
 tests/fixtures/make_fixture_model.py at realistic sizes (hop 256: n_fft 1024; hop 512: n_fft 2048; GRU hidden 256)
 so hop 256 and 512 can be compared in the same run. Stand-ins have random weights: they time, they do not separate.
 
-    python benchmarks/engine_speed.py [--blocks 2000] [--seconds 60]
+    python benchmarks/engine_speed.py [--blocks 2000] [--seconds 60] [--model NAME=PATH ...]
+
+``--model`` adds any model-contract model to the same run (e.g. an earlier default, as a baseline).
 
 Writes benchmarks/results/engine_speed.json and engine_speed.md.
 """
@@ -36,12 +39,17 @@ from engine.stream import BlockAdapter  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def models(tmp: Path) -> dict[str, Path]:
+def models(tmp: Path, extra: list[str]) -> dict[str, Path]:
     import make_fixture_model
 
     found = {}
     if DEFAULT_MODEL.exists():
         found["default"] = DEFAULT_MODEL
+    for item in extra:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).exists():
+            raise SystemExit(f"--model wants NAME=PATH to an existing .onnx, got {item!r}")
+        found[name] = Path(path)
     found["standin_hop256"] = make_fixture_model.write(tmp, "standin_hop256", n_fft=1024, hop=256, hidden=256)
     found["standin_hop512"] = make_fixture_model.write(tmp, "standin_hop512", n_fft=2048, hop=512, hidden=256)
     return found
@@ -75,7 +83,7 @@ def time_blocks(path: Path, batch: int, threads: int, num_blocks: int) -> dict:
     }
 
 
-def separate_throughput(path: Path, seconds: float, threads: int, block_size: int = 4096) -> dict:
+def separate_throughput(path: Path, seconds: float, threads: int, overlap: bool, block_size: int = 4096) -> dict:
     sep = StreamingSeparator(path, intra_op_threads=threads, max_hops=block_size // 64 + 2)
     adapter = BlockAdapter(sep, max_block_size=block_size, block_size=block_size)
     n = int(seconds * sep.sample_rate)
@@ -83,11 +91,12 @@ def separate_throughput(path: Path, seconds: float, threads: int, block_size: in
     runs = []
     for _ in range(3):
         t0 = time.perf_counter()
-        separate_audio(adapter, audio, block_size)
+        separate_audio(adapter, audio, block_size, overlap=overlap)
         runs.append(time.perf_counter() - t0)
     elapsed = float(np.median(runs))
     return {
         "threads": threads,
+        "overlap": overlap,
         "block_size": block_size,
         "audio_s": seconds,
         "median_elapsed_s": round(elapsed, 3),
@@ -99,14 +108,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=2000, help="timed blocks per configuration")
     parser.add_argument("--seconds", type=float, default=60.0, help="audio seconds for the separate throughput")
+    parser.add_argument("--model", action="append", default=[], help="NAME=PATH: another model to time (repeatable)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = {"machine": platform.processor() or platform.machine(), "per_block": {}, "separate": {}}
-        for name, path in models(Path(tmp)).items():
+        for name, path in models(Path(tmp), args.model).items():
             results["per_block"][name] = [
                 time_blocks(path, batch, threads, args.blocks) for batch in (1, 4) for threads in (1, 2)
             ]
-            results["separate"][name] = [separate_throughput(path, args.seconds, t) for t in (1, 2)]
+            results["separate"][name] = [
+                separate_throughput(path, args.seconds, t, overlap) for overlap in (False, True) for t in (1, 2)
+            ]
             print(name, json.dumps(results["per_block"][name][0]), json.dumps(results["separate"][name][0]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "engine_speed.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -124,11 +136,18 @@ def main() -> None:
                 f"| {name} | {r['hop_size']} | {r['batch']} | {r['threads']} | {r['median_ms']} | {r['p99_ms']} | "
                 f"{r['max_ms']} | {r['p99_percent_of_block']} | {r['realtime_factor']} |"
             )
-    lines += ["", "`separate` throughput (block 4096, median of 3 runs):", "", "| model | threads | x real time |"]
-    lines += ["|---|---|---|"]
+    lines += [
+        "",
+        "`separate` throughput (block 4096, median of 3 runs). `threads`: ONNX Runtime intra-op threads; `overlap`: "
+        "the model call runs on a helper thread while the main thread does the STFT work of the blocks around it "
+        "(the default; bit-identical stems).",
+        "",
+        "| model | threads | overlap | x real time |",
+        "|---|---|---|---|",
+    ]
     for name, rows in results["separate"].items():
         for r in rows:
-            lines.append(f"| {name} | {r['threads']} | {r['x_realtime']} |")
+            lines.append(f"| {name} | {r['threads']} | {'yes' if r['overlap'] else 'no'} | {r['x_realtime']} |")
     (RESULTS / "engine_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -119,7 +119,7 @@ class StreamingSeparator:
         self._synthesised = [i for i in range(card.num_stems) if i != self._residual]
         num_synth = len(self._synthesised)
         self._synthesis = StreamingSTFT(card.n_fft, card.hop_size, num_signals * num_synth, max_hops, card.window)
-        self._mag = np.zeros((num_streams, max_hops, card.num_channels, card.num_bins), dtype=np.float32)
+        self._mag = np.zeros((2, num_streams, max_hops, card.num_channels, card.num_bins), dtype=np.float32)
         self._out = np.zeros((num_signals * card.num_stems, max_hops * card.hop_size), dtype=np.float32)
         self._synth_out = np.zeros((num_signals * num_synth, max_hops * card.hop_size), dtype=np.float32)
         self._dry = np.zeros((num_streams * card.num_channels, max_hops * card.hop_size), dtype=np.float32)
@@ -167,21 +167,42 @@ class StreamingSeparator:
         return out
 
     def _process_hops(self, audio: np.ndarray, hops: int) -> np.ndarray:
+        spectra, mag = self.analyse(audio, hops)
+        return self.synthesise(audio, spectra, self.infer(mag), hops)
+
+    # The three stages of ``process``, public so that offline separation can overlap them (``engine.separate``):
+    # ``analyse`` and ``synthesise`` are host work that must run in stream order; ``infer`` is the model call
+    # (ONNX Runtime releases the GIL) and must also run in order, because it carries the recurrent state.
+
+    def analyse(self, audio: np.ndarray, hops: int, slot: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """STFT of ``hops`` whole hops: (complex spectra (streams, channels, hops, bins), magnitude feed).
+
+        The magnitude is written to buffer ``slot`` (0 or 1) so that the next hops can be analysed while the model
+        still reads this one."""
+        card = self.card
+        signals = audio.reshape(self.num_streams * self.num_channels, hops * self.hop_size)
+        spectra = self._analysis.analyse(signals)  # (streams * channels, hops, bins), a new array
+        spectra_4d = spectra.reshape(self.num_streams, self.num_channels, hops, card.num_bins)
+        mag = self._mag[slot, :, :hops]
+        np.abs(spectra_4d.transpose(0, 2, 1, 3), out=mag)
+        return spectra_4d, mag
+
+    def infer(self, mag: np.ndarray) -> np.ndarray:
+        """The model call on a magnitude feed: masks (streams, hops, stems, channels, bins); carries the state."""
+        card = self.card
+        results = self.session.run(self._output_names, {card.input_name: mag} | self._states)
+        for s, value in zip(card.states, results[1:], strict=True):
+            self._states[s.input] = value
+        return results[0]
+
+    def synthesise(self, audio: np.ndarray, spectra: np.ndarray, masks: np.ndarray, hops: int) -> np.ndarray:
+        """Masked inverse STFT (+ the residual stem) of the hops ``analyse`` gave ``spectra`` for."""
         card = self.card
         n = hops * self.hop_size
         signals = audio.reshape(self.num_streams * self.num_channels, n)
-        spectra = self._analysis.analyse(signals)  # (streams * channels, hops, bins)
-        spectra_4d = spectra.reshape(self.num_streams, self.num_channels, hops, card.num_bins)
-        mag = self._mag[:, :hops]
-        np.abs(spectra_4d.transpose(0, 2, 1, 3), out=mag)
-        feeds = {card.input_name: mag} | self._states
-        results = self.session.run(self._output_names, feeds)
-        masks = results[0]  # (streams, hops, stems, channels, bins)
-        for s, value in zip(card.states, results[1:], strict=True):
-            self._states[s.input] = value
         if self._residual is not None:
             masks = masks[:, :, self._synthesised]
-        masked = masks.transpose(0, 2, 3, 1, 4) * spectra_4d[:, None]  # (streams, stems, channels, hops, bins)
+        masked = masks.transpose(0, 2, 3, 1, 4) * spectra[:, None]  # (streams, stems, channels, hops, bins)
         synth = self._synth_out[:, :n]
         self._synthesis.synthesise(masked.reshape(-1, hops, card.num_bins), synth)
         synth_4d = synth.reshape(self.num_streams, len(self._synthesised), self.num_channels, n)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.model_card import ModelError, load_card
+from engine.separate import separate_audio
 from engine.separator import StreamingSeparator
 from engine.stft import StreamingSTFT, ola_constant
 from engine.stream import BlockAdapter
@@ -75,6 +76,18 @@ def test_variable_block_sizes_keep_one_fixed_latency(tiny_model, noise):
     assert extra == 63
     m = min(streamed.shape[-1] - extra, one_shot.shape[-1])
     np.testing.assert_allclose(streamed[..., extra : extra + m], one_shot[..., :m], atol=1e-5)
+
+
+@pytest.mark.parametrize("block_size", [256, 4096])
+def test_overlapped_offline_separation_is_bit_identical_to_the_block_loop(tiny_model, noise, block_size):
+    separator = StreamingSeparator(tiny_model, max_hops=block_size // 64 + 2)
+    adapter = BlockAdapter(separator, max_block_size=block_size, block_size=block_size)
+    plain = separate_audio(adapter, noise[0], block_size, overlap=False)
+    done: list[int] = []
+    overlapped = separate_audio(adapter, noise[0], block_size, done.append)
+    np.testing.assert_array_equal(overlapped, plain)
+    assert plain.shape == (4, *noise[0].shape) and np.abs(plain).max() > 0
+    assert sum(done) == noise.shape[-1]  # progress covered the input exactly once
 
 
 def test_stems_sum_to_latency_aligned_input(tiny_model, noise):
