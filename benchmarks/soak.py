@@ -3,8 +3,9 @@
 For each deck count it runs the real command (worker process, OSC server, light OSC traffic: one mute toggle a
 second) and collects its final counters (--stats-json): xruns (JACK's xrun callback), deadline misses (blocks whose
 stems were late, played dry), callback time p50/p99/max over the whole run, worker call time, and CPU use of
-stembridge (audio process + worker process) and of jackd. A reference run of an idle JACK client (its callback
-writes zeros, nothing else) measures the xruns the machine itself causes in the same conditions.
+stembridge (audio process + worker process) and of jackd, and the machine's steal time (CPU the hypervisor gave to
+other guests). Two reference runs of an idle JACK client (its callback writes zeros, nothing else), alone and beside
+a process that keeps as much CPU busy as stembridge did, measure the xruns the machine itself causes.
 
     python benchmarks/soak.py [--minutes 10] [--decks 1 4] [--period 256] [--model PATH] [--baseline-minutes 2]
 
@@ -59,16 +60,29 @@ def machine_usage(before: dict, after: dict) -> dict:
     return {f"{k}_pct": round(100.0 * v / total, 1) for k, v in delta.items()}
 
 
-def busy_processes(exclude: set[int]) -> list[str]:
-    """The other processes using the CPU right now (what the soak shares the machine with)."""
-    out = subprocess.run(["ps", "-eo", "pid,ni,pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True)
+def busy_processes(exclude: set[int], interval_s: float = 2.0) -> list[str]:
+    """The other processes that used at least 5 % of a core over the last ``interval_s`` (measured, not ps's
+    lifetime average, so a stopped process does not count)."""
+
+    def ticks() -> dict[int, float]:
+        out = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) not in exclude:
+                out[int(entry.name)] = cpu_ticks(int(entry.name))
+        return out
+
+    before = ticks()
+    time.sleep(interval_s)
+    after = ticks()
     rows = []
-    for line in out.stdout.splitlines()[1:]:
-        parts = line.split(None, 4)
-        if len(parts) < 5 or int(parts[0]) in exclude or parts[4].startswith("ps "):
-            continue
-        if float(parts[2]) >= 5.0:
-            rows.append(f"{parts[2]}% (nice {parts[1]}, running {parts[3]}): {parts[4][:110]}")
+    for pid, t in sorted(after.items(), key=lambda kv: before.get(kv[0], kv[1]) - kv[1]):
+        pct = 100.0 * (t - before.get(pid, t)) / interval_s
+        if pct >= 5.0:
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            rows.append(f"{pct:.0f}%: {args.strip()[:110]}")
     return rows[:6]
 
 
@@ -161,9 +175,26 @@ def soak_live(
     return stats
 
 
-def idle_client_baseline(minutes: float) -> dict:
-    """xruns of a JACK client that does nothing but write zeros: what the machine alone causes."""
+BURNER = """
+import sys, time
+duty, cycle = float(sys.argv[1]), 0.0116
+while True:
+    start = time.perf_counter()
+    while time.perf_counter() - start < duty * cycle:
+        pass
+    time.sleep(max(0.0, cycle - (time.perf_counter() - start)))
+"""
+
+
+def idle_client_baseline(minutes: float, load_pct: float = 0.0) -> dict:
+    """xruns of a JACK client that does nothing but write zeros: what the machine alone causes. With ``load_pct``
+    a second process keeps that share of a core busy meanwhile (bursts every 11.6 ms, like the separation worker),
+    because a VM that asks for more CPU also loses more of it to the hypervisor (steal)."""
     import jack
+
+    burner = None
+    if load_pct > 0:
+        burner = subprocess.Popen([sys.executable, "-c", BURNER, str(load_pct / 100.0)])
 
     client = jack.Client("soak-idle-reference", no_start_server=True)
     ports = [client.outports.register(f"out_{i}") for i in range(10)]
@@ -183,7 +214,11 @@ def idle_client_baseline(minutes: float) -> dict:
     time.sleep(minutes * 60)
     client.deactivate()
     client.close()
-    return {"minutes": minutes, "xruns": xruns[0], "machine": machine_usage(m0, machine_cpu())}
+    usage = machine_usage(m0, machine_cpu())
+    if burner is not None:
+        burner.kill()
+        burner.wait()
+    return {"minutes": minutes, "load_pct": load_pct, "xruns": xruns[0], "machine": usage}
 
 
 def model_path(arg: str | None, workdir: Path) -> tuple[Path, str]:
@@ -211,9 +246,12 @@ def write_markdown(result: dict) -> str:
         "light OSC traffic (one vocal mute toggle a second).",
         f"Model: {result['model']}.",
         "",
-        "**Shared machine**: the soak ran beside other work on the same 2 cores (a background training job using "
-        "about one core, and other developers' jobs); the processes busy at each start are listed below. xruns of an "
-        "idle JACK client measured in the same conditions are the machine's own share.",
+        (
+            "**Shared machine**: other processes were busy at the start of a run (listed below). "
+            if any(run["other_busy_processes_at_start"] for run in result["runs"])
+            else "**Quiet machine**: no other process used 5 % of a core at the start of either run. "
+        )
+        + "xruns of an idle JACK client measured on the same server show the machine's own share.",
         "",
         "| decks | blocks | xruns | xruns/min | deadline misses | dry blocks | callback p50 ms | callback p99 ms "
         "| callback max ms | worker p99 ms | stembridge CPU % | jackd CPU % | machine steal % |",
@@ -228,10 +266,11 @@ def write_markdown(result: dict) -> str:
             f"| {run['worker_ms_p99']:.2f} | {run['cpu_pct']:.0f} | {run['jackd_cpu_pct']:.1f} "
             f"| {run['machine']['steal_pct']} |"
         )
-    base = result.get("baseline")
-    if base:
-        lines += ["", f"Idle JACK client (its callback only writes zeros), {base['minutes']} minutes, same server: "
-                  f"**{base['xruns']} xruns, {base['xruns'] / base['minutes']:.0f} per minute** "
+    bases = result.get("baselines") or ([result["baseline"]] if result.get("baseline") else [])
+    for base in bases:
+        load = f", with another process keeping {base['load_pct']:.0f} % of a core busy" if base.get("load_pct") else ""
+        lines += ["", f"Idle JACK client (its callback only writes zeros){load}, {base['minutes']} minutes, same "
+                  f"server: **{base['xruns']} xruns, {base['xruns'] / base['minutes']:.0f} per minute** "
                   f"(machine steal {base['machine']['steal_pct']} %)."]  # fmt: skip
     if result.get("notes"):
         lines += ["", result["notes"]]
@@ -272,7 +311,13 @@ def main() -> None:
                 summary = f"xruns {stats['xruns']}, misses {stats['deadline_misses']}, "
                 summary += f"callback p99 {stats['callback_ms_p99']} ms, cpu {stats['cpu_pct']:.0f}%"
                 print("  " + summary, flush=True)
-            baseline = idle_client_baseline(args.baseline_minutes) if args.baseline_minutes > 0 else None
+            baselines = []
+            if args.baseline_minutes > 0:
+                busiest = max(run["cpu_pct"] for run in runs)
+                for load in (0.0, busiest):
+                    print(f"reference: idle JACK client, other load {load:.0f} %", flush=True)
+                    baselines.append(idle_client_baseline(args.baseline_minutes, load))
+                    print(f"  xruns {baselines[-1]['xruns']}", flush=True)
         finally:
             if started is not None:
                 started.send_signal(signal.SIGINT)
@@ -284,7 +329,7 @@ def main() -> None:
         "minutes": args.minutes,
         "model": model_note,
         "runs": runs,
-        "baseline": baseline,
+        "baselines": baselines,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -241,6 +241,7 @@ class LiveSession:
             )
         decks = self._make_decks(files, num_inputs, rate)
         from engine.live.engine import LiveEngine
+        from engine.rt import freeze_heap
 
         sys.setswitchinterval(0.001)  # the audio thread waits at most ~1 ms for the GIL (default 5 ms)
         self.engine = LiveEngine(
@@ -257,6 +258,7 @@ class LiveSession:
             self.engine.taps.append(self.recorder)
         self._open_control(num_decks)
         self.engine.start()
+        freeze_heap()  # from here on a garbage collection cannot stall the audio thread for a full heap scan
         try:
             self.backend.start(self.engine.process_block, self.engine.input_names(), self.engine.output_names())
             made = []

@@ -229,6 +229,7 @@ def _child_main(config: dict) -> int:
     import mmap
     import select
 
+    from engine.rt import freeze_heap
     from engine.separator import StreamingSeparator
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s worker: %(message)s")
@@ -252,6 +253,7 @@ def _child_main(config: dict) -> int:
         return 1
     if config.get("rt_priority"):
         set_realtime_priority(config["rt_priority"])
+    freeze_heap()
     c[STARTED] = 1
 
     def wait() -> None:
