@@ -101,6 +101,25 @@ def test_stems_sum_to_latency_aligned_input(tiny_model, noise):
     assert all(np.abs(stems[0, i]).max() > 1e-3 for i in range(4))
 
 
+def test_a_half_overlap_vorbis_model_streams_and_sums_to_the_input(tmp_path, tiny_model, noise):
+    onnx_path = tmp_path / "half.onnx"
+    shutil.copy(tiny_model, onnx_path)
+    card = json.loads(tiny_model.with_suffix(".json").read_text())
+    card.update(window="vorbis", hop_size=128, latency_samples=128)
+    onnx_path.with_suffix(".json").write_text(json.dumps(card))
+    separator = StreamingSeparator(onnx_path, max_hops=128)
+    one_shot = separator.process(noise[..., : noise.shape[-1] // 128 * 128]).copy()
+    adapter = BlockAdapter(separator, block_size=441)
+    stems = run_blocks(adapter, noise, 441)
+    extra, latency = adapter.extra_latency, adapter.latency_samples
+    assert latency == 128 + 128 - 1
+    n = min(stems.shape[-1] - extra, one_shot.shape[-1])
+    np.testing.assert_allclose(stems[..., extra : extra + n], one_shot[..., :n], atol=1e-5)
+    total = stems.sum(axis=1)
+    np.testing.assert_allclose(total[..., latency:], noise[..., : total.shape[-1] - latency], atol=1e-5)
+    assert all(np.abs(stems[0, i]).max() > 1e-3 for i in range(4))
+
+
 def test_batched_streams_equal_separate_runs(tiny_model, noise):
     two = np.concatenate([noise, noise[:, ::-1, ::-1].copy() * 0.5], axis=0)
     batched = StreamingSeparator(tiny_model, num_streams=2, max_hops=32)
