@@ -265,6 +265,14 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     model = export.load_weights(run / "last_fp16.pt")
     assert model.config.hidden == 16
 
+    # a warm start into a new run with another STFT framing keeps the weights and records how it began
+    warm = tmp_path / "warm"
+    args = [str(warm) if a == str(run) else a for a in common]  # the last --init wins
+    train.main([*args, "--init", str(run / "last_fp16.pt"), "--hop-size", "512", "--window", "vorbis", "--steps", "7"])
+    ckpt = torch.load(warm / "last.pt", weights_only=False)
+    assert ckpt["config"]["hop_size"] == 512 and ckpt["config"]["window"] == "vorbis" and ckpt["step"] == 7
+    assert "step 6: warm start from" in ckpt["provenance"]["history"][0]
+
     # a fixed batch is fitted: the loss falls clearly within a few dozen steps
     model = SeparatorModel(ModelConfig(hidden=32))
     bank = dataset.SongBank(tmp_path / "data", "train")

@@ -249,16 +249,24 @@ def main(argv: list[str] | None = None) -> None:
         help="first write the weights-only fp16 checkpoint here (e.g. engine/models/checkpoint/default_fp16.pt) "
         "and export from it, so the committed checkpoint and graph hold the same weights",
     )
+    parser.add_argument(
+        "--history",
+        action="append",
+        default=[],
+        help="a line for the provenance's history (e.g. how the run was started); kept in the fp16 checkpoint too",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     checkpoint = args.checkpoint
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt["provenance"] = {**ckpt.get("provenance", {})}
+    ckpt["provenance"]["history"] = [*ckpt["provenance"].get("history", []), *args.history]
     if args.fp16 is not None:
         from engine.training.train import save_fp16
 
-        save_fp16(torch.load(checkpoint, map_location="cpu", weights_only=True), args.fp16)
+        save_fp16(ckpt, args.fp16)
         checkpoint = args.fp16
         print(f"wrote {args.fp16} ({args.fp16.stat().st_size / 1e6:.2f} MB)")
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = load_weights(checkpoint)
     provenance = dict(ckpt.get("provenance", {}))
     provenance["trained_steps"] = int(ckpt.get("step", provenance.get("trained_steps", 0)))

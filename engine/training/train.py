@@ -169,6 +169,7 @@ class Trainer:
         config = ModelConfig(hidden=args.hidden, num_layers=args.layers, **stft_overrides)
         self.step = 0
         self.sampler_seed = args.seed
+        self.history: list[str] = []  # how the weights came to be, beyond plain training (kept in checkpoints)
         state = None
         last = self.run / "last.pt"
         if last.exists():
@@ -179,9 +180,15 @@ class Trainer:
             source = str(args.init)
         if state is not None:
             config = ModelConfig.from_dict(state["config"])
+            self.history = list(state.get("provenance", {}).get("history", []))
             if source != str(last) and stft_overrides:
                 # a warm start with another STFT framing: the weights' shapes depend on n_fft only, so they carry
+                old = config
                 config = ModelConfig.from_dict({**config.to_dict(), **stft_overrides})
+                self.history.append(
+                    f"step {state.get('step', 0)}: warm start from {source} (hop {old.hop_size}, {old.window} window) "
+                    f"with hop {config.hop_size}, {config.window} window"
+                )
         self.model = build_model(config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         if state is not None:
@@ -229,6 +236,7 @@ class Trainer:
                 "training_data": data_description(self.train_bank, self.augment),
                 "trained_steps": self.step,
                 "batch": f"{self.args.batch} x {self.args.segment_seconds} s",
+                "history": self.history,
             },
         }
 
