@@ -342,11 +342,14 @@ class LiveSession:
         e, b = self.engine, self.backend
         decks = ", ".join(f"{i}: {d.name}" for i, d in enumerate(e.decks, start=1))
         sep = e.worker.separation_latency
+        fill = sep - e.separator.latency_samples
+        hop_fill = f" + {fill} to fill a hop of {e.separator.hop_size}" if fill else ""
         lines = [
             f"stembridge live: {b.describe()}; model {card.name} on {e.separator.active_provider}",
             f"decks: {decks}",
-            f"latency: live input {e.latency_samples} samples ({e.latency_ms:.1f} ms) = model {sep} + "
-            f"{e.fifo_periods} periods of {e.block_size}; file decks read ahead (nothing added)",
+            f"latency: live input {e.latency_samples} samples ({e.latency_ms:.1f} ms) = separation {sep} "
+            f"(model {e.separator.latency_samples}{hop_fill}) + {e.fifo_periods} periods of {e.block_size}; "
+            "file decks read ahead (nothing added)",
         ]
         if b.name == "jack":
             lines.append(f"ports: {b.client_name}:" + f", {b.client_name}:".join(e.output_names() + e.input_names()))
