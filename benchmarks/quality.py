@@ -5,7 +5,7 @@ mixture/4, the classical DSP separator and the ideal ratio mask with the model's
 (median over 1 s windows, then over songs) and the karaoke figure. It also checks on the first song that the fast
 SDR equals museval's own and times both.
 
-    python benchmarks/quality.py [--data data/synth] [--model PATH] [--max-songs N] [--max-seconds S]
+    python benchmarks/quality.py [--data data/synth] [--model PATH] [--max-songs N] [--max-seconds S] [--update-card]
 
 Test songs come from the synthesizer; seeds with seed % 20 == 0 are the test split. ``synth batch`` renders them
 with the training songs into data/synth/test; the test split alone (20 songs, bit-identical to the batch's) is::
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float)
     parser.add_argument("--block-size", type=int, default=4096)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--update-card", action="store_true", help="write the figures into the model's card")
     args = parser.parse_args()
 
     songs = quality.find_songs(args.data)[: args.max_songs]
@@ -88,6 +89,8 @@ def main() -> None:
     report = quality.evaluate(songs, methods, max_seconds=args.max_seconds, source=source, progress=progress)
     report["museval_cross_check"] = museval_cross_check(songs[0], args.max_seconds)
     paths = quality.write_report(report, args.out)
+    if args.update_card and model is not None:
+        quality.update_card(model.card.path.with_suffix(".json"), quality.card_quality(report))
     check = report["museval_cross_check"]
     note = (
         f"\nmuseval cross-check on {check['song']}: max |fast - museval| = {check['max_abs_diff_db']:.2e} dB, "
