@@ -73,16 +73,16 @@ def busy_processes(exclude: set[int], interval_s: float = 2.0) -> list[str]:
 
     before = ticks()
     time.sleep(interval_s)
-    after = ticks()
+    used = {pid: 100.0 * (t - before.get(pid, t)) / interval_s for pid, t in ticks().items()}
     rows = []
-    for pid, t in sorted(after.items(), key=lambda kv: before.get(kv[0], kv[1]) - kv[1]):
-        pct = 100.0 * (t - before.get(pid, t)) / interval_s
-        if pct >= 5.0:
-            try:
-                args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            rows.append(f"{pct:.0f}%: {args.strip()[:110]}")
+    for pid, pct in sorted(used.items(), key=lambda kv: -kv[1]):
+        if pct < 5.0:
+            break
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        rows.append(f"{pct:.0f}%: {' '.join(args.split())[:110]}")
     return rows[:6]
 
 

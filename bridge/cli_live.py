@@ -335,7 +335,7 @@ class LiveSession:
             if key in stats:
                 value = stats[key]
                 status[key] = int(value) if isinstance(value, int) else float(value)
-        osc.router.engine_stats = status  # also answered to /stembridge/status (one reference swap)
+        osc.set_engine_status(status)
         osc.broadcast(ENGINE_STATUS_ADDRESS, [x for pair in status.items() for x in pair])
 
     def _announce(self, card, made: list) -> None:

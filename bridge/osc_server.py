@@ -267,7 +267,7 @@ class OscRouter:
         self.controller = controller
         self.allow = parse_allowlist(allow)
         self.stats = dict.fromkeys(COUNTERS, 0)
-        self.engine_stats: dict[str, int | float] = {}  # the live engine's latest status, set by its monitor
+        self.engine_stats: dict[str, int | float] = {}  # the live engine's latest status (OscServer.set_engine_status)
         self.udp_socket: socket.socket | None = None
         self._stats_lock = threading.Lock()
         self._subs_lock = threading.Lock()
@@ -656,6 +656,10 @@ class OscServer:
     @property
     def stats(self) -> dict[str, int]:
         return self.router.snapshot_stats()
+
+    def set_engine_status(self, status: dict[str, int | float]) -> None:
+        """The live engine's latest counters, appended to every ``/stembridge/status`` reply (a reference swap)."""
+        self.router.engine_stats = status
 
     def start(self) -> OscServer:
         for name, server in (("osc-udp", self._udp), ("osc-tcp", self._tcp)):

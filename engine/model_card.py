@@ -16,7 +16,6 @@ from typing import Any
 from engine.stft import WINDOWS, ola_constant, window
 
 SCHEMA_VERSION = 1
-SUPPORTED_WINDOWS = WINDOWS
 SUPPORTED_FEATURES = ("magnitude",)
 REQUIRED_KEYS = (
     "schema_version",
@@ -163,8 +162,8 @@ def load_card(model_path: str | Path) -> ModelCard:
     latency = _require_int(card, "latency_samples", path, 0)
     if hop > n_fft:
         raise _fail(path, f"hop_size {hop} is larger than n_fft {n_fft}")
-    if card["window"] not in SUPPORTED_WINDOWS:
-        raise _fail(path, f"window {card['window']!r} is not supported (supported: {', '.join(SUPPORTED_WINDOWS)})")
+    if card["window"] not in WINDOWS:
+        raise _fail(path, f"window {card['window']!r} is not supported (supported: {', '.join(WINDOWS)})")
     try:
         ola_constant(window(card["window"], n_fft), hop)
     except ValueError as exc:

@@ -74,17 +74,19 @@ def separate_audio(
     padded[:, :n] = model_in
     stems = np.zeros((sep.num_stems, sep.num_channels, total_blocks * block_size), dtype=np.float32)
     adapter.reset()
+
+    def done(a: int) -> None:  # the block starting at model-rate sample a is written
+        if progress is not None:
+            progress(min(block_size, max(0, n - a)))
+
     hops, rest = divmod(block_size, sep.hop_size)
     if overlap and not rest and adapter.extra_latency == 0 and sep.num_streams == 1 and hops <= sep.max_hops:
-        _run_overlapped(
-            sep, padded, stems, hops, lambda a: progress(min(block_size, max(0, n - a))) if progress else None
-        )
+        _run_overlapped(sep, padded, stems, hops, done)
     else:
         for b in range(total_blocks):
             a = b * block_size
             stems[:, :, a : a + block_size] = adapter.process(padded[None, :, a : a + block_size])[0]
-            if progress is not None:
-                progress(min(block_size, max(0, n - a)))
+            done(a)
     aligned = stems[:, :, latency : latency + n]
     if num_in_channels == 1 and sep.num_channels != 1:
         aligned = aligned.mean(axis=1, keepdims=True)
