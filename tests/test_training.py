@@ -265,6 +265,15 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     model = export.load_weights(run / "last_fp16.pt")
     assert model.config.hidden == 16
 
+    # the weight average trails the weights, survives the resume, and is what export takes
+    full = torch.load(run / "last.pt", weights_only=True)
+    name = next(k for k in full["model"] if k.endswith("weight_ih_l0"))
+    assert full["ema_decay"] == 0.999 and not torch.equal(full["ema"][name], full["model"][name])
+    assert any(r["kind"] == "validation" and r["weights"] == "average" and "raw_sdr_mean" in r for r in log)
+    assert torch.equal(export.load_weights(run / "last.pt").state_dict()[name], full["ema"][name])
+    assert torch.equal(export.load_weights(run / "last.pt", average=False).state_dict()[name], full["model"][name])
+    assert torch.allclose(model.state_dict()[name], full["ema"][name], atol=1e-3)  # the fp16 copy has it too
+
     # a warm start into a new run with another STFT framing keeps the weights and records how it began
     warm = tmp_path / "warm"
     args = [str(warm) if a == str(run) else a for a in common]  # the last --init wins

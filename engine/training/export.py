@@ -165,11 +165,13 @@ def time_calls(path: Path, config: ModelConfig, frames: int, num_calls: int = 20
     }
 
 
-def load_weights(checkpoint: Path) -> SeparatorModel:
-    """A model from a full training checkpoint or a weights-only (fp16) one."""
+def load_weights(checkpoint: Path, average: bool = True) -> SeparatorModel:
+    """A model from a full training checkpoint or a weights-only (fp16) one: the weight average when the checkpoint
+    has one and ``average`` is true, otherwise the weights being trained."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = build_model(ckpt["config"])
-    model.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
+    weights = ckpt["ema"] if average and ckpt.get("ema") is not None else ckpt["model"]
+    model.load_state_dict({k: v.float() for k, v in weights.items()})
     return model.eval()
 
 
@@ -250,6 +252,11 @@ def main(argv: list[str] | None = None) -> None:
         "and export from it, so the committed checkpoint and graph hold the same weights",
     )
     parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="export the weights being trained, not their moving average (when the checkpoint has one)",
+    )
+    parser.add_argument(
         "--history",
         action="append",
         default=[],
@@ -267,8 +274,12 @@ def main(argv: list[str] | None = None) -> None:
         save_fp16(ckpt, args.fp16)
         checkpoint = args.fp16
         print(f"wrote {args.fp16} ({args.fp16.stat().st_size / 1e6:.2f} MB)")
-    model = load_weights(checkpoint)
+    model = load_weights(checkpoint, average=not args.raw)
     provenance = dict(ckpt.get("provenance", {}))
+    averaged = not args.raw and ckpt.get("ema") is not None
+    provenance["weights"] = (
+        f"moving average of the training weights (decay {ckpt['ema_decay']})" if averaged else "training weights"
+    )
     provenance["trained_steps"] = int(ckpt.get("step", provenance.get("trained_steps", 0)))
     card = export_model(model, args.out, provenance, name=args.name, timing=not args.no_timing)
     p = card["provenance"]

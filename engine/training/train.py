@@ -14,11 +14,17 @@ to each stem's STFT (real, imaginary and magnitude), normalised by the example's
 (10 log10 |s|^2 / |s - s_hat|^2 on the overlap-added estimates). Lines in ``<run>/log.jsonl``:
 ``{"kind": "train", "step", "loss", "lr", "sec_per_step", ...}`` and ``{"kind": "validation", "step", "sdr": {...}}``.
 The data folder is rescanned every ``--rescan-every`` steps, so songs that synthesis adds later join the training.
+
+An exponential moving average of the weights (``--ema-decay``, horizon about 1 / (1 - decay) steps) is kept beside
+them: it averages out the noise of the last steps' updates, the way a decaying learning rate would, without stopping
+the run from learning further. Validation scores both (``sdr`` for the average, ``raw_sdr_mean`` for the weights
+being trained), ``best.pt`` follows the average, and export takes the average when a checkpoint has one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -139,15 +145,54 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _half(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+
+
 def save_fp16(checkpoint: dict, path: Path) -> None:
-    """The weights-only fp16 checkpoint (config, fp16 weights, step, provenance) that is committed to the repo."""
+    """The weights-only fp16 checkpoint committed to the repo: config, fp16 weights (and their average), step,
+    provenance."""
     small = {
         "config": checkpoint["config"],
-        "model": {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["model"].items()},
+        "model": _half(checkpoint["model"]),
         "step": checkpoint["step"],
         "provenance": checkpoint.get("provenance", {}),
     }
+    if checkpoint.get("ema") is not None:
+        small["ema"] = _half(checkpoint["ema"])
+        small["ema_decay"] = checkpoint["ema_decay"]
     save_atomic(small, path)
+
+
+class WeightAverage:
+    """Exponential moving average of a model's floating-point state: avg = decay * avg + (1 - decay) * weights."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, state: dict[str, torch.Tensor] | None = None) -> None:
+        self.decay = decay
+        live = model.state_dict()
+        self.names = [k for k, v in live.items() if v.is_floating_point()]
+        self.live = [live[k] for k in self.names]  # views of the parameters; the optimizer updates them in place
+        source = state if state is not None else live
+        self.average = [source[k].detach().float().clone() for k in self.names]
+
+    def update(self) -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(self.average, self.live, 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.average, strict=True))
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """Inside the block the model holds the average; after it, its own weights again."""
+        saved = [t.clone() for t in self.live]
+        with torch.no_grad():
+            torch._foreach_copy_(self.live, self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.live, saved)
 
 
 def data_description(train: SongBank, augment: Augment) -> str:
@@ -191,13 +236,18 @@ class Trainer:
                 )
         self.model = build_model(config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.ema: WeightAverage | None = None
         if state is not None:
             self.model.load_state_dict({k: v.float() for k, v in state["model"].items()})
             self.step = int(state.get("step", 0))
+            if args.ema_decay > 0 and state.get("ema") is None:
+                self.history.append(f"step {self.step}: weight average (decay {args.ema_decay}) started")
             if "optimizer" in state:
                 self.optimizer.load_state_dict(state["optimizer"])
             self.sampler_seed = int(state.get("sampler_seed", args.seed)) + 1  # fresh draws after a resume
             self.log({"kind": "resume", "step": self.step, "source": source})
+        if args.ema_decay > 0:
+            self.ema = WeightAverage(self.model, args.ema_decay, state.get("ema") if state is not None else None)
         self.best = state.get("best_sdr", -1e9) if state is not None else -1e9
         self.model.train()
         self.augment = Augment()
@@ -229,6 +279,8 @@ class Trainer:
             "config": self.model.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "ema_decay": self.ema.decay if self.ema else None,
             "step": self.step,
             "sampler_seed": self.sampler_seed + self.step,
             "best_sdr": self.best,
@@ -283,6 +335,8 @@ class Trainer:
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip))
             self.optimizer.step()
+            if self.ema:
+                self.ema.update()
             self.step += 1
             window.append(float(loss.detach()))
             for k, v in per_stem.items():
@@ -306,7 +360,13 @@ class Trainer:
                 self.train_bank.rescan()
                 self.val_bank.rescan()
             if self.step % args.validate_every == 0 and len(self.val_bank):
-                result = validate(self.model, validation_excerpts(self.val_bank, args.val_songs, args.val_seconds))
+                excerpts = validation_excerpts(self.val_bank, args.val_songs, args.val_seconds)
+                result = validate(self.model, excerpts)
+                if self.ema:
+                    raw = result["sdr_mean"]
+                    with self.ema.swapped_in():
+                        result = validate(self.model, excerpts)
+                    result = {**result, "weights": "average", "raw_sdr_mean": raw}
                 self.log({"kind": "validation", "step": self.step, **result})
                 if result["sdr_mean"] is not None and result["sdr_mean"] > self.best:
                     self.best = result["sdr_mean"]
@@ -334,6 +394,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--half-life", type=int, default=40000, help="steps per halving of the learning rate")
     p.add_argument("--lr-floor", type=float, default=1e-4)
     p.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="weight average kept beside the weights (0: none)")
     p.add_argument("--hidden", type=int, default=ModelConfig.hidden, help="GRU hidden size (new runs only)")
     p.add_argument("--layers", type=int, default=ModelConfig.num_layers, help="GRU layers (new runs only)")
     p.add_argument("--hop-size", type=int, default=None, help="STFT hop (new runs and warm starts from --init)")
