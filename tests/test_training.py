@@ -224,6 +224,26 @@ def test_sampler_rebuilds_the_mixture_from_augmented_stems(tmp_path):
             np.testing.assert_array_equal(example[k, 1], -np.arange(start, start + 4000) + k)
 
 
+def test_prefetcher_hands_over_fresh_batches_through_shared_slots(tmp_path):
+    for i in range(3):
+        write_song(tmp_path, "train", f"song{i:06d}", 1.5, i)
+    prefetch = dataset.BatchPrefetcher(tmp_path, "train", 8000, batch_size=3, seed=5, depth=2)
+    try:
+        batches = [prefetch.get(timeout=120) for _ in range(5)]  # more batches than slots: slots are reused
+    finally:
+        prefetch.close()
+    assert not prefetch.process.is_alive()
+    for mix, stems in batches:
+        assert mix.shape == (3, 2, 8000) and stems.shape == (3, 4, 2, 8000)
+        np.testing.assert_allclose(mix, stems.sum(axis=1), atol=1e-6)
+    # the worker draws what a sampler with the same seed draws, in order, and a returned batch is the caller's copy
+    expected = dataset.SegmentSampler(dataset.SongBank(tmp_path, "train"), 8000, seed=5)
+    for mix, stems in batches:
+        want_mix, want_stems = expected.batch(3)
+        np.testing.assert_array_equal(stems, want_stems)
+        np.testing.assert_array_equal(mix, want_mix)
+
+
 def test_resampling_and_eq_keep_length_and_shift_pitch():
     rng = np.random.default_rng(0)
     n = 44100

@@ -206,7 +206,10 @@ class SegmentSampler:
         spec = scipy.fft.rfft(x, axis=-1)
         if do_eq:
             freqs = np.fft.rfftfreq(n_in, 1.0 / (self.bank.sample_rate * factor))  # frequencies after resampling
-            spec *= (10.0 ** (random_eq_db(freqs, self.rng, aug.eq_db) / 20.0)).astype(np.float32)
+            # the curve is smooth: evaluate it on a log grid and interpolate (the bins are ~70k; exp per bin is slow)
+            grid = np.geomspace(20.0, max(freqs[-1], 40.0), 512)
+            gain = 10.0 ** (random_eq_db(grid, self.rng, aug.eq_db) / 20.0)
+            spec *= np.interp(np.log(np.maximum(freqs, 20.0)), np.log(grid), gain).astype(np.float32)
         bins = n_out // 2 + 1
         if spec.shape[-1] >= bins:
             spec = spec[:, :bins]
@@ -276,27 +279,44 @@ def validation_excerpts(bank: SongBank, max_songs: int, seconds: float) -> list[
     return out
 
 
-def _prefetch_worker(root, split, stems, sample_rate, segment_frames, augment, seed, batch_size, queue, rescan_every):
+def _slot_views(raw, batch_size: int, num_stems: int, num_channels: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mixture, stems) float32 views of one shared batch slot."""
+    flat = np.frombuffer(raw, dtype=np.float32)
+    mix_size = batch_size * num_channels * n
+    mix = flat[:mix_size].reshape(batch_size, num_channels, n)
+    return mix, flat[mix_size:].reshape(batch_size, num_stems, num_channels, n)
+
+
+def _prefetch_worker(
+    root, split, stems, sample_rate, segment_frames, augment, seed, batch_size, slots, free, ready, rescan_every
+):
+    import time
+
     bank = SongBank(root, split, stems, sample_rate)
     sampler = SegmentSampler(bank, segment_frames, augment, seed=seed)
+    views = [_slot_views(raw, batch_size, len(stems), sampler.num_channels, segment_frames) for raw in slots]
     made = 0
     while True:
         if made % rescan_every == 0:
             bank.rescan()
         if not len(bank):
-            import time
-
             time.sleep(5)
             made = 0
             continue
-        queue.put(sampler.batch(batch_size))
+        mix, stem_audio = sampler.batch(batch_size)
+        slot = free.get()
+        views[slot][0][...] = mix
+        views[slot][1][...] = stem_audio
+        ready.put(slot)
         made += 1
 
 
 class BatchPrefetcher:
     """``SegmentSampler.batch`` in a separate process, ``depth`` batches ahead; ``get()`` returns the next batch.
 
-    The worker keeps its own ``SongBank`` and rescans it every ``rescan_every`` batches.
+    Batches travel through ``depth`` slots of shared memory; only slot numbers go through the queues. (Pickling a
+    batch of 16 x 3 s through a pipe took 0.29 s of the training process per step.) The worker keeps its own
+    ``SongBank`` and rescans it every ``rescan_every`` batches.
     """
 
     def __init__(
@@ -311,11 +331,18 @@ class BatchPrefetcher:
         sample_rate: int = 44100,
         depth: int = 3,
         rescan_every: int = 100,
+        num_channels: int = 2,
     ) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        self.queue = ctx.Queue(maxsize=depth)
+        floats = batch_size * num_channels * segment_frames * (1 + len(stems))
+        self.slots = [ctx.RawArray("f", floats) for _ in range(depth)]
+        self.views = [_slot_views(raw, batch_size, len(stems), num_channels, segment_frames) for raw in self.slots]
+        self.free = ctx.Queue()
+        self.ready = ctx.Queue()
+        for slot in range(depth):
+            self.free.put(slot)
         self.process = ctx.Process(
             target=_prefetch_worker,
             args=(
@@ -327,7 +354,9 @@ class BatchPrefetcher:
                 augment or Augment(),
                 seed,
                 batch_size,
-                self.queue,
+                self.slots,
+                self.free,
+                self.ready,
                 rescan_every,
             ),
             daemon=True,
@@ -335,9 +364,13 @@ class BatchPrefetcher:
         self.process.start()
 
     def get(self, timeout: float = 600.0) -> tuple[np.ndarray, np.ndarray]:
+        """The next (mixture, stems) batch, copied out of its slot (the slot goes back to the worker at once)."""
         if not self.process.is_alive():
             raise RuntimeError(f"the batch prefetch process died (exit code {self.process.exitcode})")
-        return self.queue.get(timeout=timeout)
+        slot = self.ready.get(timeout=timeout)
+        mix, stems = (v.copy() for v in self.views[slot])
+        self.free.put(slot)
+        return mix, stems
 
     def close(self) -> None:
         if self.process.is_alive():

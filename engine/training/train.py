@@ -42,6 +42,7 @@ from engine.training.model import (
     build_model,
     count_parameters,
     istft,
+    magnitude,
     stft,
     stft_frames,
 )
@@ -71,7 +72,7 @@ def separation_loss(
     num_frames = x.shape[1]
     count = max(1, int(round((num_frames - skip_frames) * frame_fraction)))
     frames = torch.sort(torch.randperm(num_frames - skip_frames)[:count]).values + skip_frames
-    mag = x.abs()
+    mag = magnitude(x)
     h, lvl = model.initial_state(mix.shape[0])
     masks, _, _ = model(mag, h, lvl, frames)  # (b, k, s, c, f)
     xs = x[:, frames].unsqueeze(2)  # (b, k, 1, c, f)
@@ -80,7 +81,7 @@ def separation_loss(
     diff = (
         (masks * xs.real - target.real).abs()
         + (masks * xs.imag - target.imag).abs()
-        + (masks * xs.abs() - target.abs()).abs()
+        + (masks * magnitude(xs) - magnitude(target)).abs()
     )
     per_stem = (diff / level).mean(dim=(0, 1, 3, 4))
     return per_stem.sum(), {s: float(v) for s, v in zip(cfg.stems, per_stem.detach(), strict=True)}
@@ -92,7 +93,7 @@ def separate(model: SeparatorModel, mix: torch.Tensor) -> torch.Tensor:
     cfg = model.config
     x = spectra(mix, cfg)  # (t, c, f)
     h, lvl = model.initial_state(1)
-    masks, _, _ = model(x.abs().unsqueeze(0), h, lvl)
+    masks, _, _ = model(magnitude(x).unsqueeze(0), h, lvl)
     est = masks[0] * x.unsqueeze(1)  # (t, s, c, f)
     return istft(est.permute(1, 2, 0, 3), cfg.n_fft, cfg.hop_size, cfg.window)
 
