@@ -55,8 +55,8 @@ def models(tmp: Path, extra: list[str]) -> dict[str, Path]:
     return found
 
 
-def time_blocks(path: Path, batch: int, threads: int, num_blocks: int) -> dict:
-    sep = StreamingSeparator(path, num_streams=batch, intra_op_threads=threads, max_hops=1)
+def time_blocks(path: Path, batch: int, threads: int, num_blocks: int, device: str = "auto") -> dict:
+    sep = StreamingSeparator(path, device=device, num_streams=batch, intra_op_threads=threads, max_hops=1)
     hop = sep.hop_size
     audio = (np.random.default_rng(0).standard_normal((batch, sep.num_channels, hop * 64)) * 0.1).astype(np.float32)
     for i in range(50):
