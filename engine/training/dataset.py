@@ -287,14 +287,16 @@ def _slot_views(raw, batch_size: int, num_stems: int, num_channels: int, n: int)
     return mix, flat[mix_size:].reshape(batch_size, num_stems, num_channels, n)
 
 
-def _prefetch_worker(
-    root, split, stems, sample_rate, segment_frames, augment, seed, batch_size, slots, free, ready, rescan_every
-):
+def _prefetch_worker(spec: dict, slots: list, free, ready) -> None:
+    """Fill free slots with batches forever. ``spec``: BatchPrefetcher's arguments (root, split, ..., rescan_every)."""
     import time
 
+    root, split, stems, sample_rate = spec["root"], spec["split"], spec["stems"], spec["sample_rate"]
+    segment_frames, batch_size, num_channels = spec["segment_frames"], spec["batch_size"], spec["num_channels"]
+    rescan_every = spec["rescan_every"]
     bank = SongBank(root, split, stems, sample_rate)
-    sampler = SegmentSampler(bank, segment_frames, augment, seed=seed)
-    views = [_slot_views(raw, batch_size, len(stems), sampler.num_channels, segment_frames) for raw in slots]
+    sampler = SegmentSampler(bank, segment_frames, spec["augment"], seed=spec["seed"], num_channels=num_channels)
+    views = [_slot_views(raw, batch_size, len(stems), num_channels, segment_frames) for raw in slots]
     made = 0
     while True:
         if made % rescan_every == 0:
@@ -343,24 +345,19 @@ class BatchPrefetcher:
         self.ready = ctx.Queue()
         for slot in range(depth):
             self.free.put(slot)
-        self.process = ctx.Process(
-            target=_prefetch_worker,
-            args=(
-                str(root),
-                split,
-                stems,
-                sample_rate,
-                segment_frames,
-                augment or Augment(),
-                seed,
-                batch_size,
-                self.slots,
-                self.free,
-                self.ready,
-                rescan_every,
-            ),
-            daemon=True,
-        )
+        spec = {
+            "root": str(root),
+            "split": split,
+            "stems": stems,
+            "sample_rate": sample_rate,
+            "segment_frames": segment_frames,
+            "augment": augment or Augment(),
+            "seed": seed,
+            "batch_size": batch_size,
+            "num_channels": num_channels,
+            "rescan_every": rescan_every,
+        }
+        self.process = ctx.Process(target=_prefetch_worker, args=(spec, self.slots, self.free, self.ready), daemon=True)
         self.process.start()
 
     def get(self, timeout: float = 600.0) -> tuple[np.ndarray, np.ndarray]:

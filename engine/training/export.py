@@ -165,13 +165,19 @@ def time_calls(path: Path, config: ModelConfig, frames: int, num_calls: int = 20
     }
 
 
+def chosen_weights(ckpt: dict, average: bool = True) -> tuple[dict, str]:
+    """(state dict, description): the weight average when the checkpoint has one and ``average`` is true, otherwise
+    the weights being trained."""
+    if average and ckpt.get("ema") is not None:
+        return ckpt["ema"], f"moving average of the training weights (decay {ckpt['ema_decay']})"
+    return ckpt["model"], "training weights"
+
+
 def load_weights(checkpoint: Path, average: bool = True) -> SeparatorModel:
-    """A model from a full training checkpoint or a weights-only (fp16) one: the weight average when the checkpoint
-    has one and ``average`` is true, otherwise the weights being trained."""
+    """A model from a full training checkpoint or a weights-only (fp16) one (weights as ``chosen_weights``)."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = build_model(ckpt["config"])
-    weights = ckpt["ema"] if average and ckpt.get("ema") is not None else ckpt["model"]
-    model.load_state_dict({k: v.float() for k, v in weights.items()})
+    model.load_state_dict({k: v.float() for k, v in chosen_weights(ckpt, average)[0].items()})
     return model.eval()
 
 
@@ -276,10 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.fp16} ({args.fp16.stat().st_size / 1e6:.2f} MB)")
     model = load_weights(checkpoint, average=not args.raw)
     provenance = dict(ckpt.get("provenance", {}))
-    averaged = not args.raw and ckpt.get("ema") is not None
-    provenance["weights"] = (
-        f"moving average of the training weights (decay {ckpt['ema_decay']})" if averaged else "training weights"
-    )
+    provenance["weights"] = chosen_weights(ckpt, average=not args.raw)[1]
     provenance["trained_steps"] = int(ckpt.get("step", provenance.get("trained_steps", 0)))
     card = export_model(model, args.out, provenance, name=args.name, timing=not args.no_timing)
     p = card["provenance"]
