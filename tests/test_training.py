@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from engine.training.model import (  # noqa: E402
     istft,
     stft,
     stft_frames,
+    widened,
 )
 
 TINY = ModelConfig(n_fft=256, hop_size=64, hidden=16, num_layers=2)
@@ -119,6 +121,24 @@ def test_streaming_with_carried_state_equals_one_pass_and_head_subset_matches():
         frames = torch.tensor([2, 3, 11, 24])
         subset, _, _ = model(mag, *model.initial_state(3), frames)
         torch.testing.assert_close(subset, full[:, frames], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_widened_weights_compute_the_same_masks_and_can_grow_apart(factor):
+    narrow = tiny_model()
+    wide = SeparatorModel(replace(TINY, hidden=TINY.hidden * factor))
+    wide.load_state_dict(widened(narrow.state_dict(), TINY, factor, seed=3))
+    mag = torch.rand(2, 30, 2, TINY.num_bins) * 4.0
+    narrow_out = narrow(mag, *narrow.initial_state(2))
+    wide_out = wide(mag, *wide.initial_state(2))
+    assert torch.allclose(narrow_out[0], wide_out[0], atol=1e-5)
+    h = TINY.hidden
+    for c in range(factor):  # every copy of a unit carries the unit's state
+        assert torch.allclose(wide_out[1][..., c * h : (c + 1) * h], narrow_out[1], atol=1e-5)
+    # the copies' outgoing weights differ, so their gradients differ and training can pull them apart
+    wide_out[0][:, :, 0].sum().backward()
+    grad = wide.encoder[0].weight.grad
+    assert not torch.allclose(grad[:h], grad[h : 2 * h], atol=1e-6)
 
 
 def test_export_matches_torch_and_runs_in_the_engine(tmp_path):
@@ -301,6 +321,16 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     ckpt = torch.load(warm / "last.pt", weights_only=False)
     assert ckpt["config"]["hop_size"] == 512 and ckpt["config"]["window"] == "vorbis" and ckpt["step"] == 7
     assert "step 6: warm start from" in ckpt["provenance"]["history"][0]
+
+    # a widening warm start doubles the GRU from the weight average, with a fresh optimizer that warms up again
+    wide = tmp_path / "wide"
+    args = [str(wide) if a == str(run) else a for a in common]
+    train.main([*args, "--init", str(run / "last.pt"), "--widen", "2", "--warmup", "100", "--steps", "7"])
+    ckpt = torch.load(wide / "last.pt", weights_only=False)
+    assert ckpt["config"]["hidden"] == 32 and ckpt["step"] == 7 and ckpt["lr_origin"] == 6
+    assert [e[:20] for e in ckpt["provenance"]["history"][-2:]] == ["step 6: widened from", "step 6: weight avera"]
+    lrs = [r["lr"] for r in (json.loads(line) for line in (wide / "log.jsonl").read_text().splitlines()) if "lr" in r]
+    assert lrs == [pytest.approx(1e-3 / 100)]  # the first warm-up step, not the schedule's step 7
 
     # a fixed batch is fitted: the loss falls clearly within a few dozen steps
     model = SeparatorModel(ModelConfig(hidden=32))

@@ -262,6 +262,47 @@ def istft(spec: torch.Tensor, n_fft: int, hop: int, window: str = "hann") -> tor
     return out.reshape(*shape[:-2], num_frames * hop)
 
 
+def widened(
+    weights: dict[str, torch.Tensor], config: ModelConfig, factor: int, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """The weights of the same function with ``factor`` times the hidden units (``config.hidden * factor``).
+
+    Every hidden unit is copied ``factor`` times (unit ``c * hidden + i`` is copy ``c`` of unit ``i``): the rows that
+    compute a unit are repeated, and each weight that reads a unit is split between its copies in random shares that
+    sum to 1. The copies therefore carry equal values, so the layer norms over the hidden units see the same mean and
+    variance and the network computes exactly what it did (up to rounding). The random shares make the copies' outgoing
+    weights differ, so their gradients differ and training can pull them apart; equal shares would keep them twins.
+    """
+    if factor < 1:
+        raise ValueError(f"widening factor must be >= 1, got {factor}")
+    h = config.hidden
+    gen = torch.Generator().manual_seed(seed)
+
+    def rows(w: torch.Tensor, gates: int = 1) -> torch.Tensor:  # (gates*h, ...) -> (gates*h*factor, ...)
+        w = w.reshape(gates, h, *w.shape[1:])
+        return torch.cat([w] * factor, dim=1).reshape(gates * h * factor, *w.shape[2:])
+
+    def columns(w: torch.Tensor) -> torch.Tensor:  # (..., h) -> (..., h*factor), split in random shares
+        shares = torch.rand((factor, *w.shape), generator=gen, dtype=w.dtype) + 0.5
+        shares = shares / shares.sum(dim=0, keepdim=True)
+        return torch.cat([w * s for s in shares], dim=-1)
+
+    out = {}
+    for name, w in weights.items():
+        w = w.float()
+        if name.startswith(("encoder.0.", "encoder.1.", "decoder_norm.")):
+            out[name] = rows(w)
+        elif name == "decoder.weight":
+            out[name] = columns(w)
+        elif name.startswith(("gru.weight_ih_l", "gru.weight_hh_l")):  # every GRU layer reads hidden-sized input
+            out[name] = columns(rows(w, 3))
+        elif name.startswith("gru.bias_"):
+            out[name] = rows(w, 3)
+        else:
+            out[name] = w
+    return out
+
+
 def build_model(config: ModelConfig | dict | None = None) -> SeparatorModel:
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)

@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ from engine.training.model import (
     magnitude,
     stft,
     stft_frames,
+    widened,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,9 +237,21 @@ class Trainer:
                     f"step {state.get('step', 0)}: warm start from {source} (hop {old.hop_size}, {old.window} window) "
                     f"with hop {config.hop_size}, {config.window} window"
                 )
+        if state is not None and source != str(last) and args.widen > 1:
+            # grow the GRU from the weights it starts from (their average where kept): the same function, more units
+            old = config
+            state = {**state, "model": widened(state.get("ema") or state["model"], old, args.widen, seed=args.seed)}
+            state.pop("optimizer", None)
+            state.pop("ema", None)
+            config = replace(config, hidden=old.hidden * args.widen)
+            self.history.append(
+                f"step {state.get('step', 0)}: widened from {source} ({old.hidden} to {config.hidden} GRU units, "
+                "each unit copied with its outgoing weights split in random shares: the same function)"
+            )
         self.model = build_model(config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.ema: WeightAverage | None = None
+        self.lr_origin = 0  # the step the learning-rate schedule (warm-up, decay) counts from
         if state is not None:
             self.model.load_state_dict({k: v.float() for k, v in state["model"].items()})
             self.step = int(state.get("step", 0))
@@ -245,6 +259,9 @@ class Trainer:
                 self.history.append(f"step {self.step}: weight average (decay {args.ema_decay}) started")
             if "optimizer" in state:
                 self.optimizer.load_state_dict(state["optimizer"])
+                self.lr_origin = int(state.get("lr_origin", 0))
+            else:  # a fresh optimizer warms up again
+                self.lr_origin = self.step
             self.sampler_seed = int(state.get("sampler_seed", args.seed)) + 1  # fresh draws after a resume
             self.log({"kind": "resume", "step": self.step, "source": source})
         if args.ema_decay > 0:
@@ -283,6 +300,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema else None,
             "ema_decay": self.ema.decay if self.ema else None,
             "step": self.step,
+            "lr_origin": self.lr_origin,
             "sampler_seed": self.sampler_seed + self.step,
             "best_sdr": self.best,
             "provenance": {
@@ -325,7 +343,7 @@ class Trainer:
         per_stem_acc: dict[str, float] = {}
         t0 = time.monotonic()
         while self.step < args.steps and not self.stop:
-            lr = learning_rate(self.step, args.lr, args.warmup, args.half_life, args.lr_floor)
+            lr = learning_rate(self.step - self.lr_origin, args.lr, args.warmup, args.half_life, args.lr_floor)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             mix, stems = self.prefetch.get() if self.prefetch else self.sampler.batch(args.batch)
@@ -397,6 +415,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
     p.add_argument("--ema-decay", type=float, default=0.999, help="weight average kept beside the weights (0: none)")
     p.add_argument("--hidden", type=int, default=ModelConfig.hidden, help="GRU hidden size (new runs only)")
+    p.add_argument(
+        "--widen", type=int, default=1, help="warm starts from --init: times the GRU hidden size (the same function)"
+    )
     p.add_argument("--layers", type=int, default=ModelConfig.num_layers, help="GRU layers (new runs only)")
     p.add_argument("--hop-size", type=int, default=None, help="STFT hop (new runs and warm starts from --init)")
     p.add_argument("--window", choices=WINDOWS, default=None, help="STFT window (new runs and warm starts from --init)")
