@@ -225,7 +225,7 @@ class Trainer:
             source = str(last)
         elif args.init is not None and Path(args.init).exists():
             state = torch.load(args.init, map_location="cpu", weights_only=True)
-            source = str(args.init)
+            source = shown_path(args.init)
         if state is not None:
             config = ModelConfig.from_dict(state["config"])
             self.history = list(state.get("provenance", {}).get("history", []))
@@ -437,6 +437,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weights to start from when the run has no last.pt (default: the committed fp16 checkpoint)",
     )
     return p.parse_args(argv)
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (histories should not name one machine's folders)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
