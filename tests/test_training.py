@@ -322,7 +322,7 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     assert ckpt["config"]["hop_size"] == 512 and ckpt["config"]["window"] == "vorbis" and ckpt["step"] == 7
     assert "step 6: warm start from" in ckpt["provenance"]["history"][0]
 
-    # a widening warm start doubles the GRU from the weight average, with a fresh optimizer that warms up again
+    # a widening warm start doubles the GRU, with a fresh optimizer that warms up again
     wide = tmp_path / "wide"
     args = [str(wide) if a == str(run) else a for a in common]
     train.main([*args, "--init", str(run / "last.pt"), "--widen", "2", "--warmup", "100", "--steps", "7"])

@@ -436,7 +436,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=COMMITTED_CHECKPOINT,
         help="weights to start from when the run has no last.pt (default: the committed fp16 checkpoint)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.widen < 1:
+        p.error(f"--widen must be a whole factor >= 1, got {args.widen}")
+    return args
 
 
 def shown_path(path: Path) -> str:
