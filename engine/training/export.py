@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.training.model import ModelConfig, SeparatorModel, build_model, count_parameters
+from engine.training.model import ModelConfig, SeparatorModel, build_model, chosen_weights, count_parameters
 
 INPUT, OUTPUT = "mag", "masks"
 STATE_NAMES = (("h_in", "h_out"), ("lvl_in", "lvl_out"))
@@ -163,14 +163,6 @@ def time_calls(path: Path, config: ModelConfig, frames: int, num_calls: int = 20
         "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 4),
         "per_frame_us": round(float(np.median(times)) * 1e6 / frames, 2),
     }
-
-
-def chosen_weights(ckpt: dict, average: bool = True) -> tuple[dict, str]:
-    """(state dict, description): the weight average when the checkpoint has one and ``average`` is true, otherwise
-    the weights being trained."""
-    if average and ckpt.get("ema") is not None:
-        return ckpt["ema"], f"moving average of the training weights (decay {ckpt['ema_decay']})"
-    return ckpt["model"], "training weights"
 
 
 def load_weights(checkpoint: Path, average: bool = True) -> SeparatorModel:

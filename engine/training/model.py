@@ -262,6 +262,14 @@ def istft(spec: torch.Tensor, n_fft: int, hop: int, window: str = "hann") -> tor
     return out.reshape(*shape[:-2], num_frames * hop)
 
 
+def chosen_weights(ckpt: dict, average: bool = True) -> tuple[dict, str]:
+    """(state dict, description): the weight average when the checkpoint has one and ``average`` is true, otherwise
+    the weights being trained."""
+    if average and ckpt.get("ema") is not None:
+        return ckpt["ema"], f"moving average of the training weights (decay {ckpt['ema_decay']})"
+    return ckpt["model"], "training weights"
+
+
 def widened(
     weights: dict[str, torch.Tensor], config: ModelConfig, factor: int, seed: int = 0
 ) -> dict[str, torch.Tensor]:

@@ -41,6 +41,7 @@ from engine.training.model import (
     ModelConfig,
     SeparatorModel,
     build_model,
+    chosen_weights,
     count_parameters,
     istft,
     magnitude,
@@ -229,18 +230,19 @@ class Trainer:
         if state is not None:
             config = ModelConfig.from_dict(state["config"])
             self.history = list(state.get("provenance", {}).get("history", []))
-            if source != str(last) and stft_overrides:
-                # a warm start with another STFT framing: the weights' shapes depend on n_fft only, so they carry
-                old = config
-                config = ModelConfig.from_dict({**config.to_dict(), **stft_overrides})
-                self.history.append(
-                    f"step {state.get('step', 0)}: warm start from {source} (hop {old.hop_size}, {old.window} window) "
-                    f"with hop {config.hop_size}, {config.window} window"
-                )
-        if state is not None and source != str(last) and args.widen > 1:
+        warm_start = state is not None and source != str(last)  # a new run from other weights, not a resume
+        if warm_start and stft_overrides:
+            # another STFT framing: the weights' shapes depend on n_fft only, so they carry
+            old = config
+            config = ModelConfig.from_dict({**config.to_dict(), **stft_overrides})
+            self.history.append(
+                f"step {state.get('step', 0)}: warm start from {source} (hop {old.hop_size}, {old.window} window) "
+                f"with hop {config.hop_size}, {config.window} window"
+            )
+        if warm_start and args.widen > 1:
             # grow the GRU from the weights it starts from (their average where kept): the same function, more units
             old = config
-            state = {**state, "model": widened(state.get("ema") or state["model"], old, args.widen, seed=args.seed)}
+            state = {**state, "model": widened(chosen_weights(state)[0], old, args.widen, seed=args.seed)}
             state.pop("optimizer", None)
             state.pop("ema", None)
             config = replace(config, hidden=old.hidden * args.widen)
