@@ -32,6 +32,7 @@ from engine.training.model import (  # noqa: E402
     default_band_layout,
     interpolation_matrix,
     istft,
+    reframed,
     stft,
     stft_frames,
     widened,
@@ -139,6 +140,17 @@ def test_widened_weights_compute_the_same_masks_and_can_grow_apart(factor):
     wide_out[0][:, :, 0].sum().backward()
     grad = wide.encoder[0].weight.grad
     assert not torch.allclose(grad[:h], grad[h : 2 * h], atol=1e-6)
+
+
+def test_reframed_config_keeps_band_frequencies_and_weight_shapes():
+    base = ModelConfig(n_fft=1024, hop_size=512)
+    longer = reframed(base, 2048)
+    assert longer.num_bands == base.num_bands == 89
+    np.testing.assert_allclose(band_centers(longer.layout) / 2048, band_centers(base.layout) / 1024)
+    shapes = {k: v.shape for k, v in SeparatorModel(base).named_parameters()}
+    assert {k: v.shape for k, v in SeparatorModel(longer).named_parameters()} == shapes
+    with pytest.raises(ValueError, match="n_fft 1536 cannot keep the bands"):
+        reframed(base, 1536)
 
 
 def test_export_matches_torch_and_runs_in_the_engine(tmp_path):
@@ -321,6 +333,18 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     ckpt = torch.load(warm / "last.pt", weights_only=False)
     assert ckpt["config"]["hop_size"] == 512 and ckpt["config"]["window"] == "vorbis" and ckpt["step"] == 7
     assert "step 6: warm start from" in ckpt["provenance"]["history"][0]
+
+    # a warm start on a longer STFT keeps the bands at their frequencies, so every parameter carries as it was
+    longer = tmp_path / "longer"
+    args = [str(longer) if a == str(run) else a for a in common]
+    train.main([*args, "--init", str(run / "last.pt"), "--n-fft", "2048", "--hop-size", "512", "--steps", "6"])
+    ckpt = torch.load(longer / "last.pt", weights_only=False)
+    assert ckpt["config"]["n_fft"] == 2048 and ckpt["config"]["hop_size"] == 512 and ckpt["step"] == 6
+    assert ckpt["config"]["band_layout"] == [[2, 32], [4, 128], [8, 256], [16, 512], [32, 1024]]
+    source = torch.load(run / "last.pt", weights_only=False)["ema"]
+    assert torch.equal(ckpt["model"]["gru.weight_hh_l1"], source["gru.weight_hh_l1"])  # the average, unchanged
+    assert ckpt["model"]["analysis"].shape == (1025, 89) and ckpt["optimizer"]["state"] == {}
+    assert "(n_fft 1024, hop 256, hann window) with n_fft 2048, hop 512" in ckpt["provenance"]["history"][0]
 
     # a widening warm start doubles the GRU, with a fresh optimizer that warms up again
     wide = tmp_path / "wide"

@@ -23,7 +23,8 @@ Output frame k depends on input frames <= k only. All shapes and sizes come from
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -268,6 +269,26 @@ def chosen_weights(ckpt: dict, average: bool = True) -> tuple[dict, str]:
     if average and ckpt.get("ema") is not None:
         return ckpt["ema"], f"moving average of the training weights (decay {ckpt['ema_decay']})"
     return ckpt["model"], "training weights"
+
+
+def reframed(config: ModelConfig, n_fft: int) -> ModelConfig:
+    """The same model on an STFT of ``n_fft``: the band layout is scaled so every band keeps its frequency.
+
+    The bands keep their count, so every weight of a model trained with ``config`` fits the new one (the fixed
+    filterbank buffers are rebuilt from the new layout). Scaling must keep every region's spacing and end a whole
+    number of bins.
+    """
+    factor = Fraction(n_fft, config.n_fft)
+    layout = []
+    for spacing, end in config.layout:
+        s, e = spacing * factor, end * factor
+        if s.denominator != 1 or e.denominator != 1:
+            raise ValueError(
+                f"n_fft {n_fft} cannot keep the bands of n_fft {config.n_fft}: region (spacing {spacing}, end {end}) "
+                f"would span {s} bins apart up to bin {e}"
+            )
+        layout.append((int(s), int(e)))
+    return replace(config, n_fft=n_fft, band_layout=tuple(layout))
 
 
 def widened(

@@ -45,6 +45,7 @@ from engine.training.model import (
     count_parameters,
     istft,
     magnitude,
+    reframed,
     stft,
     stft_frames,
     widened,
@@ -215,7 +216,8 @@ class Trainer:
         self.log_path = self.run / "log.jsonl"
         self.stop = False
         stft_overrides = {k: v for k, v in (("hop_size", args.hop_size), ("window", args.window)) if v is not None}
-        config = ModelConfig(hidden=args.hidden, num_layers=args.layers, **stft_overrides)
+        framing = {"n_fft": args.n_fft} if args.n_fft is not None else {}
+        config = ModelConfig(hidden=args.hidden, num_layers=args.layers, **framing, **stft_overrides)
         self.step = 0
         self.sampler_seed = args.seed
         self.history: list[str] = []  # how the weights came to be, beyond plain training (kept in checkpoints)
@@ -231,13 +233,21 @@ class Trainer:
             config = ModelConfig.from_dict(state["config"])
             self.history = list(state.get("provenance", {}).get("history", []))
         warm_start = state is not None and source != str(last)  # a new run from other weights, not a resume
-        if warm_start and stft_overrides:
-            # another STFT framing: the weights' shapes depend on n_fft only, so they carry
+        if warm_start and (stft_overrides or (framing and args.n_fft != config.n_fft)):
+            # another STFT framing: the weights' shapes depend on the number of bands only, and another n_fft keeps
+            # the bands (at the same frequencies); the filterbank buffers follow the new framing
             old = config
             config = ModelConfig.from_dict({**config.to_dict(), **stft_overrides})
+            if framing and args.n_fft != config.n_fft:
+                config = reframed(config, args.n_fft)
+                weights = chosen_weights(state)[0]
+                names = {name for name, _ in build_model(config).named_parameters()}
+                state = {**state, "model": {k: v for k, v in weights.items() if k in names}}
+                state.pop("optimizer", None)
+                state.pop("ema", None)
             self.history.append(
-                f"step {state.get('step', 0)}: warm start from {source} (hop {old.hop_size}, {old.window} window) "
-                f"with hop {config.hop_size}, {config.window} window"
+                f"step {state.get('step', 0)}: warm start from {source} (n_fft {old.n_fft}, hop {old.hop_size}, "
+                f"{old.window} window) with n_fft {config.n_fft}, hop {config.hop_size}, {config.window} window"
             )
         if warm_start and args.widen > 1:
             # grow the GRU from the weights it starts from (their average where kept): the same function, more units
@@ -255,7 +265,8 @@ class Trainer:
         self.ema: WeightAverage | None = None
         self.lr_origin = 0  # the step the learning-rate schedule (warm-up, decay) counts from
         if state is not None:
-            self.model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+            # the filterbank buffers always come from the config (a reframed warm start carries parameters only)
+            self.model.load_state_dict({**self.model.state_dict(), **{k: v.float() for k, v in state["model"].items()}})
             self.step = int(state.get("step", 0))
             if args.ema_decay > 0 and state.get("ema") is None:
                 self.history.append(f"step {self.step}: weight average (decay {args.ema_decay}) started")
@@ -421,6 +432,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--widen", type=int, default=1, help="warm starts from --init: times the GRU hidden size (the same function)"
     )
     p.add_argument("--layers", type=int, default=ModelConfig.num_layers, help="GRU layers (new runs only)")
+    p.add_argument(
+        "--n-fft",
+        type=int,
+        default=None,
+        help="STFT size (new runs; warm starts from --init keep their bands at the same frequencies)",
+    )
     p.add_argument("--hop-size", type=int, default=None, help="STFT hop (new runs and warm starts from --init)")
     p.add_argument("--window", choices=WINDOWS, default=None, help="STFT window (new runs and warm starts from --init)")
     p.add_argument("--seed", type=int, default=0)
