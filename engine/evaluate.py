@@ -41,6 +41,8 @@ from engine.baselines import STEMS, ClassicalSeparator, ideal_ratio_mask, mixtur
 WINDOW_S = 1.0
 LEAKAGE_FLOOR_DB = -100.0
 REPORT_SCHEMA_VERSION = 1
+TARGET_OVER_CLASSICAL_DB = 5.0  # every stem at least this far above the classical separator
+TARGET_BELOW_IRM_DB = 3.0  # the mean at most this far below the ideal ratio mask
 IRM_FALLBACK_STFT = (1024, 256)  # the oracle's STFT when no model card is there to give one
 
 
@@ -437,9 +439,36 @@ def summarize(songs: dict[str, dict[str, dict]], method: str) -> dict[str, Any]:
     return out
 
 
+def quality_targets(summary: dict[str, Any], method: str = "model") -> dict[str, Any] | None:
+    """The quality targets of the default model checked on this run, or None without model, classical and irm.
+
+    Every stem at least ``TARGET_OVER_CLASSICAL_DB`` above the classical separator, and the mean at most
+    ``TARGET_BELOW_IRM_DB`` below the ideal ratio mask with the model's own STFT. Each row gives what is required,
+    what the model reached, the margin (negative: short by) and the oracle's figure: a stem target above the oracle
+    is out of reach of any mask model with that STFT.
+    """
+    if not {method, "classical", "irm"} <= set(summary):
+        return None
+    got, classical, irm = (summary[m]["sdr"] for m in (method, "classical", "irm"))
+    rows = {
+        stem: {"required": classical[stem] + TARGET_OVER_CLASSICAL_DB, "achieved": got[stem], "oracle": irm[stem]}
+        for stem in STEMS
+    }
+    rows["mean"] = {"required": irm["mean"] - TARGET_BELOW_IRM_DB, "achieved": got["mean"], "oracle": irm["mean"]}
+    for row in rows.values():
+        row["margin"] = row["achieved"] - row["required"]
+        row["met"] = bool(row["margin"] >= 0)
+    return {
+        "rules": f"every stem >= classical + {TARGET_OVER_CLASSICAL_DB:g} dB; mean >= irm - {TARGET_BELOW_IRM_DB:g} dB",
+        "rows": rows,
+        "all_met": all(row["met"] for row in rows.values()),
+    }
+
+
 def build_report(run: Evaluation) -> dict[str, Any]:
     """The JSON-ready report: dataset, metric definitions, methods, per-song results, summary, timing."""
     audio_s = sum(info["seconds"] for info in run.song_info.values())
+    summary = {m.name: summarize(run.songs, m.name) for m in run.methods}
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -470,7 +499,8 @@ def build_report(run: Evaluation) -> dict[str, Any]:
             }
             for m in run.methods
         },
-        "summary": {m.name: summarize(run.songs, m.name) for m in run.methods},
+        "summary": summary,
+        "targets": quality_targets(summary),
         "songs": run.songs,
     }
 
@@ -528,6 +558,14 @@ def markdown(report: dict[str, Any]) -> str:
     for name, summary in report["summary"].items():
         cells = [f"{_fmt(summary['sdr_full'][s])} / {_fmt(summary['si_sdr'][s])}" for s in (*STEMS, "mean")]
         lines.append(f"| {name} | {' | '.join(cells)} |")
+    targets = report.get("targets")
+    if targets:
+        lines += ["", f"Quality targets ({targets['rules']}), median SDR dB:", ""]
+        lines += ["| target | required | model | margin | met | oracle (irm) |", "|---|---|---|---|---|---|"]
+        for name, row in targets["rows"].items():
+            oracle = _fmt(row["oracle"]) + (" (below the target)" if row["oracle"] < row["required"] else "")
+            cells = [_fmt(row[k]) for k in ("required", "achieved", "margin")]
+            lines.append(f"| {name} | {' | '.join(cells)} | {'yes' if row['met'] else 'no'} | {oracle} |")
     names = list(report["summary"])
     lines += ["", "Mean SDR over the four stems per song (n/a: a stem is silent in that song), dB:", ""]
     lines += ["| song | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

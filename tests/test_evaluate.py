@@ -180,6 +180,14 @@ def test_cli_evaluates_model_and_baselines_and_updates_the_card(tmp_path, tiny_m
     assert report["songs"]["two"]["irm"]["sdr"]["vocals"] is None
     assert report["summary"]["irm"]["sdr"]["mean"] > report["summary"]["mixture/4"]["sdr"]["mean"] + 3
     assert "| irm |" in (out / "quality.md").read_text()
+    # the quality targets are checked against the same run's baselines
+    summary, targets = report["summary"], report["targets"]
+    bass = targets["rows"]["bass"]
+    assert bass["required"] == pytest.approx(summary["classical"]["sdr"]["bass"] + 5.0, abs=2e-3)
+    assert bass["margin"] == pytest.approx(summary["model"]["sdr"]["bass"] - bass["required"], abs=2e-3)
+    assert targets["rows"]["mean"]["required"] == pytest.approx(summary["irm"]["sdr"]["mean"] - 3.0, abs=2e-3)
+    assert targets["all_met"] == all(row["met"] for row in targets["rows"].values())
+    assert "Quality targets (every stem >= classical + 5 dB" in (out / "quality.md").read_text()
     card = json.loads((model_dir / "tiny.json").read_text())
     quality = card["provenance"]["quality"]
     assert quality["sdr_db"] == report["summary"]["model"]["sdr"]
@@ -193,7 +201,8 @@ def test_cli_without_a_default_model_evaluates_the_baselines(tmp_path, monkeypat
     result = evaluate(tmp_path / "songs", "--methods", "model,mixture4", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "evaluating the baselines only" in result.output
-    assert list(json.loads((tmp_path / "out" / "quality.json").read_text())["summary"]) == ["mixture/4"]
+    report = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert list(report["summary"]) == ["mixture/4"] and report["targets"] is None
     refused = evaluate(tmp_path / "songs", "--update-card", "--out", tmp_path / "out")
     assert refused.exit_code != 0 and "--update-card needs a model" in refused.output
     bad = evaluate(tmp_path / "songs", "--methods", "model,karaoke")
