@@ -6,6 +6,7 @@ mixture/4, the classical DSP separator and the ideal ratio mask with the model's
 SDR equals museval's own and times both.
 
     python benchmarks/quality.py [--data data/synth] [--model PATH] [--max-songs N] [--max-seconds S] [--update-card]
+        [--out DIR] [--compare-to EARLIER_quality.json]
 
 Test songs come from the synthesizer; seeds with seed % 20 == 0 are the test split. ``synth batch`` renders them
 with the training songs into data/synth/test; the test split alone (20 songs, bit-identical to the batch's) is::
@@ -63,6 +64,11 @@ def museval_cross_check(song_dir: Path, max_seconds: float | None) -> dict:
     return out
 
 
+def shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "synth", help="test songs (or their parent)")
@@ -72,6 +78,9 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=4096)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-card", action="store_true", help="write the figures into the model's card")
+    parser.add_argument(
+        "--compare-to", type=Path, help="an earlier quality.json: add a per-song paired comparison of the models"
+    )
     args = parser.parse_args()
 
     songs = quality.find_songs(args.data)[: args.max_songs]
@@ -85,7 +94,7 @@ def main() -> None:
     def progress(song: str, method: str) -> None:
         print(f"{song} {method}", file=sys.stderr, flush=True)
 
-    source = str(args.data.relative_to(ROOT)) if args.data.is_relative_to(ROOT) else str(args.data)
+    source = shown(args.data)
     report = quality.evaluate(songs, methods, max_seconds=args.max_seconds, source=source, progress=progress)
     report["museval_cross_check"] = museval_cross_check(songs[0], args.max_seconds)
     paths = quality.write_report(report, args.out)
@@ -99,6 +108,14 @@ def main() -> None:
         if "song" in check
         else f"\nmuseval cross-check skipped: {check['skipped']}\n"
     )
+    if args.compare_to is not None:
+        baseline = json.loads(args.compare_to.read_text())
+        report["comparison"] = {
+            "baseline": shown(args.compare_to),
+            "model": quality.paired_comparison(report, baseline),
+        }
+        paths = quality.write_report(report, args.out)
+        note += "\n" + quality.comparison_markdown(report["comparison"]["model"], f"`{shown(args.compare_to)}`")
     with open(paths["md"], "a") as f:
         f.write(note)
     print(paths["md"].read_text())

@@ -505,6 +505,54 @@ def build_report(run: Evaluation) -> dict[str, Any]:
     }
 
 
+def paired_comparison(report: dict[str, Any], baseline: dict[str, Any], method: str = "model") -> dict[str, Any]:
+    """``method`` in ``report`` against ``method`` in ``baseline`` (an earlier report), song by song.
+
+    Medians over songs hide which model wins where; pairing the same songs does not. Only songs and stems scored in
+    both reports count. Per stem and for the per-song mean over stems: the mean and median difference (report minus
+    baseline, dB), how many songs are better and the number of songs compared.
+    """
+    pairs: dict[str, list[float]] = {stem: [] for stem in (*STEMS, "mean")}
+    for song, per_method in report["songs"].items():
+        ours, theirs = per_method.get(method), baseline["songs"].get(song, {}).get(method)
+        if ours is None or theirs is None:
+            continue
+        diffs = {}
+        for stem in STEMS:
+            a, b = ours["sdr"][stem], theirs["sdr"][stem]
+            if a is not None and b is not None and not (math.isnan(a) or math.isnan(b)):
+                diffs[stem] = a - b
+                pairs[stem].append(a - b)
+        if len(diffs) == len(STEMS):
+            pairs["mean"].append(float(np.mean(list(diffs.values()))))
+    if not pairs["mean"]:
+        raise EvaluationError(f"no song has all four stems scored by '{method}' in both reports")
+    return {
+        key: {
+            "mean_db": float(np.mean(d)),
+            "median_db": float(np.median(d)),
+            "songs_better": int(sum(x > 0 for x in d)),
+            "num_songs": len(d),
+        }
+        for key, d in pairs.items()
+        if d
+    }
+
+
+def comparison_markdown(comparison: dict[str, Any], label: str) -> str:
+    lines = [
+        f"Paired per song against {label} (this run minus it, SDR dB):",
+        "",
+        "| stem | mean difference | median difference | songs better |",
+        "|---|---|---|---|",
+    ]
+    for key, c in comparison.items():
+        lines.append(
+            f"| {key} | {c['mean_db']:+.2f} | {c['median_db']:+.2f} | {c['songs_better']} of {c['num_songs']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------------- outputs
 
 

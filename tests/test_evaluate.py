@@ -16,10 +16,12 @@ from engine import separator as separator_module
 from engine.baselines import STEMS, ClassicalSeparator, ideal_ratio_mask, mixture_fraction
 from engine.evaluate import (
     EvaluationError,
+    comparison_markdown,
     find_songs,
     full_sdr,
     load_song,
     median_sdr,
+    paired_comparison,
     si_sdr,
     vocal_leakage_db,
     window_sdr,
@@ -207,3 +209,18 @@ def test_cli_without_a_default_model_evaluates_the_baselines(tmp_path, monkeypat
     assert refused.exit_code != 0 and "--update-card needs a model" in refused.output
     bad = evaluate(tmp_path / "songs", "--methods", "model,karaoke")
     assert bad.exit_code != 0 and "unknown method(s) karaoke" in bad.output
+
+
+def test_paired_comparison_pairs_the_same_songs_and_stems():
+    def report(songs):
+        return {"songs": {n: {"model": {"sdr": dict(zip(STEMS, v, strict=True))}} for n, v in songs.items()}}
+
+    new = report({"a": [5.0, 4.0, 3.0, 2.0], "b": [1.0, 1.0, None, 1.0], "c": [9.0, 9.0, 9.0, 9.0]})
+    old = report({"a": [4.0, 4.5, 3.0, 1.0], "b": [2.0, 0.0, None, 1.0]})  # no song "c": it is left out
+    c = paired_comparison(new, old)
+    assert c["vocals"] == {"mean_db": 0.0, "median_db": 0.0, "songs_better": 1, "num_songs": 2}
+    assert c["bass"]["num_songs"] == 1 and c["bass"]["songs_better"] == 0  # a silent stem pairs nothing
+    assert c["mean"] == {"mean_db": 0.375, "median_db": 0.375, "songs_better": 1, "num_songs": 1}  # only "a" is whole
+    assert "| mean | +0.38 | +0.38 | 1 of 1 |" in comparison_markdown(c, "old")
+    with pytest.raises(EvaluationError, match="no song has all four stems"):
+        paired_comparison(new, report({"z": [1.0, 1.0, 1.0, 1.0]}))
