@@ -9,9 +9,10 @@ SDR equals museval's own and times both.
         [--out DIR] [--compare-to EARLIER_quality.json]
 
 Test songs come from the synthesizer; seeds with seed % 20 == 0 are the test split. ``synth batch`` renders them
-with the training songs into data/synth/test; the test split alone (20 songs, bit-identical to the batch's) is::
+with the training songs into data/synth/test. The committed results use the test seeds 0-1180 (60 songs of 20 s;
+the first 20 are bit-identical to the batch's test songs, the rest lie beyond the training seeds), rendered alone::
 
-    for s in $(seq 0 20 380); do python -m engine.training.synth song --seed $s --out data/eval_synth; done
+    for s in $(seq 0 20 1180); do python -m engine.training.synth song --seed $s --out data/eval_synth; done
     python benchmarks/quality.py --data data/eval_synth
 
 Writes benchmarks/results/quality.json, quality.md and quality.png (the plot needs matplotlib).
