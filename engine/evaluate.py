@@ -440,7 +440,7 @@ def summarize(songs: dict[str, dict[str, dict]], method: str) -> dict[str, Any]:
 
 
 def quality_targets(summary: dict[str, Any], method: str = "model") -> dict[str, Any] | None:
-    """The quality targets of the default model checked on this run, or None without model, classical and irm.
+    """The quality targets checked for ``method`` on this run; None unless it, classical and irm were all run.
 
     Every stem at least ``TARGET_OVER_CLASSICAL_DB`` above the classical separator, and the mean at most
     ``TARGET_BELOW_IRM_DB`` below the ideal ratio mask with the model's own STFT. Each row gives what is required,

@@ -233,12 +233,13 @@ class Trainer:
             config = ModelConfig.from_dict(state["config"])
             self.history = list(state.get("provenance", {}).get("history", []))
         warm_start = state is not None and source != str(last)  # a new run from other weights, not a resume
-        if warm_start and (stft_overrides or (framing and args.n_fft != config.n_fft)):
+        new_n_fft = bool(framing) and args.n_fft != config.n_fft
+        if warm_start and (stft_overrides or new_n_fft):
             # another STFT framing: the weights' shapes depend on the number of bands only, and another n_fft keeps
             # the bands (at the same frequencies); the filterbank buffers follow the new framing
             old = config
             config = ModelConfig.from_dict({**config.to_dict(), **stft_overrides})
-            if framing and args.n_fft != config.n_fft:
+            if new_n_fft:
                 config = reframed(config, args.n_fft)
                 weights = chosen_weights(state)[0]
                 names = {name for name, _ in build_model(config).named_parameters()}
