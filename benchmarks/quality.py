@@ -98,6 +98,10 @@ def main() -> None:
     source = shown(args.data)
     report = quality.evaluate(songs, methods, max_seconds=args.max_seconds, source=source, progress=progress)
     report["museval_cross_check"] = museval_cross_check(songs[0], args.max_seconds)
+    if args.compare_to is not None:
+        baseline = json.loads(args.compare_to.read_text())
+        paired = quality.paired_comparison(report, baseline)
+        report["comparison"] = {"baseline": shown(args.compare_to), "model": paired}
     paths = quality.write_report(report, args.out)
     if args.update_card and model is not None:
         quality.update_card(model.card.path.with_suffix(".json"), quality.card_quality(report))
@@ -109,14 +113,9 @@ def main() -> None:
         if "song" in check
         else f"\nmuseval cross-check skipped: {check['skipped']}\n"
     )
-    if args.compare_to is not None:
-        baseline = json.loads(args.compare_to.read_text())
-        report["comparison"] = {
-            "baseline": shown(args.compare_to),
-            "model": quality.paired_comparison(report, baseline),
-        }
-        paths = quality.write_report(report, args.out)
-        note += "\n" + quality.comparison_markdown(report["comparison"]["model"], f"`{shown(args.compare_to)}`")
+    if "comparison" in report:
+        comparison = report["comparison"]
+        note += "\n" + quality.comparison_markdown(comparison["model"], f"`{comparison['baseline']}`")
     with open(paths["md"], "a") as f:
         f.write(note)
     print(paths["md"].read_text())

@@ -200,6 +200,11 @@ class WeightAverage:
                 torch._foreach_copy_(self.live, saved)
 
 
+def restarted(state: dict, weights: dict[str, torch.Tensor]) -> dict:
+    """``state`` with new ``weights`` of another shape: no optimizer state or weight average carries over to them."""
+    return {k: v for k, v in state.items() if k not in ("optimizer", "ema")} | {"model": weights}
+
+
 def data_description(train: SongBank, augment: Augment) -> str:
     return (
         f"{len(train)} synthetic songs ({train.root}/{train.split}: engine/training/synth.py, regenerated from seeds), "
@@ -241,11 +246,7 @@ class Trainer:
             config = ModelConfig.from_dict({**config.to_dict(), **stft_overrides})
             if new_n_fft:
                 config = reframed(config, args.n_fft)
-                weights = chosen_weights(state)[0]
-                names = {name for name, _ in build_model(config).named_parameters()}
-                state = {**state, "model": {k: v for k, v in weights.items() if k in names}}
-                state.pop("optimizer", None)
-                state.pop("ema", None)
+                state = restarted(state, chosen_weights(state)[0])
             self.history.append(
                 f"step {state.get('step', 0)}: warm start from {source} (n_fft {old.n_fft}, hop {old.hop_size}, "
                 f"{old.window} window) with n_fft {config.n_fft}, hop {config.hop_size}, {config.window} window"
@@ -253,9 +254,7 @@ class Trainer:
         if warm_start and args.widen > 1:
             # grow the GRU from the weights it starts from (their average where kept): the same function, more units
             old = config
-            state = {**state, "model": widened(chosen_weights(state)[0], old, args.widen, seed=args.seed)}
-            state.pop("optimizer", None)
-            state.pop("ema", None)
+            state = restarted(state, widened(chosen_weights(state)[0], old, args.widen, seed=args.seed))
             config = replace(config, hidden=old.hidden * args.widen)
             self.history.append(
                 f"step {state.get('step', 0)}: widened from {source} ({old.hidden} to {config.hidden} GRU units, "
@@ -266,8 +265,10 @@ class Trainer:
         self.ema: WeightAverage | None = None
         self.lr_origin = 0  # the step the learning-rate schedule (warm-up, decay) counts from
         if state is not None:
-            # the filterbank buffers always come from the config (a reframed warm start carries parameters only)
-            self.model.load_state_dict({**self.model.state_dict(), **{k: v.float() for k, v in state["model"].items()}})
+            # the fixed filterbank buffers come from the config, never from a checkpoint (another n_fft rebuilds them)
+            params = {name for name, _ in self.model.named_parameters()}
+            weights = {k: v.float() for k, v in state["model"].items() if k in params}
+            self.model.load_state_dict({**self.model.state_dict(), **weights})
             self.step = int(state.get("step", 0))
             if args.ema_decay > 0 and state.get("ema") is None:
                 self.history.append(f"step {self.step}: weight average (decay {args.ema_decay}) started")
