@@ -356,6 +356,14 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     lrs = [r["lr"] for r in (json.loads(line) for line in (wide / "log.jsonl").read_text().splitlines()) if "lr" in r]
     assert lrs == [pytest.approx(1e-3 / 100)]  # the first warm-up step, not the schedule's step 7
 
+    # a warm start with the sdr loss records the change; resuming keeps the loss the checkpoint names
+    sdr_run = tmp_path / "sdr"
+    args = [str(sdr_run) if a == str(run) else a for a in common]
+    train.main([*args, "--init", str(run / "last_fp16.pt"), "--loss", "sdr", "--steps", "7"])
+    ckpt = torch.load(sdr_run / "last.pt", weights_only=False)
+    assert ckpt["loss"] == "sdr" and torch.load(sdr_run / "last_fp16.pt", weights_only=True)["loss"] == "sdr"
+    assert ckpt["provenance"]["history"][-1] == "step 6: loss l1 changed to sdr (--loss)"
+
     # a fixed batch is fitted: the loss falls clearly within a few dozen steps
     model = SeparatorModel(ModelConfig(hidden=32))
     bank = dataset.SongBank(tmp_path / "data", "train")
@@ -370,6 +378,42 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+class FixedMasks(torch.nn.Module):
+    """Stands in for the model in ``separation_loss``: the same mask for every stem, frame and bin."""
+
+    def __init__(self, config: ModelConfig, value: float) -> None:
+        super().__init__()
+        self.config, self.value = config, value
+
+    def initial_state(self, batch: int):
+        return None, None
+
+    def forward(self, mag, h, lvl, frames):
+        b, _, c, f = mag.shape
+        return torch.full((b, len(frames), len(self.config.stems), c, f), self.value), None, None
+
+
+def test_sdr_loss_is_the_negative_sdr_with_a_floor_and_ignores_level():
+    rng = np.random.default_rng(0)
+    vocal = torch.from_numpy(rng.standard_normal((2, 4096)).astype(np.float32)) * 0.1
+    stems = torch.zeros(1, 4, 2, 4096)
+    stems[0, 0] = vocal  # only the vocal sounds; the mask of 1/4 gives it a quarter of the mix
+    model = FixedMasks(TINY, 0.25)
+    for gain in (1.0, 1000.0):
+        loss, per_stem = train.separation_loss(model, stems.sum(1) * gain, stems * gain, kind="sdr")
+        # vocals: error (3/4)^2 of its energy; the silent stems: (1/4)^2 of the mix over the floor at -40 dB
+        assert per_stem["vocals"] == pytest.approx(10 * np.log10(9 / 16), abs=1e-3)
+        silent = 10 * np.log10((1 / 16 + 1e-4) / 1e-4)
+        assert [per_stem[s] for s in STEMS[1:]] == pytest.approx([silent] * 3, abs=1e-3)
+        assert float(loss) == pytest.approx((10 * np.log10(9 / 16) + 3 * silent) / 4, abs=1e-3)
+    # four equal stems and masks of 1/4: a perfect estimate, scored at the floor
+    equal = vocal.expand(1, 4, 2, 4096) * 1.0
+    _, per_stem = train.separation_loss(model, equal.sum(1), equal, kind="sdr")
+    assert all(v == pytest.approx(10 * np.log10(1e-4 * 16 / (1 + 1e-4 * 16)), abs=1e-3) for v in per_stem.values())
+    with pytest.raises(ValueError, match="unknown loss 'sdri'"):
+        train.separation_loss(model, equal.sum(1), equal, kind="sdri")
 
 
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):

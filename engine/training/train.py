@@ -8,8 +8,8 @@ weights and step carry over, the optimizer starts anew), otherwise from scratch.
 ``--checkpoint-minutes`` and on SIGTERM/SIGINT (at the end of the current step), atomically (temp file + rename).
 
 Each step draws a batch of random segments from the train split with augmentations (``dataset.py``), runs the model
-on the mixture's host-framed STFT magnitude, applies the masks to the complex mixture STFT and takes the L1 distance
-to each stem's STFT (real, imaginary and magnitude), normalised by the example's mixture level. Every
+on the mixture's host-framed STFT magnitude, applies the masks to the complex mixture STFT and compares the result
+with each stem's STFT (``--loss``: an L1 distance normalised by the mixture level, or the negative SDR). Every
 ``--validate-every`` steps the validation split's first seconds are separated and scored with a global SDR per stem
 (10 log10 |s|^2 / |s - s_hat|^2 on the overlap-added estimates). Lines in ``<run>/log.jsonl``:
 ``{"kind": "train", "step", "loss", "lr", "sec_per_step", ...}`` and ``{"kind": "validation", "step", "sdr": {...}}``.
@@ -61,16 +61,34 @@ def spectra(audio: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return spec.transpose(-3, -2)
 
 
+LOSSES = ("l1", "sdr")
+SDR_FLOOR_DB = -40.0  # the sdr loss's energy floor, relative to the mixture: where a silent stem's error stops counting
+
+
 def separation_loss(
-    model: SeparatorModel, mix: torch.Tensor, stems: torch.Tensor, frame_fraction: float = 1.0, skip_frames: int = 8
+    model: SeparatorModel,
+    mix: torch.Tensor,
+    stems: torch.Tensor,
+    frame_fraction: float = 1.0,
+    skip_frames: int = 8,
+    kind: str = "l1",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """mix (batch, channels, n), stems (batch, num_stems, channels, n) -> (loss, per-stem loss figures).
 
     The GRU runs over every frame; the mask head and the loss only over a random ``frame_fraction`` of the frames
     after the first ``skip_frames`` (neighbouring frames are nearly redundant and the per-bin head dominates the cost).
     Everything is real-valued: masks are real and non-negative, so the estimate is (m Re X, m Im X) and its
-    magnitude is m |X|. Loss per stem = mean of |Re d| + |Im d| + ||est| - |target||, over the mixture's RMS level.
+    magnitude is m |X|. Per stem, ``kind``:
+
+    * ``l1``: mean of |Re d| + |Im d| + ||est| - |target|| over the mixture's RMS level. A stem's weight follows its
+      share of the mixture, so quiet stems (and bass, whose energy sits in few bins) pull little.
+    * ``sdr``: the negative SDR of the example, 10 log10 (|d|^2 + e) / (|s|^2 + e) summed over the frames' complex
+      bins (the STFT-domain form of the evaluation's SDR), averaged over examples. Every stem weighs the same
+      whatever its level; ``e`` is the mixture's energy at ``SDR_FLOOR_DB``, so a silent stem's leakage counts until
+      it is 40 dB below the mix.
     """
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r} (choose from {', '.join(LOSSES)})")
     cfg = model.config
     x = spectra(mix, cfg)  # (b, t, c, f)
     num_frames = x.shape[1]
@@ -81,6 +99,13 @@ def separation_loss(
     masks, _, _ = model(mag, h, lvl, frames)  # (b, k, s, c, f)
     xs = x[:, frames].unsqueeze(2)  # (b, k, 1, c, f)
     target = stft_frames(stems, cfg.n_fft, cfg.hop_size, frames, cfg.window).permute(0, 3, 1, 2, 4)  # (b, k, s, c, f)
+    if kind == "sdr":
+        d_re, d_im = masks * xs.real - target.real, masks * xs.imag - target.imag
+        error = (d_re.square() + d_im.square()).sum(dim=(1, 3, 4))  # (b, s)
+        energy = (target.real.square() + target.imag.square()).sum(dim=(1, 3, 4))
+        floor = (xs.real.square() + xs.imag.square()).sum(dim=(1, 2, 3, 4)).clamp_min(1e-8) * 10 ** (SDR_FLOOR_DB / 10)
+        per_stem = (10.0 * torch.log10((error + floor[:, None]) / (energy + floor[:, None]))).mean(dim=0)
+        return per_stem.mean(), {s: float(v) for s, v in zip(cfg.stems, per_stem.detach(), strict=True)}
     level = mag.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp_min(1e-4).reshape(-1, 1, 1, 1, 1)
     diff = (
         (masks * xs.real - target.real).abs()
@@ -161,6 +186,7 @@ def save_fp16(checkpoint: dict, path: Path) -> None:
         "config": checkpoint["config"],
         "model": _half(checkpoint["model"]),
         "step": checkpoint["step"],
+        "loss": checkpoint.get("loss", "l1"),
         "provenance": checkpoint.get("provenance", {}),
     }
     if checkpoint.get("ema") is not None:
@@ -251,6 +277,9 @@ class Trainer:
                 f"step {state.get('step', 0)}: warm start from {source} (n_fft {old.n_fft}, hop {old.hop_size}, "
                 f"{old.window} window) with n_fft {config.n_fft}, hop {config.hop_size}, {config.window} window"
             )
+        previous_loss = state.get("loss", "l1") if state is not None else args.loss
+        if previous_loss != args.loss:
+            self.history.append(f"step {state.get('step', 0)}: loss {previous_loss} changed to {args.loss} (--loss)")
         if warm_start and args.widen > 1:
             # grow the GRU from the weights it starts from (their average where kept): the same function, more units
             old = config
@@ -315,6 +344,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema else None,
             "ema_decay": self.ema.decay if self.ema else None,
             "step": self.step,
+            "loss": self.args.loss,
             "lr_origin": self.lr_origin,
             "sampler_seed": self.sampler_seed + self.step,
             "best_sdr": self.best,
@@ -363,7 +393,7 @@ class Trainer:
                 g["lr"] = lr
             mix, stems = self.prefetch.get() if self.prefetch else self.sampler.batch(args.batch)
             loss, per_stem = separation_loss(
-                self.model, torch.from_numpy(mix), torch.from_numpy(stems), args.frame_fraction
+                self.model, torch.from_numpy(mix), torch.from_numpy(stems), args.frame_fraction, kind=args.loss
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -423,6 +453,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16, help="segments per step (the GRU cost grows slowly with it)")
     p.add_argument("--segment-seconds", type=float, default=3.0)
     p.add_argument("--frame-fraction", type=float, default=0.2, help="share of frames the mask head and loss see")
+    p.add_argument(
+        "--loss", choices=LOSSES, default="l1", help="l1: complex and magnitude L1; sdr: negative SDR per stem"
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--half-life", type=int, default=40000, help="steps per halving of the learning rate")
