@@ -62,7 +62,7 @@ def spectra(audio: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
 
 LOSSES = ("l1", "sdr")
-SDR_FLOOR_DB = -40.0  # the sdr loss's energy floor, relative to the mixture: where a silent stem's error stops counting
+SDR_FLOOR_DB = -40.0  # dB relative to the mixture: the sdr loss's energy floor, below which a stem is silent
 
 
 def separation_loss(
@@ -83,9 +83,11 @@ def separation_loss(
     * ``l1``: mean of |Re d| + |Im d| + ||est| - |target|| over the mixture's RMS level. A stem's weight follows its
       share of the mixture, so quiet stems (and bass, whose energy sits in few bins) pull little.
     * ``sdr``: the negative SDR of the example, 10 log10 (|d|^2 + e) / (|s|^2 + e) summed over the frames' complex
-      bins (the STFT-domain form of the evaluation's SDR), averaged over examples. Every stem weighs the same
-      whatever its level; ``e`` is the mixture's energy at ``SDR_FLOOR_DB``, so a silent stem's leakage counts until
-      it is 40 dB below the mix.
+      bins (the STFT-domain form of the evaluation's SDR), averaged over the examples where the stem sounds. Every
+      stem weighs the same whatever its level. ``e`` is the mixture's energy at ``SDR_FLOOR_DB``; a stem below it
+      is silent in that example and left out, as the evaluation leaves out silent windows (what leaks into it
+      still costs, as error in the stems it was taken from, because the masks sum to 1). Stems silent in every
+      example are missing from the per-stem figures.
     """
     if kind not in LOSSES:
         raise ValueError(f"unknown loss {kind!r} (choose from {', '.join(LOSSES)})")
@@ -104,8 +106,11 @@ def separation_loss(
         error = (d_re.square() + d_im.square()).sum(dim=(1, 3, 4))  # (b, s)
         energy = (target.real.square() + target.imag.square()).sum(dim=(1, 3, 4))
         floor = (xs.real.square() + xs.imag.square()).sum(dim=(1, 2, 3, 4)).clamp_min(1e-8) * 10 ** (SDR_FLOOR_DB / 10)
-        per_stem = (10.0 * torch.log10((error + floor[:, None]) / (energy + floor[:, None]))).mean(dim=0)
-        return per_stem.mean(), {s: float(v) for s, v in zip(cfg.stems, per_stem.detach(), strict=True)}
+        sounds = (energy > floor[:, None]).float()
+        sdr = 10.0 * torch.log10((error + floor[:, None]) / (energy + floor[:, None])) * sounds
+        counts = sounds.sum(dim=0)
+        figures = {s: float(v / n) for s, v, n in zip(cfg.stems, sdr.detach().sum(dim=0), counts, strict=True) if n}
+        return sdr.sum() / sounds.sum().clamp_min(1.0), figures
     level = mag.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp_min(1e-4).reshape(-1, 1, 1, 1, 1)
     diff = (
         (masks * xs.real - target.real).abs()
@@ -386,6 +391,7 @@ class Trainer:
         last_save = time.monotonic()
         window: list[float] = []
         per_stem_acc: dict[str, float] = {}
+        per_stem_count: dict[str, int] = {}
         t0 = time.monotonic()
         while self.step < args.steps and not self.stop:
             lr = learning_rate(self.step - self.lr_origin, args.lr, args.warmup, args.half_life, args.lr_floor)
@@ -405,6 +411,7 @@ class Trainer:
             window.append(float(loss.detach()))
             for k, v in per_stem.items():
                 per_stem_acc[k] = per_stem_acc.get(k, 0.0) + v
+                per_stem_count[k] = per_stem_count.get(k, 0) + 1
             if self.step % args.log_every == 0:
                 n = len(window)
                 self.log(
@@ -412,14 +419,14 @@ class Trainer:
                         "kind": "train",
                         "step": self.step,
                         "loss": round(float(np.mean(window)), 5),
-                        "per_stem": {k: round(v / n, 5) for k, v in per_stem_acc.items()},
+                        "per_stem": {k: round(v / per_stem_count[k], 5) for k, v in per_stem_acc.items()},
                         "lr": lr,
                         "grad_norm": round(grad_norm, 4),
                         "sec_per_step": round((time.monotonic() - t0) / n, 3),
                         "train_songs": len(self.train_bank),
                     }
                 )
-                window, per_stem_acc, t0 = [], {}, time.monotonic()
+                window, per_stem_acc, per_stem_count, t0 = [], {}, {}, time.monotonic()
             if self.step % args.rescan_every == 0:
                 self.train_bank.rescan()
                 self.val_bank.rescan()
