@@ -620,8 +620,9 @@ def markdown(report: dict[str, Any]) -> str:
     for song, per_method in report["songs"].items():
         cells = []
         for name in names:
-            values = [per_method[name]["sdr"][s] for s in STEMS] if name in per_method else [math.nan]
-            cells.append(_fmt(float(np.mean(values))))
+            values = [per_method[name]["sdr"][s] for s in STEMS] if name in per_method else [None]
+            # None: NaN as a report read back from JSON has it
+            cells.append(_fmt(float(np.mean([math.nan if v is None else v for v in values]))))
         lines.append(f"| {song} | {' | '.join(cells)} |")
     lines += ["", "Methods:", ""]
     lines += [f"- **{name}**: {m['description']}" for name, m in report["methods"].items()]

@@ -20,6 +20,7 @@ from engine.evaluate import (
     find_songs,
     full_sdr,
     load_song,
+    markdown,
     median_sdr,
     paired_comparison,
     si_sdr,
@@ -182,6 +183,8 @@ def test_cli_evaluates_model_and_baselines_and_updates_the_card(tmp_path, tiny_m
     assert report["songs"]["two"]["irm"]["sdr"]["vocals"] is None
     assert report["summary"]["irm"]["sdr"]["mean"] > report["summary"]["mixture/4"]["sdr"]["mean"] + 3
     assert "| irm |" in (out / "quality.md").read_text()
+    # the report read back from JSON (NaN stored as null) renders again, the song with a silent stem as n/a
+    assert "| two | n/a | n/a | n/a | n/a |" in markdown(report) and "| two | n/a |" in (out / "quality.md").read_text()
     # the quality targets are checked against the same run's baselines
     summary, targets = report["summary"], report["targets"]
     bass = targets["rows"]["bass"]
