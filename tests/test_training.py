@@ -356,13 +356,13 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     lrs = [r["lr"] for r in (json.loads(line) for line in (wide / "log.jsonl").read_text().splitlines()) if "lr" in r]
     assert lrs == [pytest.approx(1e-3 / 100)]  # the first warm-up step, not the schedule's step 7
 
-    # a warm start with the sdr loss records the change; resuming keeps the loss the checkpoint names
-    sdr_run = tmp_path / "sdr"
-    args = [str(sdr_run) if a == str(run) else a for a in common]
-    train.main([*args, "--init", str(run / "last_fp16.pt"), "--loss", "sdr", "--steps", "7"])
-    ckpt = torch.load(sdr_run / "last.pt", weights_only=False)
-    assert ckpt["loss"] == "sdr" and torch.load(sdr_run / "last_fp16.pt", weights_only=True)["loss"] == "sdr"
-    assert ckpt["provenance"]["history"][-1] == "step 6: loss l1 changed to sdr (--loss)"
+    # a warm start with another loss records the change, and checkpoints name their loss
+    l1_run = tmp_path / "l1"
+    args = [str(l1_run) if a == str(run) else a for a in common]
+    train.main([*args, "--init", str(run / "last_fp16.pt"), "--loss", "l1", "--steps", "7"])
+    ckpt = torch.load(l1_run / "last.pt", weights_only=False)
+    assert ckpt["loss"] == "l1" and torch.load(l1_run / "last_fp16.pt", weights_only=True)["loss"] == "l1"
+    assert ckpt["provenance"]["history"][-1] == "step 6: loss sdr changed to l1 (--loss)"
 
     # a fixed batch is fitted: the loss falls clearly within a few dozen steps
     model = SeparatorModel(ModelConfig(hidden=32))
@@ -372,7 +372,7 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):
-        loss, _ = train.separation_loss(model, mix, stems, frame_fraction=1.0)
+        loss, _ = train.separation_loss(model, mix, stems, frame_fraction=1.0, kind="l1")
         opt.zero_grad()
         loss.backward()
         opt.step()

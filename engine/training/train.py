@@ -9,7 +9,7 @@ weights and step carry over, the optimizer starts anew), otherwise from scratch.
 
 Each step draws a batch of random segments from the train split with augmentations (``dataset.py``), runs the model
 on the mixture's host-framed STFT magnitude, applies the masks to the complex mixture STFT and compares the result
-with each stem's STFT (``--loss``: an L1 distance normalised by the mixture level, or the negative SDR). Every
+with each stem's STFT (``--loss``: the negative SDR, or an L1 distance normalised by the mixture level). Every
 ``--validate-every`` steps the validation split's first seconds are separated and scored with a global SDR per stem
 (10 log10 |s|^2 / |s - s_hat|^2 on the overlap-added estimates). Lines in ``<run>/log.jsonl``:
 ``{"kind": "train", "step", "loss", "lr", "sec_per_step", ...}`` and ``{"kind": "validation", "step", "sdr": {...}}``.
@@ -61,7 +61,8 @@ def spectra(audio: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return spec.transpose(-3, -2)
 
 
-LOSSES = ("l1", "sdr")
+LOSSES = ("sdr", "l1")
+CLIP = {"sdr": 250.0, "l1": 5.0}  # gradient norm clips, ~25x the norms seen while fine-tuning the default
 SDR_FLOOR_DB = -40.0  # dB relative to the mixture: the sdr loss's energy floor, below which a stem is silent
 
 
@@ -71,7 +72,7 @@ def separation_loss(
     stems: torch.Tensor,
     frame_fraction: float = 1.0,
     skip_frames: int = 8,
-    kind: str = "l1",
+    kind: str = "sdr",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """mix (batch, channels, n), stems (batch, num_stems, channels, n) -> (loss, per-stem loss figures).
 
@@ -461,13 +462,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segment-seconds", type=float, default=3.0)
     p.add_argument("--frame-fraction", type=float, default=0.2, help="share of frames the mask head and loss see")
     p.add_argument(
-        "--loss", choices=LOSSES, default="l1", help="l1: complex and magnitude L1; sdr: negative SDR per stem"
+        "--loss", choices=LOSSES, default="sdr", help="sdr: negative SDR per stem; l1: complex and magnitude L1"
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--half-life", type=int, default=40000, help="steps per halving of the learning rate")
     p.add_argument("--lr-floor", type=float, default=1e-4)
-    p.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
+    p.add_argument("--clip", type=float, default=None, help="gradient norm clip (default: 250 for sdr, 5 for l1)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="weight average kept beside the weights (0: none)")
     p.add_argument("--hidden", type=int, default=ModelConfig.hidden, help="GRU hidden size (new runs only)")
     p.add_argument(
@@ -498,6 +499,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weights to start from when the run has no last.pt (default: the committed fp16 checkpoint)",
     )
     args = p.parse_args(argv)
+    if args.clip is None:
+        args.clip = CLIP[args.loss]
     if args.widen < 1:
         p.error(f"--widen must be a whole factor >= 1, got {args.widen}")
     return args
