@@ -62,6 +62,7 @@ def spectra(audio: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
 
 LOSSES = ("sdr", "l1")
+UNNAMED_LOSS = "l1"  # the loss of checkpoints from before they named theirs
 CLIP = {"sdr": 250.0, "l1": 5.0}  # gradient norm clips, ~25x the norms seen while fine-tuning the default
 SDR_FLOOR_DB = -40.0  # dB relative to the mixture: the sdr loss's energy floor, below which a stem is silent
 
@@ -102,8 +103,8 @@ def separation_loss(
     masks, _, _ = model(mag, h, lvl, frames)  # (b, k, s, c, f)
     xs = x[:, frames].unsqueeze(2)  # (b, k, 1, c, f)
     target = stft_frames(stems, cfg.n_fft, cfg.hop_size, frames, cfg.window).permute(0, 3, 1, 2, 4)  # (b, k, s, c, f)
+    d_re, d_im = masks * xs.real - target.real, masks * xs.imag - target.imag  # the estimate's error
     if kind == "sdr":
-        d_re, d_im = masks * xs.real - target.real, masks * xs.imag - target.imag
         error = (d_re.square() + d_im.square()).sum(dim=(1, 3, 4))  # (b, s)
         energy = (target.real.square() + target.imag.square()).sum(dim=(1, 3, 4))
         floor = (xs.real.square() + xs.imag.square()).sum(dim=(1, 2, 3, 4)).clamp_min(1e-8) * 10 ** (SDR_FLOOR_DB / 10)
@@ -113,11 +114,7 @@ def separation_loss(
         figures = {s: float(v / n) for s, v, n in zip(cfg.stems, sdr.detach().sum(dim=0), counts, strict=True) if n}
         return sdr.sum() / sounds.sum().clamp_min(1.0), figures
     level = mag.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp_min(1e-4).reshape(-1, 1, 1, 1, 1)
-    diff = (
-        (masks * xs.real - target.real).abs()
-        + (masks * xs.imag - target.imag).abs()
-        + (masks * magnitude(xs) - magnitude(target)).abs()
-    )
+    diff = d_re.abs() + d_im.abs() + (masks * magnitude(xs) - magnitude(target)).abs()
     per_stem = (diff / level).mean(dim=(0, 1, 3, 4))
     return per_stem.sum(), {s: float(v) for s, v in zip(cfg.stems, per_stem.detach(), strict=True)}
 
@@ -192,7 +189,7 @@ def save_fp16(checkpoint: dict, path: Path) -> None:
         "config": checkpoint["config"],
         "model": _half(checkpoint["model"]),
         "step": checkpoint["step"],
-        "loss": checkpoint.get("loss", "l1"),
+        "loss": checkpoint.get("loss", UNNAMED_LOSS),
         "provenance": checkpoint.get("provenance", {}),
     }
     if checkpoint.get("ema") is not None:
@@ -283,7 +280,7 @@ class Trainer:
                 f"step {state.get('step', 0)}: warm start from {source} (n_fft {old.n_fft}, hop {old.hop_size}, "
                 f"{old.window} window) with n_fft {config.n_fft}, hop {config.hop_size}, {config.window} window"
             )
-        previous_loss = state.get("loss", "l1") if state is not None else args.loss
+        previous_loss = state.get("loss", UNNAMED_LOSS) if state is not None else args.loss
         if previous_loss != args.loss:
             self.history.append(f"step {state.get('step', 0)}: loss {previous_loss} changed to {args.loss} (--loss)")
         if warm_start and args.widen > 1:
@@ -391,8 +388,7 @@ class Trainer:
         )
         last_save = time.monotonic()
         window: list[float] = []
-        per_stem_acc: dict[str, float] = {}
-        per_stem_count: dict[str, int] = {}
+        per_stem_window: dict[str, list[float]] = {}  # a stem silent in a whole batch has no figure for that step
         t0 = time.monotonic()
         while self.step < args.steps and not self.stop:
             lr = learning_rate(self.step - self.lr_origin, args.lr, args.warmup, args.half_life, args.lr_floor)
@@ -411,8 +407,7 @@ class Trainer:
             self.step += 1
             window.append(float(loss.detach()))
             for k, v in per_stem.items():
-                per_stem_acc[k] = per_stem_acc.get(k, 0.0) + v
-                per_stem_count[k] = per_stem_count.get(k, 0) + 1
+                per_stem_window.setdefault(k, []).append(v)
             if self.step % args.log_every == 0:
                 n = len(window)
                 self.log(
@@ -420,14 +415,14 @@ class Trainer:
                         "kind": "train",
                         "step": self.step,
                         "loss": round(float(np.mean(window)), 5),
-                        "per_stem": {k: round(v / per_stem_count[k], 5) for k, v in per_stem_acc.items()},
+                        "per_stem": {k: round(float(np.mean(v)), 5) for k, v in per_stem_window.items()},
                         "lr": lr,
                         "grad_norm": round(grad_norm, 4),
                         "sec_per_step": round((time.monotonic() - t0) / n, 3),
                         "train_songs": len(self.train_bank),
                     }
                 )
-                window, per_stem_acc, per_stem_count, t0 = [], {}, {}, time.monotonic()
+                window, per_stem_window, t0 = [], {}, time.monotonic()
             if self.step % args.rescan_every == 0:
                 self.train_bank.rescan()
                 self.val_bank.rescan()
