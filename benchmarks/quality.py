@@ -6,7 +6,7 @@ mixture/4, the classical DSP separator and the ideal ratio mask with the model's
 SDR equals museval's own and times both.
 
     python benchmarks/quality.py [--data data/synth] [--model PATH] [--max-songs N] [--max-seconds S] [--update-card]
-        [--out DIR] [--compare-to EARLIER_quality.json]
+        [--out DIR] [--compare-to EARLIER_quality.json ...]
 
 Test songs come from the synthesizer; seeds with seed % 20 == 0 are the test split. ``synth batch`` renders them
 with the training songs into data/synth/test. The committed results use the test seeds 0-1180 (60 songs of 20 s;
@@ -80,10 +80,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-card", action="store_true", help="write the figures into the model's card")
     parser.add_argument(
-        "--compare-to", type=Path, help="an earlier quality.json: add a per-song paired comparison of the models"
+        "--compare-to",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier quality.json: add a per-song paired comparison of the models (may be repeated)",
     )
     args = parser.parse_args()
 
+    baselines = [(f"`{shown(path)}`", json.loads(path.read_text())) for path in args.compare_to]  # fail before the run
     songs = quality.find_songs(args.data)[: args.max_songs]
     model_path = args.model or (DEFAULT_MODEL if DEFAULT_MODEL.exists() else None)
     model = quality.ModelMethod(model_path, block_size=args.block_size) if model_path else None
@@ -98,10 +103,8 @@ def main() -> None:
     source = shown(args.data)
     report = quality.evaluate(songs, methods, max_seconds=args.max_seconds, source=source, progress=progress)
     report["museval_cross_check"] = museval_cross_check(songs[0], args.max_seconds)
-    if args.compare_to is not None:
-        baseline = json.loads(args.compare_to.read_text())
-        paired = quality.paired_comparison(report, baseline)
-        report["comparison"] = {"baseline": shown(args.compare_to), "model": paired}
+    for label, baseline in baselines:
+        quality.add_comparison(report, baseline, label)
     paths = quality.write_report(report, args.out)
     if args.update_card and model is not None:
         quality.update_card(model.card.path.with_suffix(".json"), quality.card_quality(report))
@@ -113,9 +116,6 @@ def main() -> None:
         if "song" in check
         else f"\nmuseval cross-check skipped: {check['skipped']}\n"
     )
-    if "comparison" in report:
-        comparison = report["comparison"]
-        note += "\n" + quality.comparison_markdown(comparison["model"], f"`{comparison['baseline']}`")
     with open(paths["md"], "a") as f:
         f.write(note)
     print(paths["md"].read_text())

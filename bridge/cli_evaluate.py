@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -21,6 +22,16 @@ def _parse_methods(value: str) -> list[str]:
             param_hint="--methods",
         )
     return list(dict.fromkeys(methods))
+
+
+def _read_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise click.BadParameter(f"{path} is not a readable quality report: {exc}", param_hint="--compare-to") from exc
+    if not isinstance(report, dict) or not isinstance(report.get("songs"), dict):
+        raise click.BadParameter(f"{path} has no per-song results (not a quality.json)", param_hint="--compare-to")
+    return report
 
 
 @click.command("evaluate")
@@ -63,8 +74,25 @@ def _parse_methods(value: str) -> list[str]:
     is_flag=True,
     help="Write the model's figures and the baselines' into its card (provenance.quality).",
 )
+@click.option(
+    "--compare-to",
+    "compare_to",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    multiple=True,
+    help="An earlier quality.json: add a song-by-song paired comparison of the two models' SDR (may be repeated).",
+)
 def evaluate(
-    song_dir, model_path, device, methods_arg, max_songs, max_seconds, block_size, threads, out_dir, update_card
+    song_dir,
+    model_path,
+    device,
+    methods_arg,
+    max_songs,
+    max_seconds,
+    block_size,
+    threads,
+    out_dir,
+    update_card,
+    compare_to,
 ) -> None:
     """Measure separation quality on test songs with known stems: DIR/<song>/{mixture,vocals,drums,bass,other}.wav
     (or a DIR with a test/ folder of such songs, e.g. data/synth).
@@ -84,6 +112,9 @@ def evaluate(
     from engine.separator import NoDefaultModelError
 
     names = _parse_methods(methods_arg)
+    if compare_to and "model" not in names:
+        raise click.ClickException("--compare-to compares models: it needs the model among --methods")
+    baselines = [(path, _read_report(path)) for path in compare_to]  # a bad file fails before the run, not after
     try:
         songs = quality.find_songs(song_dir)
     except quality.EvaluationError as exc:
@@ -132,6 +163,12 @@ def evaluate(
     finally:
         bar.close()
 
+    try:
+        for path, baseline in baselines:
+            quality.add_comparison(report, baseline, f"`{path}`")
+    except quality.EvaluationError as exc:
+        quality.write_report(report, out_dir)  # the run is not lost
+        raise click.ClickException(f"{exc} (the report without the comparison is in {out_dir})") from exc
     paths = quality.write_report(report, out_dir)
     click.echo(quality.markdown(report).split("\n\nWhole-track")[0])
     written = ", ".join(str(p) for p in paths.values() if p is not None)

@@ -539,6 +539,12 @@ def paired_comparison(report: dict[str, Any], baseline: dict[str, Any], method: 
     }
 
 
+def add_comparison(report: dict[str, Any], baseline: dict[str, Any], label: str) -> None:
+    """Append the paired comparison of the model in ``report`` against the one in ``baseline`` (an earlier report,
+    called ``label`` in the markdown) to ``report["comparisons"]``."""
+    report.setdefault("comparisons", []).append({"baseline": label, "model": paired_comparison(report, baseline)})
+
+
 def comparison_markdown(comparison: dict[str, Any], label: str) -> str:
     lines = [
         f"Paired per song against {label} (this run minus it, SDR dB):",
@@ -626,6 +632,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {song} | {' | '.join(cells)} |")
     lines += ["", "Methods:", ""]
     lines += [f"- **{name}**: {m['description']}" for name, m in report["methods"].items()]
+    for comparison in report.get("comparisons", []):
+        lines += ["", comparison_markdown(comparison["model"], comparison["baseline"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -645,7 +653,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     for i, name in enumerate(names):
         values = [report["summary"][name]["sdr"][g] for g in groups]
         xs = np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width
-        bars = ax.bar(xs, [0 if math.isnan(v) else v for v in values], width, label=name)
+        bars = ax.bar(xs, [0 if v is None or math.isnan(v) else v for v in values], width, label=name)
         ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=7, padding=2)
     ax.set_xticks(np.arange(len(groups)), groups)
     ax.set_ylabel("median SDR (dB), BSS Eval v4")

@@ -198,6 +198,26 @@ def test_cli_evaluates_model_and_baselines_and_updates_the_card(tmp_path, tiny_m
     assert quality["sdr_db"] == report["summary"]["model"]["sdr"]
     assert set(quality["baselines_sdr_db"]) == {"mixture/4", "classical", "irm"}
     assert card["provenance"]["training_data"].startswith("none")  # the rest of the card is kept
+    # a second run compared song by song with the first, twice: the same model scores the same on every song
+    again = evaluate(
+        tmp_path / "songs",
+        "--model",
+        model_dir / "tiny.onnx",
+        "--methods",
+        "model",
+        "--out",
+        tmp_path / "again",
+        "--compare-to",
+        out / "quality.json",
+        "--compare-to",
+        out / "quality.json",
+    )
+    assert again.exit_code == 0, again.output
+    compared = json.loads((tmp_path / "again" / "quality.json").read_text())["comparisons"]
+    assert [c["baseline"] for c in compared] == [f"`{out / 'quality.json'}`"] * 2
+    assert compared[0]["model"]["drums"] == {"mean_db": 0.0, "median_db": 0.0, "songs_better": 0, "num_songs": 2}
+    assert compared[0]["model"]["mean"]["num_songs"] == 1  # song "two" has a silent vocal
+    assert (tmp_path / "again" / "quality.md").read_text().count("Paired per song against") == 2
 
 
 def test_cli_without_a_default_model_evaluates_the_baselines(tmp_path, monkeypatch):
@@ -212,6 +232,28 @@ def test_cli_without_a_default_model_evaluates_the_baselines(tmp_path, monkeypat
     assert refused.exit_code != 0 and "--update-card needs a model" in refused.output
     bad = evaluate(tmp_path / "songs", "--methods", "model,karaoke")
     assert bad.exit_code != 0 and "unknown method(s) karaoke" in bad.output
+    (tmp_path / "notes.json").write_text("{not json")
+    bad = evaluate(tmp_path / "songs", "--compare-to", tmp_path / "notes.json", "--out", tmp_path / "never")
+    assert bad.exit_code != 0 and "notes.json is not a readable quality report" in bad.output
+    assert not (tmp_path / "never").exists()  # refused before the run
+    (tmp_path / "notes.json").write_text('{"summary": {}}')
+    bad = evaluate(tmp_path / "songs", "--compare-to", tmp_path / "notes.json")
+    assert bad.exit_code != 0 and "has no per-song results" in bad.output
+    bad = evaluate(tmp_path / "songs", "--methods", "mixture4", "--compare-to", tmp_path / "notes.json")
+    assert bad.exit_code != 0 and "--compare-to compares models" in bad.output
+    # the default model is absent: nothing to compare, but the baselines' run is kept
+    (tmp_path / "old.json").write_text((tmp_path / "out" / "quality.json").read_text())
+    lost = evaluate(
+        tmp_path / "songs",
+        "--methods",
+        "model,mixture4",
+        "--compare-to",
+        tmp_path / "old.json",
+        "--out",
+        tmp_path / "kept",
+    )
+    assert lost.exit_code != 0 and "no song has all four stems scored by 'model'" in lost.output
+    assert json.loads((tmp_path / "kept" / "quality.json").read_text())["summary"]["mixture/4"]
 
 
 def test_paired_comparison_pairs_the_same_songs_and_stems():
