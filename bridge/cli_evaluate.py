@@ -171,6 +171,8 @@ def evaluate(
         raise click.ClickException(f"{exc} (the report without the comparison is in {out_dir})") from exc
     paths = quality.write_report(report, out_dir)
     click.echo(quality.markdown(report).split("\n\nWhole-track")[0])
+    for comparison in report.get("comparisons", []):
+        click.echo("\n" + quality.comparison_markdown(comparison["model"], comparison["baseline"]).rstrip("\n"))
     written = ", ".join(str(p) for p in paths.values() if p is not None)
     click.echo(f"\nwrote {written}")
     if paths["png"] is None:

@@ -26,6 +26,7 @@ from engine.evaluate import (
     si_sdr,
     vocal_leakage_db,
     window_sdr,
+    write_report,
 )
 
 SR = 8000
@@ -218,6 +219,11 @@ def test_cli_evaluates_model_and_baselines_and_updates_the_card(tmp_path, tiny_m
     assert compared[0]["model"]["drums"] == {"mean_db": 0.0, "median_db": 0.0, "songs_better": 0, "num_songs": 2}
     assert compared[0]["model"]["mean"]["num_songs"] == 1  # song "two" has a silent vocal
     assert (tmp_path / "again" / "quality.md").read_text().count("Paired per song against") == 2
+    assert again.output.count("Paired per song against") == 2  # shown on the terminal too
+    # a report read back from JSON is written again, a stem silent in every song (null) included
+    report["summary"]["irm"]["sdr"]["vocals"] = None
+    paths = write_report(report, tmp_path / "rewritten")
+    assert paths["png"] is not None and paths["png"].stat().st_size > 0
 
 
 def test_cli_without_a_default_model_evaluates_the_baselines(tmp_path, monkeypatch):
