@@ -88,7 +88,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    baselines = [(f"`{shown(path)}`", json.loads(path.read_text())) for path in args.compare_to]  # fail before the run
+    baselines = [(f"`{shown(path)}`", quality.read_report(path)) for path in args.compare_to]  # fail before the run
     songs = quality.find_songs(args.data)[: args.max_songs]
     model_path = args.model or (DEFAULT_MODEL if DEFAULT_MODEL.exists() else None)
     model = quality.ModelMethod(model_path, block_size=args.block_size) if model_path else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -22,16 +21,6 @@ def _parse_methods(value: str) -> list[str]:
             param_hint="--methods",
         )
     return list(dict.fromkeys(methods))
-
-
-def _read_report(path: Path) -> dict:
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise click.BadParameter(f"{path} is not a readable quality report: {exc}", param_hint="--compare-to") from exc
-    if not isinstance(report, dict) or not isinstance(report.get("songs"), dict):
-        raise click.BadParameter(f"{path} has no per-song results (not a quality.json)", param_hint="--compare-to")
-    return report
 
 
 @click.command("evaluate")
@@ -114,7 +103,10 @@ def evaluate(
     names = _parse_methods(methods_arg)
     if compare_to and "model" not in names:
         raise click.ClickException("--compare-to compares models: it needs the model among --methods")
-    baselines = [(path, _read_report(path)) for path in compare_to]  # a bad file fails before the run, not after
+    try:
+        baselines = [(path, quality.read_report(path)) for path in compare_to]  # a bad file fails before the run
+    except quality.EvaluationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--compare-to") from exc
     try:
         songs = quality.find_songs(song_dir)
     except quality.EvaluationError as exc:
@@ -171,8 +163,7 @@ def evaluate(
         raise click.ClickException(f"{exc} (the report without the comparison is in {out_dir})") from exc
     paths = quality.write_report(report, out_dir)
     click.echo(quality.markdown(report).split("\n\nWhole-track")[0])
-    for comparison in report.get("comparisons", []):
-        click.echo("\n" + quality.comparison_markdown(comparison["model"], comparison["baseline"]).rstrip("\n"))
+    click.echo(quality.comparisons_markdown(report), nl=False)
     written = ", ".join(str(p) for p in paths.values() if p is not None)
     click.echo(f"\nwrote {written}")
     if paths["png"] is None:

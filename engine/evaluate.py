@@ -539,6 +539,17 @@ def paired_comparison(report: dict[str, Any], baseline: dict[str, Any], method: 
     }
 
 
+def read_report(path: Path) -> dict[str, Any]:
+    """An earlier report (``quality.json``) to compare with; EvaluationError if it is unreadable or not a report."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EvaluationError(f"{path} is not a readable quality report: {exc}") from exc
+    if not isinstance(report, dict) or not isinstance(report.get("songs"), dict):
+        raise EvaluationError(f"{path} has no per-song results (not a quality.json)")
+    return report
+
+
 def add_comparison(report: dict[str, Any], baseline: dict[str, Any], label: str) -> None:
     """Append the paired comparison of the model in ``report`` against the one in ``baseline`` (an earlier report,
     called ``label`` in the markdown) to ``report["comparisons"]``."""
@@ -557,6 +568,11 @@ def comparison_markdown(comparison: dict[str, Any], label: str) -> str:
             f"| {key} | {c['mean_db']:+.2f} | {c['median_db']:+.2f} | {c['songs_better']} of {c['num_songs']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def comparisons_markdown(report: dict[str, Any]) -> str:
+    """The paired comparisons ``add_comparison`` added to ``report``, one table each ("" when there are none)."""
+    return "".join("\n" + comparison_markdown(c["model"], c["baseline"]) for c in report.get("comparisons", []))
 
 
 # --------------------------------------------------------------------------------------------------- outputs
@@ -626,15 +642,13 @@ def markdown(report: dict[str, Any]) -> str:
     for song, per_method in report["songs"].items():
         cells = []
         for name in names:
-            values = [per_method[name]["sdr"][s] for s in STEMS] if name in per_method else [None]
+            values = [per_method[name]["sdr"][s] for s in STEMS] if name in per_method else [math.nan]
             # None: NaN as a report read back from JSON has it
             cells.append(_fmt(float(np.mean([math.nan if v is None else v for v in values]))))
         lines.append(f"| {song} | {' | '.join(cells)} |")
     lines += ["", "Methods:", ""]
     lines += [f"- **{name}**: {m['description']}" for name, m in report["methods"].items()]
-    for comparison in report.get("comparisons", []):
-        lines += ["", comparison_markdown(comparison["model"], comparison["baseline"]).rstrip("\n")]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + comparisons_markdown(report)
 
 
 def plot(report: dict[str, Any], path: Path) -> bool:
