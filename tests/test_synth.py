@@ -113,6 +113,22 @@ def test_harmony_moves_every_note_three_to_nine_semitones_the_asked_way():
                 assert h["t"] == n["t"] and h["d"] == n["d"]
 
 
+def test_quiet_phrases_finds_a_phrase_sung_into_near_silence():
+    phrases = [
+        [{"t": 0.0, "d": 0.5, "pitch": 60}],
+        [],
+        [{"t": 1.0, "d": 0.5, "pitch": 62}],
+        [{"t": 2.0, "d": 1, "pitch": 64}],
+    ]
+    t = np.arange(4 * SR) / SR
+    line = 0.3 * np.sin(2 * np.pi * 220 * t)
+    line[2 * SR : 3 * SR] *= 0.05  # a quiet phrase (-26 dB) is music
+    assert vocals.quiet_phrases(line, phrases) == []
+    line[SR : int(1.5 * SR)] *= 1e-3  # -60 dB: a failed rendering
+    assert vocals.quiet_phrases(line, phrases) == [2]
+    assert vocals.quiet_phrases(np.zeros(4 * SR), [[], []]) == []
+
+
 def test_pitch_contour_follows_notes_and_is_zero_between_phrases():
     notes = [[{"t": 0.5, "d": 1.0, "pitch": 69}], [{"t": 3.0, "d": 0.5, "pitch": 57}]]
     singer = {
@@ -311,6 +327,42 @@ def test_split_rule_is_seed_mod_20():
     assert synth.song_dir("out", 41).as_posix() == "out/validation/song000041"
 
 
+def test_held_out_timbres_are_always_test_songs_and_never_mixed_with_training_timbres(tmp_path):
+    assert [synth.split_of(s, "heldout") for s in (0, 1, 2)] == ["test"] * 3
+    assert synth.song_dir("out", 41, "heldout").as_posix() == "out/test/song000041"  # named like its twin
+    assert not synth.is_complete(tmp_path, 40, "heldout")
+    (tmp_path / "test" / "song000040").mkdir(parents=True)
+    (tmp_path / "test" / "song000040" / "meta.json").write_text('{"seed": 40}')  # a training song from before
+    assert synth.is_complete(tmp_path, 40, "train")
+    with pytest.raises(ValueError, match="with train timbres, not heldout"):
+        synth.is_complete(tmp_path, 40, "heldout")
+    with pytest.raises(ValueError, match="its own folder"):
+        synth.make_song(40, tmp_path, timbres="heldout")
+
+
+def test_held_out_timbres_share_no_soundfont_voice_or_kit_with_training():
+    assert not set(music.HELDOUT_SOUNDFONTS) & set(music.SF_WEIGHTS)
+    assert not set(music.HELDOUT_SOUNDFONTS.values()) & {music.SF_FLUIDR3, music.SF_TIMGM, music.SF_MUSESCORE_SF3}
+    assert not set(vocals.voice_weights("heldout")) & set(vocals.voice_weights("train"))
+    assert set(vocals.voice_weights("heldout")) <= set(vocals.FESTIVAL_VOICES)
+    with pytest.raises(ValueError, match="timbres"):
+        vocals.voice_weights("studio")
+    with pytest.raises(ValueError, match="timbres"):
+        music.available_soundfonts("studio")
+
+
+@pytest.mark.skipif(
+    not music.SF_CSOUND.exists() or not (music.SF_FLUIDR3.exists() or music.SF_TIMGM.exists()),
+    reason="training and held-out GM soundfonts not both installed",
+)
+def test_held_out_plan_is_the_training_plan_with_another_soundfont():
+    train, held = synth.plan_song(40, 20.0)[1], synth.plan_song(40, 20.0, "heldout")[1]
+    assert held["soundfont"] in music.HELDOUT_SOUNDFONTS and train["soundfont"] in music.SF_WEIGHTS
+    assert held["timbres"] == "heldout" and train["timbres"] == "train"
+    same = ("style", "groove", "variation", "swap_bar", "tempo", "key_pc", "mode", "bars")
+    assert {k: held[k] for k in same} == {k: train[k] for k in same}
+
+
 def test_stage_streams_are_reproducible_and_independent():
     assert synth.stage_rng(7, "vocals").random() == synth.stage_rng(7, "vocals").random()
     assert synth.stage_rng(7, "vocals").random() != synth.stage_rng(7, "produce").random()
@@ -354,3 +406,24 @@ def test_full_song_render(tmp_path):
     mtime = (folder / "meta.json").stat().st_mtime_ns
     synth.make_song(seed, tmp_path, duration_s=8.0)  # complete songs are skipped
     assert (folder / "meta.json").stat().st_mtime_ns == mtime
+
+
+_MISSING_HELD = synth.missing_tools("heldout")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    bool(_MISSING_HELD),
+    reason=f"synthesis tools missing ({', '.join(_MISSING_HELD)}): run engine/training/install_synth_tools.sh",
+)
+def test_full_song_render_with_held_out_timbres(tmp_path):
+    folder = synth.make_song(20, tmp_path, duration_s=6.0, timbres="heldout")
+    assert folder == tmp_path / "test" / "song000020"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["timbres"] == "heldout" and meta["split"] == "test"
+    assert meta["soundfont"] in music.HELDOUT_SOUNDFONTS and meta["drum_kit"] == "gm"
+    if meta["vocals"].get("method") == "world":
+        assert meta["vocals"]["voice"] in vocals.voice_weights("heldout")
+    x = {k: sf.read(folder / f"{k}.wav", dtype="float32")[0] for k in (*produce.STEMS, "mixture")}
+    assert np.array_equal(x["mixture"], x["vocals"] + x["drums"] + x["bass"] + x["other"])
+    assert np.sqrt(np.mean(x["mixture"] ** 2)) > 0.01

@@ -11,6 +11,15 @@ song_id = f"song{seed:06d}". Split rule (fixed): seed % 20 == 0 -> test, seed % 
 
     python -m engine.training.synth batch --first-seed 0 --num-songs 400 --jobs 1 --out data/synth --duration 20
 
+Held-out timbres: `--timbres heldout` renders a song with a soundfont and festival voices that no training song uses
+(synth_music.HELDOUT_SOUNDFONTS, synth_vocals.HELDOUT_VOICE_WEIGHTS) and no AVL drum kit. Everything else is drawn
+as for the same seed with training timbres (style, groove, chords, melody, production), so the held-out rendering of
+a test seed is the same song played by unheard instruments and sung by an unheard voice. Such songs are always test
+songs, with the same names as their training-timbre twins (so reports pair them song by song), in their own folder:
+
+    python -m engine.training.synth batch --timbres heldout --first-seed 0 --step 20 --num-songs 60 \
+        --out data/heldout_synth
+
 Completed songs are skipped (a song is written to a hidden temporary folder and renamed when complete), so a batch
 can be stopped and restarted. Needs the tools of engine/training/install_synth_tools.sh.
 """
@@ -35,15 +44,18 @@ import soundfile as sf
 
 from engine.training import synth_music as music
 from engine.training.synth_produce import STEMS, produce, silent_sections
-from engine.training.synth_vocals import make_vocals
+from engine.training.synth_vocals import installed_voices, make_vocals
 
 GENERATOR_VERSION = 3
 SPLITS = ("train", "validation", "test")
 SF_WEIGHTS = music.SF_WEIGHTS
 
 
-def split_of(seed: int) -> str:
-    """Dataset split of a song seed: seed % 20 == 0 -> "test", seed % 20 == 1 -> "validation", else "train"."""
+def split_of(seed: int, timbres: str = "train") -> str:
+    """Dataset split of a song seed: seed % 20 == 0 -> "test", seed % 20 == 1 -> "validation", else "train".
+    Songs with held-out timbres are always "test"."""
+    if timbres == "heldout":
+        return "test"
     r = seed % 20
     return "test" if r == 0 else ("validation" if r == 1 else "train")
 
@@ -52,15 +64,25 @@ def song_id(seed: int) -> str:
     return f"song{seed:06d}"
 
 
-def song_dir(out: Path, seed: int) -> Path:
-    return Path(out) / split_of(seed) / song_id(seed)
+def song_dir(out: Path, seed: int, timbres: str = "train") -> Path:
+    return Path(out) / split_of(seed, timbres) / song_id(seed)
 
 
-def is_complete(out: Path, seed: int) -> bool:
-    return (song_dir(out, seed) / "meta.json").exists()
+def is_complete(out: Path, seed: int, timbres: str = "train") -> bool:
+    """Whether song `seed` is complete in `out`; ValueError if it is there with the other timbre set (a folder of
+    songs holds one set: a held-out test song must not be mistaken for its training-timbre twin, or the reverse)."""
+    meta = song_dir(out, seed, timbres) / "meta.json"
+    if not meta.exists():
+        return False
+    found = json.loads(meta.read_text()).get("timbres", "train")  # songs from before held-out timbres: "train"
+    if found != timbres:
+        raise ValueError(
+            f"{meta.parent} holds song {seed} with {found} timbres, not {timbres}: render each set into its own folder"
+        )
+    return True
 
 
-def missing_tools() -> list[str]:
+def missing_tools(timbres: str = "train") -> list[str]:
     """Names of the external tools or packages this generator needs that are not installed."""
     missing = [t for t in ("mma", "fluidsynth", "festival") if shutil.which(t) is None]
     try:
@@ -68,9 +90,11 @@ def missing_tools() -> list[str]:
     except ImportError:
         missing.append("pyworld")
     try:
-        music.available_soundfonts()
+        music.available_soundfonts(timbres)
     except RuntimeError:
-        missing.append("GM soundfont")
+        missing.append(f"{timbres} GM soundfont")
+    if not installed_voices(timbres):
+        missing.append(f"{timbres} festival voices")
     return missing
 
 
@@ -97,13 +121,13 @@ def stage_rng(seed: int, stage: str) -> random.Random:
     return random.Random(f"stembridge-synth:{seed}:{stage}")
 
 
-def plan_song(seed: int, duration_s: float) -> tuple[random.Random, dict]:
+def plan_song(seed: int, duration_s: float, timbres: str = "train") -> tuple[random.Random, dict]:
     """Draw the song-level choices (soundfont, style, groove, tempo, key, mode, chords, variation) from `seed`.
 
-    Returns (the rng, positioned after these draws, plan dict). Pure apart from reading the installed MMA library and
-    soundfont list."""
+    The soundfont comes from the `timbres` set; the other choices do not depend on it. Returns (the rng, positioned
+    after these draws, plan dict). Pure apart from reading the installed MMA library and soundfont list."""
     rng = random.Random(seed)
-    fonts = music.available_soundfonts()
+    fonts = music.available_soundfonts(timbres)
     names = sorted(fonts)
     sf_name = rng.choices(names, weights=[SF_WEIGHTS.get(k, 0.2) for k in names])[0]
     style = rng.choice(sorted(music.STYLES))
@@ -120,6 +144,7 @@ def plan_song(seed: int, duration_s: float) -> tuple[random.Random, dict]:
     variation = rng.choice(cands) if cands and rng.random() < 0.6 else None
     swap_bar = rng.randint(num_bars // 3, max(num_bars // 3, 2 * num_bars // 3))
     plan = {
+        "timbres": timbres,
         "soundfont": sf_name,
         "soundfont_path": str(fonts[sf_name]),
         "style": style,
@@ -135,12 +160,14 @@ def plan_song(seed: int, duration_s: float) -> tuple[random.Random, dict]:
     return rng, plan
 
 
-def render_song(seed: int, duration_s: float, work: Path) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
-    """Make one song in scratch folder `work`. Returns (stems {name: float32 (2, num_frames)}, mixture float32
-    (2, num_frames) = sum of stems, meta)."""
+def render_song(
+    seed: int, duration_s: float, work: Path, timbres: str = "train"
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """Make one song in scratch folder `work` with the `timbres` set of soundfonts and voices. Returns (stems
+    {name: float32 (2, num_frames)}, mixture float32 (2, num_frames) = sum of stems, meta)."""
     timings: dict[str, float] = {}
     t0 = time.time()
-    _, plan = plan_song(seed, duration_s)
+    _, plan = plan_song(seed, duration_s, timbres)
     soundfont = Path(plan["soundfont_path"])
     bars = plan["bars"]
     chart = music.mma_chart(plan["groove"], plan["variation"], plan["tempo"], bars, plan["swap_bar"], seed)
@@ -156,7 +183,7 @@ def render_song(seed: int, duration_s: float, work: Path) -> tuple[dict[str, np.
         if mf is None:
             continue
         if group == "drums":
-            x, drum_kit = music.render_drums(mf, soundfont, drum_rng, work, plan["style"])
+            x, drum_kit = music.render_drums(mf, soundfont, drum_rng, work, plan["style"], timbres)
         else:
             x = music.render_group(mf, soundfont, work, group)
         dry[group] = music.fit_length(x, num_frames)
@@ -170,7 +197,7 @@ def render_song(seed: int, duration_s: float, work: Path) -> tuple[dict[str, np.
         dry["vocals"], vmeta = np.zeros((2, num_frames), np.float32), {"instrumental": True}
     else:
         dry["vocals"], vmeta = make_vocals(
-            vocal_rng, bars, plan["key_pc"], plan["mode"], plan["tempo"], duration_s, soundfont, work
+            vocal_rng, bars, plan["key_pc"], plan["mode"], plan["tempo"], duration_s, soundfont, work, timbres=timbres
         )
     timings["vocals"] = time.time() - t
     t = time.time()
@@ -187,7 +214,7 @@ def render_song(seed: int, duration_s: float, work: Path) -> tuple[dict[str, np.
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "song_id": song_id(seed),
-        "split": split_of(seed),
+        "split": split_of(seed, timbres),
         "duration_s": duration_s,
         "sample_rate": music.SAMPLE_RATE,
         **{k: v for k, v in plan.items() if k not in ("bars", "key_pc", "soundfont_path", "bar_s")},
@@ -204,10 +231,11 @@ def render_song(seed: int, duration_s: float, work: Path) -> tuple[dict[str, np.
     return stems, mix, meta
 
 
-def make_song(seed: int, out: Path, duration_s: float = 20.0) -> Path:
-    """Render song `seed` into out/<split>/<song_id>/ (skipped if already complete). Returns the song folder."""
-    final = song_dir(out, seed)
-    if (final / "meta.json").exists():
+def make_song(seed: int, out: Path, duration_s: float = 20.0, timbres: str = "train") -> Path:
+    """Render song `seed` with the `timbres` set into out/<split>/<song_id>/ (skipped if already complete). Returns
+    the song folder."""
+    final = song_dir(out, seed, timbres)
+    if is_complete(out, seed, timbres):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp"
@@ -215,7 +243,7 @@ def make_song(seed: int, out: Path, duration_s: float = 20.0) -> Path:
     tmp.mkdir()
     try:
         with tempfile.TemporaryDirectory(prefix="synth_", dir=tmp) as work:
-            stems, _mix, meta = render_song(seed, duration_s, Path(work))
+            stems, _mix, meta = render_song(seed, duration_s, Path(work), timbres)
         write_song_audio(tmp, stems, music.SAMPLE_RATE)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
         shutil.rmtree(final, ignore_errors=True)  # an incomplete folder left by an older layout
@@ -233,11 +261,11 @@ def _json_default(o):
     return str(o)
 
 
-def _job(args: tuple[int, str, float]) -> tuple[int, float | None]:
-    seed, out, duration_s = args
+def _job(args: tuple[int, str, float, str]) -> tuple[int, float | None]:
+    seed, out, duration_s, timbres = args
     t = time.time()
     try:
-        make_song(seed, Path(out), duration_s)
+        make_song(seed, Path(out), duration_s, timbres)
         return seed, time.time() - t
     except Exception as e:  # a bad random draw must not stop a long batch
         sys.stderr.write(f"seed {seed} failed: {e!r}\n{traceback.format_exc()}\n")
@@ -267,26 +295,41 @@ def main() -> None:
 
 @main.command()
 @click.option("--first-seed", type=int, default=0, show_default=True, help="Seed of the first song.")
-@click.option("--num-songs", type=int, default=100, show_default=True, help="Number of consecutive seeds.")
+@click.option("--num-songs", type=int, default=100, show_default=True, help="Number of seeds.")
+@click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Seed step (20: test seeds).")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Songs rendered in parallel (processes).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/synth"), show_default=True)
 @click.option("--duration", type=float, default=20.0, show_default=True, help="Song length in seconds.")
 @click.option("--nice", "nice_level", type=int, default=10, show_default=True, help="CPU niceness of the workers.")
-def batch(first_seed: int, num_songs: int, jobs: int, out: Path, duration: float, nice_level: int) -> None:
-    """Render songs first-seed .. first-seed+num-songs-1 into OUT/<split>/songNNNNNN/, skipping complete ones."""
+@click.option(
+    "--timbres",
+    type=click.Choice(music.TIMBRES),
+    default="train",
+    show_default=True,
+    help="Soundfonts and voices: the training set, or the held-out set (always test songs, in their own folder).",
+)
+def batch(
+    first_seed: int, num_songs: int, step: int, jobs: int, out: Path, duration: float, nice_level: int, timbres: str
+) -> None:
+    """Render songs first-seed, first-seed+step, ... (num-songs of them) into OUT/<split>/<song_id>/, skipping
+    complete ones."""
     _nice(nice_level)
-    missing = missing_tools()
+    missing = missing_tools(timbres)
     if missing:
         raise click.ClickException(f"missing {', '.join(missing)}: run engine/training/install_synth_tools.sh")
     ensure_musescore_sf2()
     for split in SPLITS:  # stale temporaries of an interrupted run
         for p in (out / split).glob(".song*.tmp"):
             shutil.rmtree(p, ignore_errors=True)
-    todo = [s for s in range(first_seed, first_seed + num_songs) if not is_complete(out, s)]
+    seeds = range(first_seed, first_seed + num_songs * step, step)
+    try:
+        todo = [s for s in seeds if not is_complete(out, s, timbres)]
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     print(f"{num_songs - len(todo)} of {num_songs} songs already complete; rendering {len(todo)}", flush=True)
     t0 = time.time()
     done = failed = 0
-    args = [(s, str(out), duration) for s in todo]
+    args = [(s, str(out), duration, timbres) for s in todo]
     results = map(_job, args) if jobs <= 1 else ProcessPoolExecutor(jobs).map(_job, args)
     for seed, secs in results:
         if secs is None:
@@ -306,12 +349,13 @@ def batch(first_seed: int, num_songs: int, jobs: int, out: Path, duration: float
 @click.option("--seed", type=int, required=True, help="Song seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/synth"), show_default=True)
 @click.option("--duration", type=float, default=20.0, show_default=True, help="Song length in seconds.")
-def song(seed: int, out: Path, duration: float) -> None:
-    """Render one song into OUT/<split>/songNNNNNN/."""
-    missing = missing_tools()
+@click.option("--timbres", type=click.Choice(music.TIMBRES), default="train", show_default=True)
+def song(seed: int, out: Path, duration: float, timbres: str) -> None:
+    """Render one song into OUT/<split>/<song_id>/."""
+    missing = missing_tools(timbres)
     if missing:
         raise click.ClickException(f"missing {', '.join(missing)}: run engine/training/install_synth_tools.sh")
-    click.echo(make_song(seed, out, duration))
+    click.echo(make_song(seed, out, duration, timbres))
 
 
 @main.command()

@@ -30,6 +30,11 @@ SF_MUSESCORE_SF3 = Path("/usr/share/sounds/sf3/MuseScore_General_Full.sf3")
 SF_FLUIDR3 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 SF_TIMGM = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
 SF_WEIGHTS = {"musescore": 0.45, "fluidr3": 0.35, "timgm6mb": 0.2}
+# Held-out timbres (--timbres heldout): a GM bank no training song uses (Debian csound-soundfont), for the test set
+# that measures how the model fares on instrument sounds it never heard.
+SF_CSOUND = Path("/usr/share/sounds/sf2/sf_GMbank.sf2")
+HELDOUT_SOUNDFONTS = {"csound": SF_CSOUND}
+TIMBRES = ("train", "heldout")
 # avldrums.lv2-soundfont: two multi-sampled acoustic kits. One preset at bank 0 / program 0 (not bank 128), GM key
 # map for notes 36-59 only, so they are played on a melodic channel; other percussion notes go to the GM font.
 AVL_KITS = [Path("/usr/share/sounds/sf2/Black_Pearl_4_LV2.sf2"), Path("/usr/share/sounds/sf2/Red_Zeppelin_4_LV2.sf2")]
@@ -44,12 +49,20 @@ def musescore_sf2_path() -> Path:
     return cache_dir() / "MuseScore_General_Full.sf2"
 
 
-def available_soundfonts() -> dict[str, Path]:
-    """Installed General MIDI soundfonts, {name: path}.
+def available_soundfonts(timbres: str = "train") -> dict[str, Path]:
+    """Installed General MIDI soundfonts of a timbre set ("train" or "heldout"), {name: path}.
 
-    The Ogg-compressed MuseScore sf3 costs ~1.5 s to load per fluidsynth call; a one-off decompressed sf2 copy
-    (`sf3_to_sf2`) loads in 0.5 s and is preferred when present. Both render the same samples.
+    The two sets never share a font. The Ogg-compressed MuseScore sf3 costs ~1.5 s to load per fluidsynth call; a
+    one-off decompressed sf2 copy (`sf3_to_sf2`) loads in 0.5 s and is preferred when present. Both render the same
+    samples.
     """
+    if timbres not in TIMBRES:
+        raise ValueError(f"timbres must be one of {', '.join(TIMBRES)}, got {timbres!r}")
+    if timbres == "heldout":
+        held = {k: p for k, p in HELDOUT_SOUNDFONTS.items() if p.exists()}
+        if not held:
+            raise RuntimeError("no held-out soundfont found: run engine/training/install_synth_tools.sh")
+        return held
     out: dict[str, Path] = {}
     if musescore_sf2_path().exists():
         out["musescore"] = musescore_sf2_path()
@@ -506,11 +519,12 @@ def split_kit_notes(mf: mido.MidiFile) -> tuple[mido.MidiFile, mido.MidiFile, in
 
 
 def render_drums(
-    mf: mido.MidiFile, soundfont: Path, rng: random.Random, work: Path, style: str
+    mf: mido.MidiFile, soundfont: Path, rng: random.Random, work: Path, style: str, timbres: str = "train"
 ) -> tuple[np.ndarray, str]:
     """Drums stem: with probability 0.4 (not for latin or dance, which lean on hand percussion and electronic kits)
-    kit notes play on a multi-sampled AVL acoustic kit, the rest on the GM font. Returns ((2, n) float32, kit name)."""
-    avl = [k for k in AVL_KITS if k.exists()]
+    kit notes play on a multi-sampled AVL acoustic kit, the rest on the GM font. Held-out timbres never use the AVL
+    kits (training songs do). Returns ((2, n) float32, kit name)."""
+    avl = [k for k in AVL_KITS if k.exists()] if timbres == "train" else []
     if not avl or style in ("latin", "dance") or rng.random() > 0.4:
         return render_group(mf, soundfont, work, "drums"), "gm"
     kit = rng.choice(avl)

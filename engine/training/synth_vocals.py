@@ -56,18 +56,41 @@ FESTIVAL_VOICES: dict[str, tuple[str, int, str, tuple[int, int]]] = {
     "pc": ("(voice_pc_diphone)", 16000, "m", (41, 67)),
 }
 VOICE_WEIGHTS = {"slt": 0.3, "kal": 0.25, "ked": 0.2, "lp": 0.125, "pc": 0.125}
+# Held-out voices (--timbres heldout): speakers no training song uses, each singing the English lyrics with its own
+# language's letter-to-sound rules, for the test set that measures how the model fares on voices it never heard.
+FESTIVAL_VOICES.update(
+    {
+        "ona": ("(voice_upc_ca_ona_hts)", 16000, "f", (53, 79)),  # Catalan, HTS
+        "dita": ("(voice_czech_dita)", 32000, "f", (53, 79)),  # Czech, diphone
+        "nsh": ("(voice_msu_ru_nsh_clunits)", 16000, "m", (41, 67)),  # Russian, unit selection
+        "machac": ("(voice_czech_machac)", 32000, "m", (41, 67)),  # Czech, diphone
+    }
+)
+HELDOUT_VOICE_WEIGHTS = {"ona": 0.3, "dita": 0.2, "nsh": 0.25, "machac": 0.25}
+# (The Finnish "lj" voice was tried and dropped: WORLD sang a third of its songs' phrases 50-70 dB too quiet.)
 _VOICE_DIRS = {
     "slt": "us/cmu_us_slt_arctic_hts",
     "kal": "english/kal_diphone",
     "ked": "english/ked_diphone",
     "lp": "italian/lp_diphone",
     "pc": "italian/pc_diphone",
+    "ona": "catalan/upc_ca_ona_hts",
+    "dita": "czech/czech_dita",
+    "nsh": "russian/msu_ru_nsh_clunits",
+    "machac": "czech/czech_machac",
 }
 
 
-def installed_voices() -> list[str]:
-    """Festival voices of FESTIVAL_VOICES installed under /usr/share/festival/voices, sorted."""
-    return sorted(v for v, d in _VOICE_DIRS.items() if Path("/usr/share/festival/voices", d).is_dir())
+def voice_weights(timbres: str = "train") -> dict[str, float]:
+    """Draw weights of the voices of a timbre set: "train" or "heldout" (the two share no voice)."""
+    if timbres not in ("train", "heldout"):
+        raise ValueError(f"timbres must be train or heldout, got {timbres!r}")
+    return VOICE_WEIGHTS if timbres == "train" else HELDOUT_VOICE_WEIGHTS
+
+
+def installed_voices(timbres: str = "train") -> list[str]:
+    """Festival voices of a timbre set installed under /usr/share/festival/voices, sorted."""
+    return sorted(v for v in voice_weights(timbres) if Path("/usr/share/festival/voices", _VOICE_DIRS[v]).is_dir())
 
 
 FRAME_PERIOD_MS = 5.0  # WORLD frame period
@@ -437,6 +460,27 @@ def sing_frames(
     return SungFrames(sp_o, ap_o, voiced, gain)
 
 
+QUIET_PHRASE_DB = 30.0
+
+
+def quiet_phrases(line: np.ndarray, phrases: list[Phrase], below_db: float = QUIET_PHRASE_DB) -> list[int]:
+    """Indices of the phrases whose RMS in `line` (float (num_samples,) at SAMPLE_RATE), over the span of their
+    notes, lies more than `below_db` under the loudest phrase's: a failed rendering (a voice whose syllable timings do
+    not match its audio sings near-silence), not a quiet part."""
+    levels = {}
+    for i, notes in enumerate(phrases):
+        if notes:
+            a = int(notes[0]["t"] * SAMPLE_RATE)
+            b = int((notes[-1]["t"] + notes[-1]["d"]) * SAMPLE_RATE)
+            seg = line[a:b]
+            if len(seg):
+                levels[i] = 10.0 * math.log10(float(np.mean(np.square(seg, dtype=np.float64))) + 1e-20)
+    if not levels:
+        return []
+    top = max(levels.values())
+    return [i for i, db in levels.items() if db < top - below_db]
+
+
 def synthesize_line(frames: SungFrames, f0: np.ndarray, num_out: int, only_pitched: bool = False) -> np.ndarray:
     """WORLD synthesis of `frames` sung at F0 contour `f0` (frames,), silent where f0 is 0 if `only_pitched` (for
     harmony parts that leave phrases out). Returns float32 (num_out,)."""
@@ -505,11 +549,16 @@ def make_vocals(
     soundfont: Path,
     work: Path,
     method: str | None = None,
+    timbres: str = "train",
 ) -> tuple[np.ndarray, dict]:
     """The vocal stem of one song: lead line (WORLD-sung, or a GM choir patch with probability 0.1), and for WORLD
-    sometimes a double and/or a harmony part panned apart. Returns (float32 (2, num_frames), meta)."""
-    voices = installed_voices()
-    voice = rng.choices(voices, weights=[VOICE_WEIGHTS[v] for v in voices])[0]
+    sometimes a double and/or a harmony part panned apart. The singer comes from the `timbres` set of voices.
+    Returns (float32 (2, num_frames), meta)."""
+    weights = voice_weights(timbres)
+    voices = installed_voices(timbres)
+    if not voices:
+        raise RuntimeError(f"no {timbres} festival voice installed: run engine/training/install_synth_tools.sh")
+    voice = rng.choices(voices, weights=[weights[v] for v in voices])[0]
     wide_lo, wide_hi = FESTIVAL_VOICES[voice][3]
     span = rng.randint(14, 19)
     lo = rng.randint(wide_lo, wide_hi - span)
@@ -587,6 +636,9 @@ def make_vocals(
     frames = sing_frames(phrases, tts[: len(phrases)], rng, num_out, voice_params)
     num_frames = len(frames.gain)
     lead = synthesize_line(frames, pitch_contour(phrases, num_frames, rng, random_singer(rng)), num_out)
+    quiet = quiet_phrases(lead, phrases)
+    if quiet:
+        raise RuntimeError(f"voice {voice} sang phrase(s) {quiet} more than {QUIET_PHRASE_DB} dB below the loudest")
     breath_prob, breath_level = rng.uniform(0.2, 0.9), rng.uniform(0.003, 0.03)
     add_breaths(lead, phrases, rng, breath_prob, breath_level)
     out = np.stack([lead, lead])
