@@ -16,6 +16,15 @@ the first 20 are bit-identical to the batch's test songs, the rest lie beyond th
     python benchmarks/quality.py --data data/eval_synth
 
 Writes benchmarks/results/quality.json, quality.md and quality.png (the plot needs matplotlib).
+
+The same 60 songs with held-out timbres (a soundfont and singers no training song uses; see engine/training/synth.py)
+measure how much of the model's quality depends on having heard the instruments and voices. Their songs are named
+like their twins, so ``--compare-to`` pairs each song with itself in the training timbres::
+
+    python -m engine.training.synth batch --timbres heldout --first-seed 0 --step 20 --num-songs 60 \
+        --jobs 2 --out data/heldout_synth
+    python benchmarks/quality.py --data data/heldout_synth --out benchmarks/results/heldout_timbres \
+        --compare-to benchmarks/results/quality.json
 """
 
 from __future__ import annotations
@@ -107,7 +116,8 @@ def main() -> None:
         quality.add_comparison(report, baseline, label)
     paths = quality.write_report(report, args.out)
     if args.update_card and model is not None:
-        quality.update_card(model.card.path.with_suffix(".json"), quality.card_quality(report))
+        card_path = model.card.path.with_suffix(".json")
+        quality.update_card(card_path, quality.card_quality(report), quality.card_key(report))
     check = report["museval_cross_check"]
     note = (
         f"\nmuseval cross-check on {check['song']}: max |fast - museval| = {check['max_abs_diff_db']:.2e} dB, "

@@ -61,7 +61,8 @@ def _parse_methods(value: str) -> list[str]:
 @click.option(
     "--update-card",
     is_flag=True,
-    help="Write the model's figures and the baselines' into its card (provenance.quality).",
+    help="Write the model's figures and the baselines' into its card (provenance.quality; for songs with the "
+    "synthesizer's held-out timbres, provenance.quality_heldout_timbres).",
 )
 @click.option(
     "--compare-to",
@@ -170,5 +171,6 @@ def evaluate(
         click.echo("no plot: matplotlib is not installed (pip install matplotlib)", err=True)
     if update_card and model is not None:
         card_path = model.card.path.with_suffix(".json")
-        quality.update_card(card_path, quality.card_quality(report))
-        click.echo(f"updated provenance.quality in {card_path}")
+        key = quality.card_key(report)
+        quality.update_card(card_path, quality.card_quality(report), key)
+        click.echo(f"updated provenance.{key} in {card_path}")

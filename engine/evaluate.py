@@ -406,6 +406,9 @@ def evaluate(
     for path in song_dirs:
         song = load_song(path, max_seconds)
         run.song_info[song.name] = {"sample_rate": song.sample_rate, "seconds": round(song.duration_s, 3)}
+        timbres = song_timbres(Path(path))
+        if timbres is not None:
+            run.song_info[song.name]["timbres"] = timbres
         per_method = run.songs.setdefault(song.name, {})
         for method in methods:
             if progress is not None:
@@ -478,6 +481,7 @@ def build_report(run: Evaluation) -> dict[str, Any]:
             "max_seconds": run.max_seconds,
             "audio_seconds": round(audio_s, 2),
             "songs": run.song_info,
+            "timbres": sorted({info["timbres"] for info in run.song_info.values() if "timbres" in info}),
         },
         "metrics": {
             "sdr": "BSS Eval v4 SDR (museval protocol: 1 s windows, 1 s hop, median over windows ignoring NaN; "
@@ -692,8 +696,26 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str = "quality") -
     return paths
 
 
+def song_timbres(song_dir: Path) -> str | None:
+    """The timbre set of a synthesized song ("train" or "heldout", from its meta.json; songs synthesized before the
+    held-out set are "train"), or None for a song that is not from the synthesizer (no readable meta.json)."""
+    try:
+        meta = json.loads((song_dir / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(meta, dict) or "generator_version" not in meta:
+        return None
+    return str(meta.get("timbres", "train"))
+
+
+def card_key(report: dict[str, Any]) -> str:
+    """Where in the card's provenance a report's figures go: "quality_heldout_timbres" for songs that all have the
+    synthesizer's held-out timbres (how the model fares on instruments and voices it never heard), else "quality"."""
+    return "quality_heldout_timbres" if report["dataset"].get("timbres") == ["heldout"] else "quality"
+
+
 def card_quality(report: dict[str, Any], method: str = "model") -> dict[str, Any]:
-    """The compact figures a model card records in ``provenance.quality``."""
+    """The compact figures a model card records in ``provenance.quality`` (or ``card_key(report)``)."""
     summary = report["summary"]
     ds = report["dataset"]
     quality = {
@@ -707,10 +729,10 @@ def card_quality(report: dict[str, Any], method: str = "model") -> dict[str, Any
     return _json_safe(quality)
 
 
-def update_card(card_path: Path, quality: dict[str, Any]) -> None:
-    """Set ``provenance.quality`` in the card JSON at ``card_path``, written atomically; other keys kept as they are."""
+def update_card(card_path: Path, quality: dict[str, Any], key: str = "quality") -> None:
+    """Set ``provenance[key]`` in the card JSON at ``card_path``, written atomically; other keys kept as they are."""
     card = json.loads(card_path.read_text())
-    card.setdefault("provenance", {})["quality"] = quality
+    card.setdefault("provenance", {})[key] = quality
     temp = card_path.with_name(f".{card_path.name}.{os.getpid()}.partial")
     temp.write_text(json.dumps(card, indent=2) + "\n")
     os.replace(temp, card_path)

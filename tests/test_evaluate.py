@@ -24,6 +24,7 @@ from engine.evaluate import (
     median_sdr,
     paired_comparison,
     si_sdr,
+    song_timbres,
     vocal_leakage_db,
     window_sdr,
     write_report,
@@ -224,6 +225,35 @@ def test_cli_evaluates_model_and_baselines_and_updates_the_card(tmp_path, tiny_m
     report["summary"]["irm"]["sdr"]["vocals"] = None
     paths = write_report(report, tmp_path / "rewritten")
     assert paths["png"] is not None and paths["png"].stat().st_size > 0
+
+
+def test_held_out_timbre_songs_are_recorded_as_such_and_go_to_their_own_card_entry(tmp_path, tiny_model):
+    for name, meta in (("a", {"generator_version": 3, "timbres": "heldout"}), ("b", None), ("c", {"seed": 1})):
+        write_song(tmp_path / name, seconds=1.0)
+        if meta is not None:
+            (tmp_path / name / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "meta.json").write_text('{"generator_version": 3}')  # synthesized before held-out timbres
+    assert [song_timbres(tmp_path / n) for n in "abcd"] == ["heldout", None, None, "train"]
+    songs = tmp_path / "songs"
+    write_song(songs / "x", seconds=1.5)
+    (songs / "x" / "meta.json").write_text(json.dumps({"generator_version": 3, "timbres": "heldout"}))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for suffix in (".onnx", ".json"):
+        shutil.copy(tiny_model.with_suffix(suffix), model_dir / f"tiny{suffix}")
+    out = tmp_path / "out"
+    args = (songs, "--model", model_dir / "tiny.onnx", "--methods", "model", "--out", out, "--update-card")
+    result = evaluate(*args)
+    assert result.exit_code == 0, result.output
+    assert "updated provenance.quality_heldout_timbres" in result.output
+    report = json.loads((out / "quality.json").read_text())
+    assert report["dataset"]["timbres"] == ["heldout"] and report["dataset"]["songs"]["x"]["timbres"] == "heldout"
+    provenance = json.loads((model_dir / "tiny.json").read_text())["provenance"]
+    assert provenance["quality_heldout_timbres"]["sdr_db"] == report["summary"]["model"]["sdr"]
+    assert "quality" not in provenance  # the figures on the training timbres are left alone
+    (songs / "x" / "meta.json").unlink()  # not from the synthesizer: the main entry
+    assert "updated provenance.quality in" in evaluate(*args).output
 
 
 def test_cli_without_a_default_model_evaluates_the_baselines(tmp_path, monkeypatch):
