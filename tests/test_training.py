@@ -276,6 +276,15 @@ def test_prefetcher_hands_over_fresh_batches_through_shared_slots(tmp_path):
         np.testing.assert_array_equal(mix, want_mix)
 
 
+def test_augmentation_presets_name_their_settings():
+    assert dataset.Augment.preset("default") == dataset.Augment()
+    timbre = dataset.Augment.preset("timbre")
+    assert timbre.eq_db > dataset.Augment().eq_db and timbre.resample_range > dataset.Augment().resample_range
+    assert timbre.gain_db == dataset.Augment().gain_db  # only the timbre changes are stronger
+    with pytest.raises(ValueError, match="unknown augmentation preset 'loud'"):
+        dataset.Augment.preset("loud")
+
+
 def test_resampling_and_eq_keep_length_and_shift_pitch():
     rng = np.random.default_rng(0)
     n = 44100
@@ -359,10 +368,15 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     # a warm start with another loss records the change, and checkpoints name their loss
     l1_run = tmp_path / "l1"
     args = [str(l1_run) if a == str(run) else a for a in common]
-    train.main([*args, "--init", str(run / "last_fp16.pt"), "--loss", "l1", "--steps", "7"])
+    train.main([*args, "--init", str(run / "last_fp16.pt"), "--loss", "l1", "--augment", "timbre", "--steps", "7"])
     ckpt = torch.load(l1_run / "last.pt", weights_only=False)
     assert ckpt["loss"] == "l1" and torch.load(l1_run / "last_fp16.pt", weights_only=True)["loss"] == "l1"
-    assert ckpt["provenance"]["history"][-1] == "step 6: loss sdr changed to l1 (--loss)"
+    assert ckpt["augment"] == "timbre" and torch.load(l1_run / "last_fp16.pt", weights_only=True)["augment"] == "timbre"
+    assert ckpt["provenance"]["history"][-2:] == [
+        "step 6: loss sdr changed to l1 (--loss)",
+        "step 6: augmentation default changed to timbre (--augment)",
+    ]
+    assert '"eq_db": 12.0' in ckpt["provenance"]["training_data"]  # the card says which augmentations trained it
 
     # a fixed batch is fitted: the loss falls clearly within a few dozen steps
     model = SeparatorModel(ModelConfig(hidden=32))

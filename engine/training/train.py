@@ -36,7 +36,14 @@ import numpy as np
 import torch
 
 from engine.stft import WINDOWS
-from engine.training.dataset import Augment, BatchPrefetcher, SegmentSampler, SongBank, validation_excerpts
+from engine.training.dataset import (
+    AUGMENT_PRESETS,
+    Augment,
+    BatchPrefetcher,
+    SegmentSampler,
+    SongBank,
+    validation_excerpts,
+)
 from engine.training.model import (
     ModelConfig,
     SeparatorModel,
@@ -190,6 +197,7 @@ def save_fp16(checkpoint: dict, path: Path) -> None:
         "model": _half(checkpoint["model"]),
         "step": checkpoint["step"],
         "loss": checkpoint.get("loss", UNNAMED_LOSS),
+        "augment": checkpoint.get("augment", "default"),
         "provenance": checkpoint.get("provenance", {}),
     }
     if checkpoint.get("ema") is not None:
@@ -315,7 +323,12 @@ class Trainer:
             self.ema = WeightAverage(self.model, args.ema_decay, state.get("ema") if state is not None else None)
         self.best = state.get("best_sdr", -1e9) if state is not None else -1e9
         self.model.train()
-        self.augment = Augment()
+        self.augment = Augment.preset(args.augment)
+        previous_augment = state.get("augment", "default") if state is not None else args.augment
+        if previous_augment != args.augment:
+            self.history.append(
+                f"step {state.get('step', 0)}: augmentation {previous_augment} changed to {args.augment} (--augment)"
+            )
         self.train_bank = SongBank(args.data, "train", config.stems, config.sample_rate)
         self.val_bank = SongBank(args.data, "validation", config.stems, config.sample_rate)
         segment = int(args.segment_seconds * config.sample_rate)
@@ -348,6 +361,7 @@ class Trainer:
             "ema_decay": self.ema.decay if self.ema else None,
             "step": self.step,
             "loss": self.args.loss,
+            "augment": self.args.augment,
             "lr_origin": self.lr_origin,
             "sampler_seed": self.sampler_seed + self.step,
             "best_sdr": self.best,
@@ -458,6 +472,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frame-fraction", type=float, default=0.2, help="share of frames the mask head and loss see")
     p.add_argument(
         "--loss", choices=LOSSES, default="sdr", help="sdr: negative SDR per stem; l1: complex and magnitude L1"
+    )
+    p.add_argument(
+        "--augment",
+        choices=tuple(AUGMENT_PRESETS),
+        default="default",
+        help="augmentation preset (engine/training/dataset.py); timbre: stronger EQ, resampling and saturation",
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
