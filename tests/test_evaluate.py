@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +33,8 @@ from engine.evaluate import (
 )
 
 SR = 8000
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tones(freqs_hz, seconds, sr=SR, channels=2):
@@ -305,3 +309,23 @@ def test_paired_comparison_pairs_the_same_songs_and_stems():
     assert "| mean | +0.38 | +0.38 | 1 of 1 |" in comparison_markdown(c, "old")
     with pytest.raises(EvaluationError, match="no song has all four stems"):
         paired_comparison(new, report({"z": [1.0, 1.0, 1.0, 1.0]}))
+
+
+def test_timbre_transfer_pairs_each_model_across_timbre_sets_and_models_within_each():
+    spec = importlib.util.spec_from_file_location("timbre_transfer", ROOT / "benchmarks" / "timbre_transfer.py")
+    transfer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transfer)
+
+    def report(scale):  # two songs; every stem at scale * (1, 2)
+        songs = {n: {"model": {"sdr": dict.fromkeys(STEMS, scale * k)}} for n, k in (("a", 1.0), ("b", 2.0))}
+        return {"songs": songs, "summary": {"model": {"sdr": {**dict.fromkeys(STEMS, 1.5 * scale), "mean": 0.0}}}}
+
+    models = {"old": (report(4.0), report(3.0)), "new": (report(5.0), report(3.5))}
+    result = transfer.transfer(models, [("new", "old")])
+    assert result["models"]["old"]["paired_gap"]["mean"]["mean_db"] == pytest.approx(-1.5)  # (-1 - 2) / 2
+    pair = result["pairs"][0]
+    assert pair["train_timbres"]["mean"]["mean_db"] == pytest.approx(1.5)
+    assert pair["heldout_timbres"]["mean"] == {"mean_db": 0.75, "median_db": 0.75, "songs_better": 2, "num_songs": 2}
+    assert "| new | old | +1.50 (2/2) | +0.75 (2/2) |" in transfer.markdown(result)
+    with pytest.raises(SystemExit, match="'newer', which no --model defines"):
+        transfer.transfer(models, [("newer", "old")])
