@@ -38,6 +38,8 @@ DEFAULT_MODELS = [
     ("step14438", "candidates/default_step14438", "heldout_timbres/candidates/default_step14438"),
     ("step18721 (shipped)", ".", "heldout_timbres"),
     ("nfft2048", "candidates/nfft2048", "heldout_timbres/candidates/nfft2048"),
+    ("timbre augmentation", "candidates/aug_timbre", "heldout_timbres/candidates/aug_timbre"),
+    ("augmentation control", "candidates/aug_control", "heldout_timbres/candidates/aug_control"),
 ]
 DEFAULT_PAIRS = [
     ("l1 control", "step11490 (l1)"),
@@ -47,6 +49,9 @@ DEFAULT_PAIRS = [
     ("step18721 (shipped)", "step14438"),
     ("step18721 (shipped)", "step11490 (l1)"),
     ("nfft2048", "step11490 (l1)"),
+    ("augmentation control", "step18721 (shipped)"),
+    ("timbre augmentation", "step18721 (shipped)"),
+    ("timbre augmentation", "augmentation control"),
 ]
 
 
