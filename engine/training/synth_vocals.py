@@ -67,7 +67,8 @@ FESTIVAL_VOICES.update(
     }
 )
 HELDOUT_VOICE_WEIGHTS = {"ona": 0.3, "dita": 0.2, "nsh": 0.25, "machac": 0.25}
-# (The Finnish "lj" voice was tried and dropped: WORLD sang a third of its songs' phrases 50-70 dB too quiet.)
+# (The Finnish "lj" voice was tried and dropped: in 4 of its 13 test songs WORLD sang whole phrases 50-70 dB too quiet;
+# quiet_phrases now fails such a song.)
 _VOICE_DIRS = {
     "slt": "us/cmu_us_slt_arctic_hts",
     "kal": "english/kal_diphone",
