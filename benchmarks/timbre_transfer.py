@@ -137,7 +137,7 @@ def main() -> None:
     except quality.EvaluationError as exc:
         raise SystemExit(str(exc)) from exc
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "transfer.json").write_text(json.dumps(quality._json_safe(result), indent=1) + "\n")
+    (args.out / "transfer.json").write_text(json.dumps(quality.json_safe(result), indent=1) + "\n")
     text = markdown(result)
     (args.out / "transfer.md").write_text(text)
     print(text)

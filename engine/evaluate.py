@@ -582,7 +582,8 @@ def comparisons_markdown(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------- outputs
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with floats rounded to 3 decimals, NaN as None and infinities as strings, so JSON stays standard."""
     if isinstance(value, float):
         if math.isnan(value):
             return None
@@ -590,11 +591,11 @@ def _json_safe(value: Any) -> Any:
             return "inf" if value > 0 else "-inf"
         return round(value, 3)
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
 
 
@@ -689,7 +690,7 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str = "quality") -
     """Write ``out_dir/<stem>.json``, ``.md`` and ``.png`` (the plot only when matplotlib is installed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path | None] = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(_json_safe(report), indent=1) + "\n")
+    paths["json"].write_text(json.dumps(json_safe(report), indent=1) + "\n")
     paths["md"].write_text(markdown(report))
     png = out_dir / f"{stem}.png"
     paths["png"] = png if plot(report, png) else None
@@ -726,7 +727,7 @@ def card_quality(report: dict[str, Any], method: str = "model") -> dict[str, Any
         "vocal_leakage_db": summary[method]["vocal_leakage_db"],
         "baselines_sdr_db": {name: s["sdr"] for name, s in summary.items() if name != method},
     }
-    return _json_safe(quality)
+    return json_safe(quality)
 
 
 def update_card(card_path: Path, quality: dict[str, Any], key: str = "quality") -> None:

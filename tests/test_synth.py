@@ -332,7 +332,9 @@ def test_held_out_timbres_are_always_test_songs_and_never_mixed_with_training_ti
     assert synth.song_dir("out", 41, "heldout").as_posix() == "out/test/song000041"  # named like its twin
     assert not synth.is_complete(tmp_path, 40, "heldout")
     (tmp_path / "test" / "song000040").mkdir(parents=True)
-    (tmp_path / "test" / "song000040" / "meta.json").write_text('{"seed": 40}')  # a training song from before
+    (tmp_path / "test" / "song000040" / "meta.json").write_text(
+        '{"generator_version": 3, "seed": 40}'
+    )  # a training song from before
     assert synth.is_complete(tmp_path, 40, "train")
     with pytest.raises(ValueError, match="with train timbres, not heldout"):
         synth.is_complete(tmp_path, 40, "heldout")

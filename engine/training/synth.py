@@ -42,6 +42,7 @@ import click
 import numpy as np
 import soundfile as sf
 
+from engine.evaluate import song_timbres
 from engine.training import synth_music as music
 from engine.training.synth_produce import STEMS, produce, silent_sections
 from engine.training.synth_vocals import installed_voices, make_vocals
@@ -71,13 +72,13 @@ def song_dir(out: Path, seed: int, timbres: str = "train") -> Path:
 def is_complete(out: Path, seed: int, timbres: str = "train") -> bool:
     """Whether song `seed` is complete in `out`; ValueError if it is there with the other timbre set (a folder of
     songs holds one set: a held-out test song must not be mistaken for its training-timbre twin, or the reverse)."""
-    meta = song_dir(out, seed, timbres) / "meta.json"
-    if not meta.exists():
+    folder = song_dir(out, seed, timbres)
+    if not (folder / "meta.json").exists():
         return False
-    found = json.loads(meta.read_text()).get("timbres", "train")  # songs from before held-out timbres: "train"
+    found = song_timbres(folder)
     if found != timbres:
         raise ValueError(
-            f"{meta.parent} holds song {seed} with {found} timbres, not {timbres}: render each set into its own folder"
+            f"{folder} holds song {seed} with {found} timbres, not {timbres}: render each set into its own folder"
         )
     return True
 

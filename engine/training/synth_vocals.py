@@ -26,6 +26,7 @@ from engine.training.synth_music import (
     MAJOR,
     MINOR,
     SAMPLE_RATE,
+    TIMBRES,
     Bar,
     fit_length,
     render_fluidsynth,
@@ -84,8 +85,8 @@ _VOICE_DIRS = {
 
 def voice_weights(timbres: str = "train") -> dict[str, float]:
     """Draw weights of the voices of a timbre set: "train" or "heldout" (the two share no voice)."""
-    if timbres not in ("train", "heldout"):
-        raise ValueError(f"timbres must be train or heldout, got {timbres!r}")
+    if timbres not in TIMBRES:
+        raise ValueError(f"timbres must be one of {', '.join(TIMBRES)}, got {timbres!r}")
     return VOICE_WEIGHTS if timbres == "train" else HELDOUT_VOICE_WEIGHTS
 
 

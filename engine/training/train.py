@@ -288,9 +288,7 @@ class Trainer:
                 f"step {state.get('step', 0)}: warm start from {source} (n_fft {old.n_fft}, hop {old.hop_size}, "
                 f"{old.window} window) with n_fft {config.n_fft}, hop {config.hop_size}, {config.window} window"
             )
-        previous_loss = state.get("loss", UNNAMED_LOSS) if state is not None else args.loss
-        if previous_loss != args.loss:
-            self.history.append(f"step {state.get('step', 0)}: loss {previous_loss} changed to {args.loss} (--loss)")
+        self.note_change(state, "loss", UNNAMED_LOSS, args.loss)
         if warm_start and args.widen > 1:
             # grow the GRU from the weights it starts from (their average where kept): the same function, more units
             old = config
@@ -324,11 +322,7 @@ class Trainer:
         self.best = state.get("best_sdr", -1e9) if state is not None else -1e9
         self.model.train()
         self.augment = Augment.preset(args.augment)
-        previous_augment = state.get("augment", "default") if state is not None else args.augment
-        if previous_augment != args.augment:
-            self.history.append(
-                f"step {state.get('step', 0)}: augmentation {previous_augment} changed to {args.augment} (--augment)"
-            )
+        self.note_change(state, "augment", "default", args.augment, "augmentation")
         self.train_bank = SongBank(args.data, "train", config.stems, config.sample_rate)
         self.val_bank = SongBank(args.data, "validation", config.stems, config.sample_rate)
         segment = int(args.segment_seconds * config.sample_rate)
@@ -351,6 +345,14 @@ class Trainer:
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
+
+    def note_change(self, state: dict | None, key: str, unnamed: str, value: str, what: str | None = None) -> None:
+        """Record in the history when a run goes on from ``state`` with another ``--key`` setting than it was trained
+        with (``unnamed``: the setting of checkpoints from before they recorded it)."""
+        if state is not None and state.get(key, unnamed) != value:
+            self.history.append(
+                f"step {state.get('step', 0)}: {what or key} {state.get(key, unnamed)} changed to {value} (--{key})"
+            )
 
     def checkpoint(self) -> dict:
         return {
