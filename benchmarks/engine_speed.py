@@ -5,7 +5,8 @@ median / p99 / max and the realtime factor, at batch (decks) 1 and 4 and ONNX Ru
 offline throughput of the separate path (block size 4096) in multiples of real time, with and without the
 overlapped model call (``engine.separate``).
 
-Models: the shipped default model when present, plus two architecture stand-ins built by
+Models: the shipped default model when present (as its card says, with the spatial filter, and as
+``default_plain`` without it: the filter's cost in the same run), plus two architecture stand-ins built by
 tests/fixtures/make_fixture_model.py at realistic sizes (hop 256: n_fft 1024; hop 512: n_fft 2048; GRU hidden 256)
 so hop 256 and 512 can be compared in the same run. Stand-ins have random weights: they time, they do not separate.
 
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
+from engine.model_card import load_card  # noqa: E402
 from engine.separate import separate_audio  # noqa: E402
 from engine.separator import DEFAULT_MODEL, StreamingSeparator  # noqa: E402
 from engine.stream import BlockAdapter  # noqa: E402
@@ -39,24 +41,31 @@ from engine.stream import BlockAdapter  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def models(tmp: Path, extra: list[str]) -> dict[str, Path]:
+def models(tmp: Path, extra: list[str]) -> dict[str, tuple[Path, bool | None]]:
+    """name -> (model path, spatial_filter: None = as the card says, False = off)."""
     import make_fixture_model
 
-    found = {}
+    found: dict[str, tuple[Path, bool | None]] = {}
     if DEFAULT_MODEL.exists():
-        found["default"] = DEFAULT_MODEL
+        found["default"] = (DEFAULT_MODEL, None)
+        if load_card(DEFAULT_MODEL).spatial_filter:
+            found["default_plain"] = (DEFAULT_MODEL, False)
     for item in extra:
         name, sep, path = item.partition("=")
         if not sep or not name or not Path(path).exists():
             raise SystemExit(f"--model wants NAME=PATH to an existing .onnx, got {item!r}")
-        found[name] = Path(path)
-    found["standin_hop256"] = make_fixture_model.write(tmp, "standin_hop256", n_fft=1024, hop=256, hidden=256)
-    found["standin_hop512"] = make_fixture_model.write(tmp, "standin_hop512", n_fft=2048, hop=512, hidden=256)
+        found[name] = (Path(path), None)
+    for name, n_fft, hop in (("standin_hop256", 1024, 256), ("standin_hop512", 2048, 512)):
+        found[name] = (make_fixture_model.write(tmp, name, n_fft=n_fft, hop=hop, hidden=256), None)
     return found
 
 
-def time_blocks(path: Path, batch: int, threads: int, num_blocks: int, device: str = "auto") -> dict:
-    sep = StreamingSeparator(path, device=device, num_streams=batch, intra_op_threads=threads, max_hops=1)
+def time_blocks(
+    path: Path, batch: int, threads: int, num_blocks: int, device: str = "auto", spatial_filter: bool | None = None
+) -> dict:
+    sep = StreamingSeparator(
+        path, device=device, num_streams=batch, intra_op_threads=threads, max_hops=1, spatial_filter=spatial_filter
+    )
     hop = sep.hop_size
     audio = (np.random.default_rng(0).standard_normal((batch, sep.num_channels, hop * 64)) * 0.1).astype(np.float32)
     for i in range(50):
@@ -74,6 +83,7 @@ def time_blocks(path: Path, batch: int, threads: int, num_blocks: int, device: s
         "batch": batch,
         "threads": threads,
         "provider": sep.active_provider,
+        "spatial_filter": sep.spatial is not None,
         "block_ms": round(block_ms, 3),
         "median_ms": round(float(np.median(ms)), 4),
         "p99_ms": round(float(np.percentile(ms, 99)), 4),
@@ -83,8 +93,12 @@ def time_blocks(path: Path, batch: int, threads: int, num_blocks: int, device: s
     }
 
 
-def separate_throughput(path: Path, seconds: float, threads: int, overlap: bool, block_size: int = 4096) -> dict:
-    sep = StreamingSeparator(path, intra_op_threads=threads, max_hops=block_size // 64 + 2)
+def separate_throughput(
+    path: Path, seconds: float, threads: int, overlap: bool, block_size: int = 4096, spatial_filter: bool | None = None
+) -> dict:
+    sep = StreamingSeparator(
+        path, intra_op_threads=threads, max_hops=block_size // 64 + 2, spatial_filter=spatial_filter
+    )
     adapter = BlockAdapter(sep, max_block_size=block_size, block_size=block_size)
     n = int(seconds * sep.sample_rate)
     audio = (np.random.default_rng(1).standard_normal((2, n)) * 0.1).astype(np.float32)
@@ -112,12 +126,16 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = {"machine": platform.processor() or platform.machine(), "per_block": {}, "separate": {}}
-        for name, path in models(Path(tmp), args.model).items():
+        for name, (path, spatial) in models(Path(tmp), args.model).items():
             results["per_block"][name] = [
-                time_blocks(path, batch, threads, args.blocks) for batch in (1, 4) for threads in (1, 2)
+                time_blocks(path, batch, threads, args.blocks, spatial_filter=spatial)
+                for batch in (1, 4)
+                for threads in (1, 2)
             ]
             results["separate"][name] = [
-                separate_throughput(path, args.seconds, t, overlap) for overlap in (False, True) for t in (1, 2)
+                separate_throughput(path, args.seconds, t, overlap, spatial_filter=spatial)
+                for overlap in (False, True)
+                for t in (1, 2)
             ]
             print(name, json.dumps(results["per_block"][name][0]), json.dumps(results["separate"][name][0]))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -125,7 +143,8 @@ def main() -> None:
     lines = [
         "# Engine speed",
         "",
-        "Per-block time of one hop (STFT + model + iSTFT), 2-core CPU; `p99 %` is p99 as a share of the block.",
+        "Per-block time of one hop (STFT + model + spatial filter where on + iSTFT), 2-core CPU; `p99 %` is p99 as "
+        "a share of the block; `default_plain` is the default model without its spatial filter.",
         "",
         "| model | hop | decks | threads | median ms | p99 ms | max ms | p99 % | x real time |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -89,6 +89,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-card", action="store_true", help="write the figures into the model's card")
     parser.add_argument(
+        "--spatial-filter",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="force the spatial filter on or off (default: as the model's card says)",
+    )
+    parser.add_argument(
         "--compare-to",
         type=Path,
         action="append",
@@ -100,7 +106,9 @@ def main() -> None:
     baselines = [(f"`{shown(path)}`", quality.read_report(path)) for path in args.compare_to]  # fail before the run
     songs = quality.find_songs(args.data)[: args.max_songs]
     model_path = args.model or (DEFAULT_MODEL if DEFAULT_MODEL.exists() else None)
-    model = quality.ModelMethod(model_path, block_size=args.block_size) if model_path else None
+    model = None
+    if model_path:
+        model = quality.ModelMethod(model_path, block_size=args.block_size, spatial_filter=args.spatial_filter)
     if model is None:
         print("no default model yet (engine/models/default.onnx): evaluating the baselines only", file=sys.stderr)
     methods = [m for m in (model, quality.MixtureFractionMethod(), quality.ClassicalMethod()) if m is not None]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from bridge.cli_options import device_option, model_option
+from bridge.cli_options import device_option, model_option, spatial_filter_option
 
 STEMS_HELP = "Comma-separated stems to write (default: all the model's stems), e.g. vocals,drums."
 
@@ -49,6 +49,7 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
 )
 @model_option()
 @device_option()
+@spatial_filter_option()
 @click.option(
     "--block-size",
     type=click.IntRange(1, 8192),
@@ -73,7 +74,9 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     show_default=True,
     help="ONNX Runtime intra-op threads for the model.",
 )
-def separate(inputs, out_dir, model_path, device, block_size, stems_arg, fmt, overwrite, threads) -> None:
+def separate(
+    inputs, out_dir, model_path, device, spatial_filter, block_size, stems_arg, fmt, overwrite, threads
+) -> None:
     """Separate INPUT audio files into stems through the live streaming path.
 
     Writes OUTDIR/<input name>/{vocals,drums,bass,other}.wav as 24-bit files at each input's sample rate and
@@ -92,7 +95,11 @@ def separate(inputs, out_dir, model_path, device, block_size, stems_arg, fmt, ov
 
     try:
         separator = StreamingSeparator(
-            model_path, device=device, intra_op_threads=threads, max_hops=max(1, block_size // 64 + 2)
+            model_path,
+            device=device,
+            intra_op_threads=threads,
+            max_hops=max(1, block_size // 64 + 2),
+            spatial_filter=spatial_filter,
         )
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -101,7 +108,8 @@ def separate(inputs, out_dir, model_path, device, block_size, stems_arg, fmt, ov
     adapter = BlockAdapter(separator, max_block_size=block_size, block_size=block_size)
     latency_ms = 1000.0 * adapter.latency_samples / card.sample_rate
     click.echo(
-        f"model {card.name} ({card.path}) on {separator.active_provider}; "
+        f"model {card.name} ({card.path}){' + spatial filter' if separator.spatial else ''} on "
+        f"{separator.active_provider}; "
         f"latency {adapter.latency_samples} samples ({latency_ms:.1f} ms) at {card.sample_rate} Hz",
         err=True,
     )

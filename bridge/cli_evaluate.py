@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from bridge.cli_options import MODEL_HELP, device_option, model_option
+from bridge.cli_options import MODEL_HELP, device_option, model_option, spatial_filter_option
 
 METHOD_NAMES = ("model", "mixture4", "classical", "irm")
 
@@ -27,6 +27,7 @@ def _parse_methods(value: str) -> list[str]:
 @click.argument("song_dir", metavar="DIR", type=click.Path(path_type=Path))
 @model_option(MODEL_HELP + " Without one, only the baselines are evaluated.")
 @device_option()
+@spatial_filter_option()
 @click.option(
     "--methods",
     "methods_arg",
@@ -75,6 +76,7 @@ def evaluate(
     song_dir,
     model_path,
     device,
+    spatial_filter,
     methods_arg,
     max_songs,
     max_seconds,
@@ -118,7 +120,9 @@ def evaluate(
     model = None
     if "model" in names:
         try:
-            model = quality.ModelMethod(model_path, device=device, block_size=block_size, threads=threads)
+            model = quality.ModelMethod(
+                model_path, device=device, block_size=block_size, threads=threads, spatial_filter=spatial_filter
+            )
         except NoDefaultModelError as exc:
             if update_card:
                 raise click.ClickException(f"{exc}; --update-card needs a model") from exc

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from bridge.cli_options import device_option, model_option
+from bridge.cli_options import device_option, model_option, spatial_filter_option
 
 log = logging.getLogger("stembridge.live")
 
@@ -51,6 +51,7 @@ STATUS_KEYS = (
 )
 @model_option()
 @device_option()
+@spatial_filter_option()
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="ONNX Runtime threads.")
 @click.option(
     "--period",
@@ -223,8 +224,9 @@ class LiveSession:
         num_decks = len(files) + num_inputs
         try:
             separator = StreamingSeparator(
-                o["model_path"], device=o["device"], num_streams=num_decks, intra_op_threads=o["threads"], max_hops=64
-            )
+                o["model_path"], device=o["device"], num_streams=num_decks, intra_op_threads=o["threads"], max_hops=64,
+                spatial_filter=o["spatial_filter"],
+            )  # fmt: skip
         except ModelError as exc:
             raise LiveError(str(exc)) from exc
         card = separator.card
@@ -345,7 +347,8 @@ class LiveSession:
         fill = sep - e.separator.latency_samples
         hop_fill = f" + {fill} to fill a hop of {e.separator.hop_size}" if fill else ""
         lines = [
-            f"stembridge live: {b.describe()}; model {card.name} on {e.separator.active_provider}",
+            f"stembridge live: {b.describe()}; model {card.name}{' + spatial filter' if e.separator.spatial else ''} "
+            f"on {e.separator.active_provider}",
             f"decks: {decks}",
             f"latency: live input {e.latency_samples} samples ({e.latency_ms:.1f} ms) = separation {sep} "
             f"(model {e.separator.latency_samples}{hop_fill}) + {e.fifo_periods} periods of {e.block_size}; "

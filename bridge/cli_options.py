@@ -23,3 +23,14 @@ def device_option():
         show_default=True,
         help="Where the model runs; auto uses CUDA only when it really starts, else CPU.",
     )
+
+
+def spatial_filter_option():
+    """``--spatial-filter/--no-spatial-filter``, None (the card decides) when neither is given."""
+    return click.option(
+        "--spatial-filter/--no-spatial-filter",
+        "spatial_filter",
+        default=None,
+        help="Refine a stereo model's masks with the causal multichannel Wiener filter (no added latency). "
+        "Default: as the model's card says (on for the built-in model).",
+    )

@@ -43,6 +43,7 @@ LEAKAGE_FLOOR_DB = -100.0
 REPORT_SCHEMA_VERSION = 1
 TARGET_OVER_CLASSICAL_DB = 5.0  # every stem at least this far above the classical separator
 TARGET_BELOW_IRM_DB = 3.0  # the mean at most this far below the ideal ratio mask
+CARD_QUALITY_KEYS = ("quality", "quality_heldout_timbres")  # where a card's provenance holds evaluation figures
 IRM_FALLBACK_STFT = (1024, 256)  # the oracle's STFT when no model card is there to give one
 
 
@@ -324,13 +325,22 @@ class ModelMethod:
     name = "model"
 
     def __init__(
-        self, model_path: str | Path | None = None, device: str = "auto", block_size: int = 4096, threads: int = 1
+        self,
+        model_path: str | Path | None = None,
+        device: str = "auto",
+        block_size: int = 4096,
+        threads: int = 1,
+        spatial_filter: bool | None = None,
     ) -> None:
         from engine.separator import StreamingSeparator
         from engine.stream import BlockAdapter
 
         separator = StreamingSeparator(
-            model_path, device=device, intra_op_threads=threads, max_hops=max(1, block_size // 64 + 2)
+            model_path,
+            device=device,
+            intra_op_threads=threads,
+            max_hops=max(1, block_size // 64 + 2),
+            spatial_filter=spatial_filter,
         )
         card = separator.card
         missing = [s for s in STEMS if s not in card.stems]
@@ -342,7 +352,8 @@ class ModelMethod:
         self.order = [card.stems.index(s) for s in STEMS]
         self.description = (
             f"model '{card.name}' through the streaming path (block {block_size}, latency "
-            f"{self.adapter.latency_samples} samples removed) on {separator.active_provider}"
+            f"{self.adapter.latency_samples} samples removed{', spatial filter' if separator.spatial else ''}) "
+            f"on {separator.active_provider}"
         )
         self.params = {
             "name": card.name,
@@ -353,6 +364,7 @@ class ModelMethod:
             "latency_ms": round(card.latency_ms, 2),
             "block_size": block_size,
             "provider": separator.active_provider,
+            "spatial_filter": separator.spatial.settings if separator.spatial else None,
             "trained_steps": card.provenance.get("trained_steps"),
         }
 
@@ -712,7 +724,7 @@ def song_timbres(song_dir: Path) -> str | None:
 def card_key(report: dict[str, Any]) -> str:
     """Where in the card's provenance a report's figures go: "quality_heldout_timbres" for songs that all have the
     synthesizer's held-out timbres (how the model fares on instruments and voices it never heard), else "quality"."""
-    return "quality_heldout_timbres" if report["dataset"].get("timbres") == ["heldout"] else "quality"
+    return CARD_QUALITY_KEYS[1] if report["dataset"].get("timbres") == ["heldout"] else CARD_QUALITY_KEYS[0]
 
 
 def card_quality(report: dict[str, Any], method: str = "model") -> dict[str, Any]:
@@ -723,6 +735,7 @@ def card_quality(report: dict[str, Any], method: str = "model") -> dict[str, Any
         "evaluated": report["created"],
         "dataset": f"{ds['source']} ({ds['num_songs']} songs, {ds['audio_seconds']:.0f} s)",
         "metric": "BSS Eval v4 SDR dB, median over 1 s windows then over songs",
+        "spatial_filter": report["methods"].get(method, {}).get("params", {}).get("spatial_filter"),
         "sdr_db": summary[method]["sdr"],
         "vocal_leakage_db": summary[method]["vocal_leakage_db"],
         "baselines_sdr_db": {name: s["sdr"] for name, s in summary.items() if name != method},

@@ -9,6 +9,7 @@ outputs an ONNX Runtime session reports. Every failure raises ``ModelError`` nam
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ REQUIRED_KEYS = (
     "latency_samples",
     "tensors",
 )
-OPTIONAL_KEYS = ("residual_stem", "feature", "provenance", "description")
+OPTIONAL_KEYS = ("residual_stem", "feature", "spatial_filter", "provenance", "description")
+SPATIAL_FILTER_KEYS = ("time_constant_s", "regularization")
 
 Dim = int | str
 
@@ -71,6 +73,7 @@ class ModelCard:
     states: tuple[StateTensor, ...]
     residual_stem: str | None = "other"
     feature: str = "magnitude"
+    spatial_filter: dict[str, float] | None = None  # engine.spatial.SpatialWiener settings; None = plain masks
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -206,6 +209,7 @@ def load_card(model_path: str | Path) -> ModelCard:
         if shape.count("batch") != 1 or any(isinstance(d, str) and d != "batch" for d in shape):
             raise _fail(path, f"tensors.state[{i}] shape {list(shape)} needs one 'batch' axis and fixed sizes")
         states.append(StateTensor(str(spec["input"]), str(spec["output"]), shape))
+    spatial = _spatial_filter(card.get("spatial_filter"), num_channels, path)
     provenance = card.get("provenance", {})
     if not isinstance(provenance, dict):
         raise _fail(path, "'provenance' must be an object")
@@ -227,8 +231,24 @@ def load_card(model_path: str | Path) -> ModelCard:
         states=tuple(states),
         residual_stem=residual,
         feature=feature,
+        spatial_filter=spatial,
         provenance=provenance,
     )
+
+
+def _spatial_filter(spec: Any, num_channels: int, path: Path) -> dict[str, float] | None:
+    """The card's ``spatial_filter``: absent or null (plain masks), or an object of positive numbers."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or set(spec) != set(SPATIAL_FILTER_KEYS):
+        raise _fail(path, f"'spatial_filter' must be null or an object with exactly {', '.join(SPATIAL_FILTER_KEYS)}")
+    for key in SPATIAL_FILTER_KEYS:
+        value = spec[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise _fail(path, f"spatial_filter.{key} must be a positive number, got {value!r}")
+    if num_channels != 2:
+        raise _fail(path, f"'spatial_filter' needs a stereo model, but num_channels is {num_channels}")
+    return {key: float(spec[key]) for key in SPATIAL_FILTER_KEYS}
 
 
 def _dims_match(card_dim: Dim, graph_dim: Any) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.model_card import ModelCard, ModelError, check_card_against_graph, load_card, resolve_model_path
+from engine.spatial import SpatialWiener
 from engine.stft import StreamingSTFT
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,19 @@ def create_session(card: ModelCard, device: str = "auto", intra_op_threads: int 
     return session, active
 
 
+def _spatial_filter_for(card: ModelCard, num_streams: int, wanted: bool | None) -> SpatialWiener | None:
+    """The spatial filter the card asks for (``wanted`` None), none (False), or one with the card's settings or
+    the defaults (True)."""
+    if wanted is False or (wanted is None and card.spatial_filter is None):
+        return None
+    if card.num_channels != 2:
+        raise ModelError(
+            f"{card.path}: the spatial filter needs a stereo model, this one has {card.num_channels} channel(s)"
+        )
+    settings = card.spatial_filter or {}
+    return SpatialWiener(num_streams, card.num_stems, card.num_bins, card.hop_size, card.sample_rate, **settings)
+
+
 class StreamingSeparator:
     """Separates ``num_streams`` stereo streams into the card's stems, any number of whole hops per call."""
 
@@ -99,7 +113,10 @@ class StreamingSeparator:
         num_streams: int = 1,
         intra_op_threads: int = 1,
         max_hops: int = 64,
+        spatial_filter: bool | None = None,
     ) -> None:
+        """``spatial_filter``: None follows the card's ``spatial_filter``, False turns it off, True turns it on (with
+        the card's settings, or ``engine.spatial``'s defaults when the card has none; stereo models only)."""
         path = resolve_model_path(model_path) if model_path is not None else default_model_path()
         self.card = load_card(path)
         self.session, self.active_provider = create_session(self.card, device, intra_op_threads)
@@ -117,12 +134,16 @@ class StreamingSeparator:
         self._residual = card.stems.index(card.residual_stem) if card.residual_stem else None
         # the residual stem is computed in the time domain (input minus the others), so it needs no inverse STFT
         self._synthesised = [i for i in range(card.num_stems) if i != self._residual]
+        synth = self._synthesised
+        contiguous = bool(synth) and synth == list(range(synth[0], synth[-1] + 1))
+        self._synthesised_slice = slice(synth[0], synth[-1] + 1) if contiguous else synth  # a slice copies nothing
         num_synth = len(self._synthesised)
         self._synthesis = StreamingSTFT(card.n_fft, card.hop_size, num_signals * num_synth, max_hops, card.window)
         self._mag = np.zeros((2, num_streams, max_hops, card.num_channels, card.num_bins), dtype=np.float32)
         self._out = np.zeros((num_signals * card.num_stems, max_hops * card.hop_size), dtype=np.float32)
         self._synth_out = np.zeros((num_signals * num_synth, max_hops * card.hop_size), dtype=np.float32)
         self._dry = np.zeros((num_streams * card.num_channels, max_hops * card.hop_size), dtype=np.float32)
+        self.spatial = _spatial_filter_for(card, num_streams, spatial_filter)
         self._states: dict[str, np.ndarray] = {}
         self._state_outputs = [s.output for s in card.states]
         self._output_names = [card.output_name, *self._state_outputs]
@@ -136,6 +157,8 @@ class StreamingSeparator:
         """Forget all history: zero STFT buffers and recurrent state."""
         self._analysis.reset()
         self._synthesis.reset()
+        if self.spatial is not None:
+            self.spatial.reset()
         self._dry_history = np.zeros((self.num_streams * self.num_channels, self.latency_samples), np.float32)
         for s in self.card.states:
             shape = [self.num_streams if d == "batch" else d for d in s.shape]
@@ -196,13 +219,17 @@ class StreamingSeparator:
         return results[0]
 
     def synthesise(self, audio: np.ndarray, spectra: np.ndarray, masks: np.ndarray, hops: int) -> np.ndarray:
-        """Masked inverse STFT (+ the residual stem) of the hops ``analyse`` gave ``spectra`` for."""
+        """Masked (or spatially filtered) inverse STFT (+ the residual stem) of the hops ``analyse`` gave
+        ``spectra`` for."""
         card = self.card
         n = hops * self.hop_size
         signals = audio.reshape(self.num_streams * self.num_channels, n)
-        if self._residual is not None:
-            masks = masks[:, :, self._synthesised]
-        masked = masks.transpose(0, 2, 3, 1, 4) * spectra[:, None]  # (streams, stems, channels, hops, bins)
+        if self.spatial is not None:
+            masked = self.spatial.apply(spectra, masks, self._synthesised_slice)
+        else:
+            if self._residual is not None:
+                masks = masks[:, :, self._synthesised]
+            masked = masks.transpose(0, 2, 3, 1, 4) * spectra[:, None]
         synth = self._synth_out[:, :n]
         self._synthesis.synthesise(masked.reshape(-1, hops, card.num_bins), synth)
         synth_4d = synth.reshape(self.num_streams, len(self._synthesised), self.num_channels, n)

@@ -203,6 +203,7 @@ def test_cli_evaluates_model_and_baselines_and_updates_the_card(tmp_path, tiny_m
     quality = card["provenance"]["quality"]
     assert quality["sdr_db"] == report["summary"]["model"]["sdr"]
     assert set(quality["baselines_sdr_db"]) == {"mixture/4", "classical", "irm"}
+    assert quality["spatial_filter"] is None  # the tiny card asks for no spatial filter: masks alone were measured
     assert card["provenance"]["training_data"].startswith("none")  # the rest of the card is kept
     # a second run compared song by song with the first, twice: the same model scores the same on every song
     again = evaluate(
@@ -256,6 +257,11 @@ def test_held_out_timbre_songs_are_recorded_as_such_and_go_to_their_own_card_ent
     provenance = json.loads((model_dir / "tiny.json").read_text())["provenance"]
     assert provenance["quality_heldout_timbres"]["sdr_db"] == report["summary"]["model"]["sdr"]
     assert "quality" not in provenance  # the figures on the training timbres are left alone
+    assert provenance["quality_heldout_timbres"]["spatial_filter"] is None
+    filtered = evaluate(*args[:-1], "--spatial-filter")  # the filter asked for on the command line
+    assert filtered.exit_code == 0, filtered.output
+    params = json.loads((out / "quality.json").read_text())["methods"]["model"]["params"]
+    assert params["spatial_filter"] == {"time_constant_s": 10.0, "regularization": 0.001}
     (songs / "x" / "meta.json").unlink()  # not from the synthesizer: the main entry
     assert "updated provenance.quality in" in evaluate(*args).output
 

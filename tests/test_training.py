@@ -162,14 +162,21 @@ def test_export_matches_torch_and_runs_in_the_engine(tmp_path):
     loaded = load_card(out)
     assert loaded.latency_samples == TINY.n_fft - TINY.hop_size and loaded.residual_stem == "other"
     assert [s.input for s in loaded.states] == ["h_in", "lvl_in"]
-    # an existing card's quality figures survive a re-export
+    assert loaded.spatial_filter == {"time_constant_s": 10.0, "regularization": 0.001}  # a stereo model asks for it
+    # an existing card's quality figures (both entries) survive a re-export
     data = json.loads(out.with_suffix(".json").read_text())
     data["provenance"]["quality"] = {"sdr_mean": 1.5}
+    data["provenance"]["quality_heldout_timbres"] = {"sdr_mean": 1.2}
     out.with_suffix(".json").write_text(json.dumps(data))
     card = export.export_model(model, out, {"trained_steps": 3}, timing=False)
     assert card["provenance"]["quality"] == {"sdr_mean": 1.5}
     card = export.export_model(model, out, {"trained_steps": 4}, timing=False)  # new weights: figures marked stale
     assert card["provenance"]["quality"] == {"sdr_mean": 1.5, "trained_steps": 3}
+    assert card["provenance"]["quality_heldout_timbres"] == {"sdr_mean": 1.2, "trained_steps": 3}
+    plain = export.export_model(
+        model, tmp_path / "plain.onnx", {"trained_steps": 4}, timing=False, spatial_filter=False
+    )
+    assert "spatial_filter" not in plain and load_card(tmp_path / "plain.onnx").spatial_filter is None
     # the engine runs it, batched, and the stems sum to the (latency-aligned) input
     sep = StreamingSeparator(out, num_streams=2)
     audio = (np.random.default_rng(0).standard_normal((2, 2, TINY.hop_size * 20)) * 0.1).astype(np.float32)

@@ -241,7 +241,7 @@ def _child_main(config: dict) -> int:
     try:
         separator = StreamingSeparator(
             config["model"], device=config["device"], num_streams=config["num_streams"],
-            intra_op_threads=config["threads"], max_hops=config["max_hops"],
+            intra_op_threads=config["threads"], max_hops=config["max_hops"], spatial_filter=config["spatial_filter"],
         )  # fmt: skip
         core = _Core(views, separator, config["block_size"], config["settle_blocks"])
         _warm_up(separator)
@@ -488,6 +488,7 @@ class SeparationWorker:
                 "device": "cuda" if gpu else "cpu",
                 "threads": sep.session.get_session_options().intra_op_num_threads or 1,
                 "num_streams": sep.num_streams,
+                "spatial_filter": sep.spatial is not None,
                 "max_hops": max(64, (self.num_slots // 2 + 2) * self.block_size // sep.hop_size),
                 "block_size": self.block_size,
                 "settle_blocks": self.settle_blocks,

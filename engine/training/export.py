@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.evaluate import CARD_QUALITY_KEYS
+from engine.spatial import DEFAULT_REGULARIZATION, DEFAULT_TIME_CONSTANT_S
 from engine.training.model import ModelConfig, SeparatorModel, build_model, chosen_weights, count_parameters
 
 INPUT, OUTPUT = "mag", "masks"
@@ -35,9 +37,14 @@ TOLERANCE = 1e-4
 
 
 def make_card(
-    config: ModelConfig, name: str, provenance: dict[str, Any] | None = None, description: str | None = None
+    config: ModelConfig,
+    name: str,
+    provenance: dict[str, Any] | None = None,
+    description: str | None = None,
+    spatial_filter: bool = True,
 ) -> dict:
-    """The contract card (DESIGN.md "Model contract") for a model of ``config``."""
+    """The contract card (README "Model contract") for a model of ``config``. ``spatial_filter``: a stereo model's
+    card asks for ``engine.spatial``'s filter with its default settings (measured better on every stem)."""
     bins = config.num_bins
     card = {
         "schema_version": 1,
@@ -59,10 +66,12 @@ def make_card(
                 {"input": "lvl_in", "output": "lvl_out", "shape": [1, "batch", 1]},
             ],
         },
-        "provenance": provenance or {},
     }
+    if spatial_filter and config.num_channels == 2:
+        card["spatial_filter"] = {"time_constant_s": DEFAULT_TIME_CONSTANT_S, "regularization": DEFAULT_REGULARIZATION}
     if description:
         card["description"] = description
+    card["provenance"] = provenance or {}
     return card
 
 
@@ -179,6 +188,7 @@ def export_model(
     provenance: dict[str, Any] | None = None,
     name: str | None = None,
     timing: bool = True,
+    spatial_filter: bool = True,
 ) -> dict:
     """Export, verify and card ``model`` at ``out`` (``x.onnx``; the card goes to ``x.json``). Returns the card.
 
@@ -191,7 +201,7 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     card_path = out.with_suffix(".json")
     provenance = dict(provenance or {})
-    keep = ["quality"] if timing else ["quality", "inference_time_cpu_1thread"]
+    keep = [*CARD_QUALITY_KEYS] + ([] if timing else ["inference_time_cpu_1thread"])
     if card_path.exists():
         try:
             old = json.loads(card_path.read_text()).get("provenance", {})
@@ -200,11 +210,12 @@ def export_model(
         for key in keep:
             if key in old and key not in provenance:
                 provenance[key] = old[key]
-        quality = provenance.get("quality")
         steps_before = old.get("trained_steps")
-        if quality and "trained_steps" not in quality and steps_before != provenance.get("trained_steps"):
-            # figures measured on the previous export: say so until the evaluation runs again
-            provenance["quality"] = {**quality, "trained_steps": steps_before}
+        for key in CARD_QUALITY_KEYS:
+            quality = provenance.get(key)
+            if quality and "trained_steps" not in quality and steps_before != provenance.get("trained_steps"):
+                # figures measured on the previous export: say so until the evaluation runs again
+                provenance[key] = {**quality, "trained_steps": steps_before}
     provenance.setdefault("quality", {})
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_onnx = Path(tmp) / out.name
@@ -219,7 +230,7 @@ def export_model(
                 "offline_32_frames": time_calls(tmp_onnx, model.config, 32, num_calls=500),
                 "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} while measuring",
             }
-        card = make_card(model.config, name or out.stem, provenance)
+        card = make_card(model.config, name or out.stem, provenance, spatial_filter=spatial_filter)
         tmp_card = tmp_onnx.with_suffix(".json")
         tmp_card.write_text(json.dumps(card, indent=1) + "\n")
         loaded = load_card(tmp_onnx)
@@ -241,6 +252,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
     parser.add_argument(
         "--no-timing", action="store_true", help="skip the inference timing (an existing card's timing is kept)"
+    )
+    parser.add_argument(
+        "--no-spatial-filter",
+        action="store_true",
+        help="leave the spatial filter out of a stereo model's card (the engine then applies the masks as they are)",
     )
     parser.add_argument(
         "--fp16",
@@ -276,7 +292,14 @@ def main(argv: list[str] | None = None) -> None:
     provenance = dict(ckpt.get("provenance", {}))
     provenance["weights"] = chosen_weights(ckpt, average=not args.raw)[1]
     provenance["trained_steps"] = int(ckpt.get("step", provenance.get("trained_steps", 0)))
-    card = export_model(model, args.out, provenance, name=args.name, timing=not args.no_timing)
+    card = export_model(
+        model,
+        args.out,
+        provenance,
+        name=args.name,
+        timing=not args.no_timing,
+        spatial_filter=not args.no_spatial_filter,
+    )
     p = card["provenance"]
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) and its card; {p['num_parameters']} parameters")
     print(f"ONNX vs torch max abs error {p['onnx_max_abs_error_vs_torch']}")
