@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"# Deck capacity ({provider}, {args.threads} thread(s))",
         "",
-        f"Per-hop time of one batched separation call (STFT + model + iSTFT for every deck), {args.blocks} hops per "
-        f"row; a deck count is carried when its p99 is within {args.budget:g} % of the hop. Measured {started}.",
+        "Per-hop time of one batched separation call (STFT + model + spatial filter as the card says + iSTFT for "
+        f"every deck), {args.blocks} hops per row; a deck count is carried when its p99 is within {args.budget:g} % "
+        f"of the hop. Measured {started}.",
         "",
         f"**Decks carried: {'at least ' if capped else ''}{carried}**"
         + (f" (the sweep stopped at --max-decks {args.max_decks})." if capped else "."),

@@ -1,9 +1,9 @@
 """Engine speed: per-block time of the streaming separator and the throughput of `stembridge separate`.
 
-Measures, for each model: per-hop block time (STFT + model + inverse STFT, one hop per call as in live use)
-median / p99 / max and the realtime factor, at batch (decks) 1 and 4 and ONNX Runtime threads 1 and 2; and the
-offline throughput of the separate path (block size 4096) in multiples of real time, with and without the
-overlapped model call (``engine.separate``).
+Measures, for each model: per-hop block time (STFT + model + spatial filter where on + inverse STFT, one hop per
+call as in live use) median / p99 / max and the realtime factor, at batch (decks) 1 and 4 and ONNX Runtime threads 1
+and 2; the offline throughput of the separate path (block size 4096) in multiples of real time, with and without the
+overlapped model call (``engine.separate``); and the spatial filter's cost, paired (``spatial_filter_cost``).
 
 Models: the shipped default model when present (as its card says, with the spatial filter, and as
 ``default_plain`` without it: the filter's cost in the same run), plus two architecture stand-ins built by
@@ -32,6 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+
+from soak import machine_cpu, machine_usage  # noqa: E402
 
 from engine.model_card import load_card  # noqa: E402
 from engine.separate import separate_audio  # noqa: E402
@@ -71,11 +73,13 @@ def time_blocks(
     for i in range(50):
         sep.process(audio[..., (i % 64) * hop : (i % 64 + 1) * hop])
     times = np.empty(num_blocks)
+    before = machine_cpu()
     for i in range(num_blocks):
         block = audio[..., (i % 64) * hop : (i % 64 + 1) * hop]
         t0 = time.perf_counter()
         sep.process(block)
         times[i] = time.perf_counter() - t0
+    steal = machine_usage(before, machine_cpu())["steal_pct"]
     block_ms = 1000.0 * hop / sep.sample_rate
     ms = times * 1000.0
     return {
@@ -90,6 +94,38 @@ def time_blocks(
         "max_ms": round(float(ms.max()), 4),
         "p99_percent_of_block": round(100.0 * float(np.percentile(ms, 99)) / block_ms, 2),
         "realtime_factor": round(block_ms / float(np.median(ms)), 1),
+        "machine_steal_pct": steal,
+    }
+
+
+def spatial_filter_cost(path: Path, batch: int, num_blocks: int) -> dict:
+    """The spatial filter's cost per hop, paired: two separators of the same model, with and without the filter, take
+    the same blocks alternately, so both see the same machine (its noise moves both alike). 1 thread."""
+    seps = [
+        StreamingSeparator(path, num_streams=batch, intra_op_threads=1, max_hops=1, spatial_filter=on)
+        for on in (True, False)
+    ]
+    hop = seps[0].hop_size
+    audio = (np.random.default_rng(0).standard_normal((batch, 2, hop * 64)) * 0.1).astype(np.float32)
+    times = np.empty((2, num_blocks))
+    for i in range(50 + num_blocks):
+        block = audio[..., (i % 64) * hop : (i % 64 + 1) * hop]
+        for j in (0, 1) if i % 2 else (1, 0):  # alternate which goes first
+            t0 = time.perf_counter()
+            seps[j].process(block)
+            if i >= 50:
+                times[j, i - 50] = time.perf_counter() - t0
+    ms = times * 1000.0
+    block_ms = 1000.0 * hop / seps[0].sample_rate
+    return {
+        "batch": batch,
+        "block_ms": round(block_ms, 3),
+        "with_filter_median_ms": round(float(np.median(ms[0])), 4),
+        "with_filter_p99_ms": round(float(np.percentile(ms[0], 99)), 4),
+        "without_median_ms": round(float(np.median(ms[1])), 4),
+        "without_p99_ms": round(float(np.percentile(ms[1], 99)), 4),
+        "median_difference_ms": round(float(np.median(ms[0] - ms[1])), 4),
+        "median_ratio": round(float(np.median(ms[0]) / np.median(ms[1])), 3),
     }
 
 
@@ -138,22 +174,25 @@ def main() -> None:
                 for t in (1, 2)
             ]
             print(name, json.dumps(results["per_block"][name][0]), json.dumps(results["separate"][name][0]))
+        if DEFAULT_MODEL.exists():
+            results["spatial_filter_cost"] = [spatial_filter_cost(DEFAULT_MODEL, b, args.blocks) for b in (1, 4)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "engine_speed.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         "# Engine speed",
         "",
         "Per-block time of one hop (STFT + model + spatial filter where on + iSTFT), 2-core CPU; `p99 %` is p99 as "
-        "a share of the block; `default_plain` is the default model without its spatial filter.",
+        "a share of the block; `default_plain` is the default model without its spatial filter; `machine steal %`: "
+        "CPU time the hypervisor took from this VM while the row was measured (tails grow with it).",
         "",
-        "| model | hop | decks | threads | median ms | p99 ms | max ms | p99 % | x real time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | hop | decks | threads | median ms | p99 ms | max ms | p99 % | x real time | machine steal % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results["per_block"].items():
         for r in rows:
             lines.append(
                 f"| {name} | {r['hop_size']} | {r['batch']} | {r['threads']} | {r['median_ms']} | {r['p99_ms']} | "
-                f"{r['max_ms']} | {r['p99_percent_of_block']} | {r['realtime_factor']} |"
+                f"{r['max_ms']} | {r['p99_percent_of_block']} | {r['realtime_factor']} | {r['machine_steal_pct']} |"
             )
     lines += [
         "",
@@ -167,6 +206,20 @@ def main() -> None:
     for name, rows in results["separate"].items():
         for r in rows:
             lines.append(f"| {name} | {r['threads']} | {'yes' if r['overlap'] else 'no'} | {r['x_realtime']} |")
+    if results.get("spatial_filter_cost"):
+        lines += [
+            "",
+            "The spatial filter's cost, paired: the default model with and without it, taking the same blocks "
+            "alternately (1 thread; per-hop ms).",
+            "",
+            "| decks | with filter median | p99 | without median | p99 | median difference | ratio of medians |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in results["spatial_filter_cost"]:
+            lines.append(
+                f"| {r['batch']} | {r['with_filter_median_ms']} | {r['with_filter_p99_ms']} | {r['without_median_ms']} "
+                f"| {r['without_p99_ms']} | {r['median_difference_ms']} | {r['median_ratio']} |"
+            )
     (RESULTS / "engine_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -97,7 +97,8 @@ def _run_overlapped(
     sep: StreamingSeparator, padded: np.ndarray, stems: np.ndarray, hops: int, done: Callable[[int], None]
 ) -> None:
     """Blocks of ``hops`` hops of ``padded`` (channels, total) into ``stems`` (stems, channels, total), with block
-    ``b``'s model call overlapping block ``b - 1``'s synthesis and block ``b + 1``'s analysis. ``done(a)`` is
+    ``b``'s model call overlapping block ``b - 1``'s stem spectra and synthesis and block ``b + 1``'s analysis (the
+    spatial filter, when on, is as much work as the model call: it runs beside it, not after it). ``done(a)`` is
     called when the block starting at sample ``a`` is written."""
     size = hops * sep.hop_size
     num_blocks = padded.shape[1] // size
@@ -112,7 +113,8 @@ def _run_overlapped(
                 masks = future.result()  # the state for block b is ready: start its model call, then synthesise
             pending = (b * size, audio, spectra, pool.submit(sep.infer, mag)) if b < num_blocks else None
             if b > 0:
-                stems[:, :, a : a + size] = sep.synthesise(prev_audio, prev_spectra, masks, hops)[0]
+                stem_spectra = sep.stem_spectra(prev_spectra, masks)
+                stems[:, :, a : a + size] = sep.synthesise(prev_audio, stem_spectra, hops)[0]
                 done(a)
 
 

@@ -191,11 +191,12 @@ class StreamingSeparator:
 
     def _process_hops(self, audio: np.ndarray, hops: int) -> np.ndarray:
         spectra, mag = self.analyse(audio, hops)
-        return self.synthesise(audio, spectra, self.infer(mag), hops)
+        return self.synthesise(audio, self.stem_spectra(spectra, self.infer(mag)), hops)
 
-    # The three stages of ``process``, public so that offline separation can overlap them (``engine.separate``):
+    # The four stages of ``process``, public so that offline separation can overlap them (``engine.separate``):
     # ``analyse`` and ``synthesise`` are host work that must run in stream order; ``infer`` is the model call
-    # (ONNX Runtime releases the GIL) and must also run in order, because it carries the recurrent state.
+    # (ONNX Runtime releases the GIL) and must also run in order, because it carries the recurrent state, and so
+    # must ``stem_spectra``, because the spatial filter carries its covariances.
 
     def analyse(self, audio: np.ndarray, hops: int, slot: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """STFT of ``hops`` whole hops: (complex spectra (streams, channels, hops, bins), magnitude feed).
@@ -218,20 +219,22 @@ class StreamingSeparator:
             self._states[s.input] = value
         return results[0]
 
-    def synthesise(self, audio: np.ndarray, spectra: np.ndarray, masks: np.ndarray, hops: int) -> np.ndarray:
-        """Masked (or spatially filtered) inverse STFT (+ the residual stem) of the hops ``analyse`` gave
-        ``spectra`` for."""
+    def stem_spectra(self, spectra: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """The spectra of the stems ``synthesise`` makes (all but the residual stem), complex (streams, stems,
+        channels, hops, bins): the masked mix, or the spatial filter's estimate when it is on."""
+        if self.spatial is not None:
+            return self.spatial.apply(spectra, masks, self._synthesised_slice)
+        if self._residual is not None:
+            masks = masks[:, :, self._synthesised]
+        return masks.transpose(0, 2, 3, 1, 4) * spectra[:, None]
+
+    def synthesise(self, audio: np.ndarray, stem_spectra: np.ndarray, hops: int) -> np.ndarray:
+        """Inverse STFT of ``stem_spectra`` (+ the residual stem) for the hops of ``audio``."""
         card = self.card
         n = hops * self.hop_size
         signals = audio.reshape(self.num_streams * self.num_channels, n)
-        if self.spatial is not None:
-            masked = self.spatial.apply(spectra, masks, self._synthesised_slice)
-        else:
-            if self._residual is not None:
-                masks = masks[:, :, self._synthesised]
-            masked = masks.transpose(0, 2, 3, 1, 4) * spectra[:, None]
         synth = self._synth_out[:, :n]
-        self._synthesis.synthesise(masked.reshape(-1, hops, card.num_bins), synth)
+        self._synthesis.synthesise(stem_spectra.reshape(-1, hops, card.num_bins), synth)
         synth_4d = synth.reshape(self.num_streams, len(self._synthesised), self.num_channels, n)
         stems = self._out[:, :n].reshape(self.num_streams, self.num_stems, self.num_channels, n)
         if self._residual is None:

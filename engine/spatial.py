@@ -63,6 +63,8 @@ class SpatialWiener:
         # running averages per stream, quantity, stem and bin; quantities: |y0|^2, |y1|^2, Re(y0 y1*), Im(y0 y1*) and
         # the mean power (|y0|^2 + |y1|^2) / 2
         self._stats = np.zeros((num_streams, 5, num_stems, num_bins), dtype=np.float32)
+        self._power_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._run = max(1, int(math.log(1e3) / -math.log(self.decay)))  # frames per closed-form run
 
     @property
     def settings(self) -> dict[str, float]:
@@ -71,6 +73,16 @@ class SpatialWiener:
 
     def reset(self) -> None:
         self._stats[:] = 0.0
+
+    def _powers(self, hops: int) -> tuple[np.ndarray, np.ndarray]:
+        """(1 - a) a^-k and a^k for k < hops, float32 shaped to broadcast over (streams, hops, 5, stems, bins)."""
+        powers = self._power_cache.get(hops)
+        if powers is None:
+            k = np.arange(hops, dtype=np.float64)[None, :, None, None, None]
+            a = self.decay
+            powers = (((1.0 - a) * a**-k).astype(np.float32), (a**k).astype(np.float32))
+            self._power_cache[hops] = powers
+        return powers
 
     def apply(self, spectra: np.ndarray, masks: np.ndarray, stems: slice | list[int]) -> np.ndarray:
         """Stem spectra of ``stems`` (a slice or indices) for ``hops`` frames.
@@ -101,14 +113,19 @@ class SpatialWiener:
         np.add(new[:, :, 0], new[:, :, 1], out=power)
         power *= 0.5
         amplitude = np.sqrt(power)
-        # the exponential averages, frame by frame (the only recursion; everything else is vectorised over hops)
-        a = self.decay
-        new *= 1.0 - a
+        # the exponential averages after each frame, in closed form over runs of frames:
+        # stats_k = a^k (a stats_-1 + (1 - a) sum_{i <= k} a^-i new_i), runs short enough that a^-i stays <= 1e3
         stats = np.empty_like(new)
-        for k in range(hops):
-            self._stats *= a
-            self._stats += new[:, k]
-            stats[:, k] = self._stats
+        for start in range(0, hops, self._run):
+            run = slice(start, min(hops, start + self._run))
+            rise, fall = self._powers(run.stop - run.start)
+            part = stats[:, run]
+            np.multiply(new[:, run], rise, out=part)
+            for k in range(1, part.shape[1]):  # prefix sums (np.cumsum over this axis is ~10x slower)
+                part[:, k] += part[:, k - 1]
+            part += self.decay * self._stats[:, None]
+            part *= fall
+            self._stats[:] = part[:, -1]
         # flush what long silence decays towards float32's subnormal range (arithmetic on it is many times slower):
         # adding and taking away _FLUSH leaves every value above ~1e-37 as it was (to float32 precision)
         self._stats += _FLUSH
@@ -121,12 +138,22 @@ class SpatialWiener:
         c00 += reg
         c11 += reg
         inv_det = 1.0 / (c00 * c11 - c_re * c_re - c_im * c_im)
-        c01 = c_re + 1j * c_im
-        z0 = ((c11 * x0 - c01 * x1) * inv_det)[:, :, None]  # C^-1 x
-        z1 = ((c00 * x1 - np.conj(c01) * x0) * inv_det)[:, :, None]
-        sel = wr[:, :, :, stems]
-        r01 = sel[:, :, 2] + 1j * sel[:, :, 3]
-        out = np.empty((streams, sel.shape[3], 2, hops, bins), dtype=np.complex64)
-        out[:, :, 0] = (sel[:, :, 0] * z0 + r01 * z1).transpose(0, 2, 1, 3)
-        out[:, :, 1] = (np.conj(r01) * z0 + sel[:, :, 1] * z1).transpose(0, 2, 1, 3)
+        c01 = _complex(c_re, c_im)
+        z0 = ((c11 * x0 - c01 * x1) * inv_det)[:, None]  # C^-1 x, (streams, 1, hops, bins)
+        z1 = ((c00 * x1 - np.conj(c01) * x0) * inv_det)[:, None]
+        sel = wr[:, :, :, stems].transpose(0, 3, 2, 1, 4)  # (streams, stems, 4, hops, bins)
+        r01 = _complex(sel[:, :, 2], sel[:, :, 3])
+        out = np.empty((streams, sel.shape[1], 2, hops, bins), dtype=np.complex64)
+        np.multiply(sel[:, :, 0], z0, out=out[:, :, 0])
+        out[:, :, 0] += r01 * z1
+        np.multiply(sel[:, :, 1], z1, out=out[:, :, 1])
+        out[:, :, 1] += np.conj(r01, out=r01) * z0
         return out
+
+
+def _complex(real: np.ndarray, imag: np.ndarray) -> np.ndarray:
+    """complex64 real + i imag (cheaper than ``real + 1j * imag``, which makes and adds a third array)."""
+    out = np.empty(real.shape, dtype=np.complex64)
+    out.real = real
+    out.imag = imag
+    return out
