@@ -30,53 +30,41 @@ sys.path.insert(0, str(ROOT))
 from engine import evaluate as quality  # noqa: E402
 from engine.baselines import STEMS  # noqa: E402
 from engine.separate import separate_audio  # noqa: E402
-from engine.separator import StreamingSeparator  # noqa: E402
-from engine.spatial import SpatialWiener  # noqa: E402
-from engine.stream import BlockAdapter  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-BLOCK = 4096
 SETTINGS = [(1.0, 1e-3), (3.0, 1e-3), (10.0, 1e-3), (30.0, 1e-3), (10.0, 1e-4), (10.0, 1e-2)]
 SWITCH_SETTINGS = [(3.0, 1e-3), (10.0, 1e-3)]
 SWITCH_S = 10.0
 
 
-class Separation:
-    """The model through the streaming path with the given filter settings (None: the masks alone)."""
-
-    def __init__(self, model: Path | None, setting: tuple[float, float] | None) -> None:
-        sep = StreamingSeparator(model, max_hops=BLOCK // 64 + 2, spatial_filter=False)
-        if setting is not None:
-            tau, reg = setting
-            card = sep.card
-            sep.spatial = SpatialWiener(1, card.num_stems, card.num_bins, card.hop_size, card.sample_rate, tau, reg)
-        self.adapter = BlockAdapter(sep, max_block_size=BLOCK, block_size=BLOCK)
-        self.order = [sep.card.stems.index(s) for s in STEMS]
-
-    def __call__(self, mixture: np.ndarray) -> np.ndarray:
-        return separate_audio(self.adapter, mixture, BLOCK)[self.order]
+def separation(model: Path | None, setting: tuple[float, float] | None) -> quality.ModelMethod:
+    """The model through the streaming path (as the evaluation runs it) with these filter settings (None: the masks
+    alone)."""
+    spatial = False if setting is None else {"time_constant_s": setting[0], "regularization": setting[1]}
+    return quality.ModelMethod(model, spatial_filter=spatial)
 
 
-def sdr_table(songs: list[quality.Song], separation: Separation, lead_in: list[np.ndarray] | None = None) -> np.ndarray:
-    """Median-over-windows SDR, float (songs, stems); ``lead_in[i]`` is played before song i when given."""
-    rows = []
+def sdr_report(songs: list[quality.Song], method: quality.ModelMethod, lead_in: list[np.ndarray] | None = None) -> dict:
+    """Median-over-windows SDR per song and stem, as a report's ``songs`` section (what
+    ``quality.paired_comparison`` reads); ``lead_in[i]`` is played before song i when given."""
+    report: dict = {"songs": {}}
     for i, song in enumerate(songs):
         mixture = song.mixture if lead_in is None else np.concatenate([lead_in[i], song.mixture], axis=1)
-        estimates = np.ascontiguousarray(separation(mixture)[..., -song.mixture.shape[1] :])
-        rows.append([quality.median_sdr(quality.window_sdr(song.references[k], estimates[k], song.sample_rate))
-                     for k in range(len(STEMS))])  # fmt: skip
-    return np.asarray(rows)
+        estimates = separate_audio(method.adapter, mixture, method.block_size)[
+            method.order, :, -song.mixture.shape[1] :
+        ]
+        sdr = {stem: quality.median_sdr(quality.window_sdr(song.references[k], estimates[k], song.sample_rate))
+               for k, stem in enumerate(STEMS)}  # fmt: skip
+        report["songs"][song.name] = {"model": {"sdr": sdr}}
+    return report
 
 
-def paired(table: np.ndarray, base: np.ndarray) -> dict:
-    diff = table - base
-    per_stem = {s: float(np.nanmean(diff[:, k])) for k, s in enumerate(STEMS)}
-    song_means = np.nanmean(diff, axis=1)
+def paired(report: dict, base: dict) -> dict:
+    """Median SDR over songs per stem, and the paired comparison against ``base`` (the masks alone)."""
+    sdr = [per["model"]["sdr"] for per in report["songs"].values()]
     return {
-        "median_sdr": {s: float(np.nanmedian(table[:, k])) for k, s in enumerate(STEMS)},
-        "paired_mean_difference": per_stem | {"mean": float(np.mean(list(per_stem.values())))},
-        "songs_better": int(np.sum(song_means > 0)),
-        "songs": int(np.sum(np.isfinite(song_means))),
+        "median_sdr": {s: float(np.nanmedian([row[s] for row in sdr])) for s in STEMS},
+        "paired": quality.paired_comparison(report, base),
     }
 
 
@@ -95,22 +83,24 @@ def main() -> None:
     shown = data.relative_to(ROOT) if data.is_relative_to(ROOT) else data
     result: dict = {"data": str(shown), "songs": len(songs), "whole_songs": {}, "track_change": {}}
 
-    base = sdr_table(songs, Separation(args.model, None))
+    base = sdr_report(songs, separation(args.model, None))
     result["whole_songs"]["masks only"] = paired(base, base)
     for setting in SETTINGS:
-        result["whole_songs"][label(setting)] = paired(sdr_table(songs, Separation(args.model, setting)), base)
-        print(label(setting), json.dumps(result["whole_songs"][label(setting)]["paired_mean_difference"]), flush=True)
+        result["whole_songs"][label(setting)] = paired(sdr_report(songs, separation(args.model, setting)), base)
+        print(label(setting), json.dumps(result["whole_songs"][label(setting)]["paired"]["mean"]), flush=True)
 
     heads = [quality.load_song(p, max_seconds=SWITCH_S) for p in paths]
     lead_in = [heads[(i + len(heads) // 2) % len(heads)].mixture for i in range(len(heads))]  # another song
     for setting in [None, *SWITCH_SETTINGS]:
-        fresh = sdr_table(heads, Separation(args.model, setting))
-        after = sdr_table(heads, Separation(args.model, setting), lead_in)
+        fresh = sdr_report(heads, separation(args.model, setting))
+        after = sdr_report(heads, separation(args.model, setting), lead_in)
         if setting is None:
             fresh_base, after_base = fresh, after
         name = "masks only" if setting is None else label(setting)
         result["track_change"][name] = {"fresh": paired(fresh, fresh_base), "after_change": paired(after, after_base)}
-        print(name, "track change", json.dumps(result["track_change"][name]["after_change"]), flush=True)
+        print(
+            name, "track change", json.dumps(result["track_change"][name]["after_change"]["paired"]["mean"]), flush=True
+        )
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "spatial_filter.json").write_text(json.dumps(quality.json_safe(result), indent=2) + "\n")
@@ -120,16 +110,17 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     def row(name: str, r: dict) -> str:
-        d = r["paired_mean_difference"]
-        cells = " | ".join(f"{d[s]:+.2f}" for s in (*STEMS, "mean"))
-        return f"| {name} | {cells} | {r['songs_better']} of {r['songs']} |"
+        d = r["paired"]
+        cells = " | ".join(f"{d[s]['mean_db']:+.2f}" for s in (*STEMS, "mean"))
+        return f"| {name} | {cells} | {d['mean']['songs_better']} of {d['mean']['num_songs']} |"
 
     lines = [
         "# Spatial filter settings",
         "",
         f"{result['songs']} validation songs from `{result['data']}`. "
         "SDR gain over the masks alone, dB: the mean of per-song differences (BSS Eval v4 SDR, median over 1 s "
-        "windows), and the songs whose mean over stems improved.",
+        "windows; `quality.paired_comparison`), and the songs whose mean over the four stems improved (songs with a "
+        "silent stem count in that stem's column only).",
         "",
         "Whole songs:",
         "",

@@ -330,7 +330,7 @@ class ModelMethod:
         device: str = "auto",
         block_size: int = 4096,
         threads: int = 1,
-        spatial_filter: bool | None = None,
+        spatial_filter: bool | dict[str, float] | None = None,
     ) -> None:
         from engine.separator import StreamingSeparator
         from engine.stream import BlockAdapter

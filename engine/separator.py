@@ -89,16 +89,18 @@ def create_session(card: ModelCard, device: str = "auto", intra_op_threads: int 
     return session, active
 
 
-def _spatial_filter_for(card: ModelCard, num_streams: int, wanted: bool | None) -> SpatialWiener | None:
-    """The spatial filter the card asks for (``wanted`` None), none (False), or one with the card's settings or
-    the defaults (True)."""
+def _spatial_filter_for(
+    card: ModelCard, num_streams: int, wanted: bool | dict[str, float] | None
+) -> SpatialWiener | None:
+    """The spatial filter the card asks for (``wanted`` None), none (False), one with the card's settings or the
+    defaults (True), or one with the given settings (a dict like the card's ``spatial_filter``)."""
     if wanted is False or (wanted is None and card.spatial_filter is None):
         return None
     if card.num_channels != 2:
         raise ModelError(
             f"{card.path}: the spatial filter needs a stereo model, this one has {card.num_channels} channel(s)"
         )
-    settings = card.spatial_filter or {}
+    settings = wanted if isinstance(wanted, dict) else card.spatial_filter or {}
     return SpatialWiener(num_streams, card.num_stems, card.num_bins, card.hop_size, card.sample_rate, **settings)
 
 
@@ -113,10 +115,11 @@ class StreamingSeparator:
         num_streams: int = 1,
         intra_op_threads: int = 1,
         max_hops: int = 64,
-        spatial_filter: bool | None = None,
+        spatial_filter: bool | dict[str, float] | None = None,
     ) -> None:
         """``spatial_filter``: None follows the card's ``spatial_filter``, False turns it off, True turns it on (with
-        the card's settings, or ``engine.spatial``'s defaults when the card has none; stereo models only)."""
+        the card's settings, or ``engine.spatial``'s defaults when the card has none; stereo models only), and a dict
+        like the card's turns it on with those settings."""
         path = resolve_model_path(model_path) if model_path is not None else default_model_path()
         self.card = load_card(path)
         self.session, self.active_provider = create_session(self.card, device, intra_op_threads)

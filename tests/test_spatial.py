@@ -131,6 +131,12 @@ def test_the_card_turns_the_filter_on_and_the_caller_can_override_it(tmp_path, t
         "time_constant_s": 10.0,
         "regularization": 1e-3,
     }
+    assert StreamingSeparator(
+        path, spatial_filter={"time_constant_s": 3.0, "regularization": 1e-4}
+    ).spatial.settings == {
+        "time_constant_s": 3.0,
+        "regularization": 1e-4,
+    }  # the caller's settings over the card's
 
 
 @pytest.mark.parametrize(
