@@ -33,8 +33,8 @@ import numpy as np
 
 DEFAULT_TIME_CONSTANT_S = 10.0
 DEFAULT_REGULARIZATION = 1e-3
-_POWER_FLOOR = 1e-20  # keeps the covariance finite on digital silence
-_AMPLITUDE_FLOOR = 1e-9  # keeps the inverse finite on digital silence (a -120 dBFS bin is ~1e-4)
+POWER_FLOOR = 1e-20  # keeps the covariance finite on digital silence
+AMPLITUDE_FLOOR = 1e-9  # keeps the inverse finite on digital silence (a -120 dBFS bin is ~1e-4)
 _FLUSH = 1e-30
 
 
@@ -131,10 +131,10 @@ class SpatialWiener:
         self._stats += _FLUSH
         self._stats -= _FLUSH
         # w_j R_j = (w_j / mean power_j) * [[|y0|^2, y0 y1*], [y1 y0*, |y1|^2]] (averages)
-        wr = stats[:, :, :4] * (amplitude / (stats[:, :, 4] + _POWER_FLOOR))[:, :, None]
+        wr = stats[:, :, :4] * (amplitude / (stats[:, :, 4] + POWER_FLOOR))[:, :, None]
         c = wr.sum(axis=3)  # (streams, hops, 4, bins): their sum over stems
         c00, c11, c_re, c_im = c[:, :, 0], c[:, :, 1], c[:, :, 2], c[:, :, 3]
-        reg = (c00 + c11) * (0.5 * self.regularization) + _AMPLITUDE_FLOOR
+        reg = (c00 + c11) * (0.5 * self.regularization) + AMPLITUDE_FLOOR
         c00 += reg
         c11 += reg
         inv_det = 1.0 / (c00 * c11 - c_re * c_re - c_im * c_im)

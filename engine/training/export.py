@@ -29,7 +29,14 @@ import torch
 
 from engine.evaluate import CARD_QUALITY_KEYS
 from engine.spatial import DEFAULT_REGULARIZATION, DEFAULT_TIME_CONSTANT_S
-from engine.training.model import ModelConfig, SeparatorModel, build_model, chosen_weights, count_parameters
+from engine.training.model import (
+    RESIDUAL_STEM,
+    ModelConfig,
+    SeparatorModel,
+    build_model,
+    chosen_weights,
+    count_parameters,
+)
 
 INPUT, OUTPUT = "mag", "masks"
 STATE_NAMES = (("h_in", "h_out"), ("lvl_in", "lvl_out"))
@@ -56,7 +63,7 @@ def make_card(
         "num_channels": config.num_channels,
         "stems": list(config.stems),
         "latency_samples": config.latency_samples,
-        "residual_stem": "other" if "other" in config.stems else None,
+        "residual_stem": RESIDUAL_STEM if RESIDUAL_STEM in config.stems else None,
         "feature": "magnitude",
         "tensors": {
             "input": {"name": INPUT, "shape": ["batch", "frames", config.num_channels, bins]},

@@ -33,6 +33,7 @@ from torch import nn
 from engine.stft import window as host_window
 
 STEMS = ("vocals", "drums", "bass", "other")
+RESIDUAL_STEM = "other"  # the stem that takes what the others leave (the card's residual_stem), when a model has it
 MAG_FLOOR = 1e-3  # magnitude units; white noise at about -86 dBFS has this RMS magnitude with n_fft 1024 Hann
 LEVEL_REF = 1e-2  # frame RMS magnitude that maps to level 0 in the onset cue
 

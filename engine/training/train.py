@@ -9,7 +9,9 @@ weights and step carry over, the optimizer starts anew), otherwise from scratch.
 
 Each step draws a batch of random segments from the train split with augmentations (``dataset.py``), runs the model
 on the mixture's host-framed STFT magnitude, applies the masks to the complex mixture STFT and compares the result
-with each stem's STFT (``--loss``: the negative SDR, or an L1 distance normalised by the mixture level). Every
+with each stem's STFT (``--loss``: the negative SDR, or an L1 distance normalised by the mixture level);
+``--spatial-filter on`` compares what the engine plays instead, the masks turned into stems by its spatial filter
+(``spatial_filter.py``, the same arithmetic as ``engine/spatial.py`` in torch). Every
 ``--validate-every`` steps the validation split's first seconds are separated and scored with a global SDR per stem
 (10 log10 |s|^2 / |s - s_hat|^2 on the overlap-added estimates). Lines in ``<run>/log.jsonl``:
 ``{"kind": "train", "step", "loss", "lr", "sec_per_step", ...}`` and ``{"kind": "validation", "step", "sdr": {...}}``.
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.spatial import DEFAULT_REGULARIZATION, DEFAULT_TIME_CONSTANT_S
 from engine.stft import WINDOWS
 from engine.training.dataset import (
     AUGMENT_PRESETS,
@@ -45,6 +48,7 @@ from engine.training.dataset import (
     validation_excerpts,
 )
 from engine.training.model import (
+    RESIDUAL_STEM,
     ModelConfig,
     SeparatorModel,
     build_model,
@@ -57,6 +61,7 @@ from engine.training.model import (
     stft_frames,
     widened,
 )
+from engine.training.spatial_filter import frame_decay, spatial_estimates
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_CHECKPOINT = ROOT / "engine" / "models" / "checkpoint" / "default_fp16.pt"
@@ -69,6 +74,7 @@ def spectra(audio: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
 
 LOSSES = ("sdr", "l1")
+SPATIAL_SETTINGS = {"time_constant_s": DEFAULT_TIME_CONSTANT_S, "regularization": DEFAULT_REGULARIZATION}
 UNNAMED_LOSS = "l1"  # the loss of checkpoints from before they named theirs
 CLIP = {"sdr": 250.0, "l1": 5.0}  # gradient norm clips, ~25x the norms seen while fine-tuning the default
 SDR_FLOOR_DB = -40.0  # dB relative to the mixture: the sdr loss's energy floor, below which a stem is silent
@@ -81,6 +87,7 @@ def separation_loss(
     frame_fraction: float = 1.0,
     skip_frames: int = 8,
     kind: str = "sdr",
+    spatial: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """mix (batch, channels, n), stems (batch, num_stems, channels, n) -> (loss, per-stem loss figures).
 
@@ -97,20 +104,36 @@ def separation_loss(
       is silent in that example and left out, as the evaluation leaves out silent windows (what leaks into it
       still costs, as error in the stems it was taken from, because the masks sum to 1). Stems silent in every
       example are missing from the per-stem figures.
+
+    ``spatial`` (settings like a card's ``spatial_filter``): the estimates are what the engine plays with its spatial
+    filter on, not the masked mix: the filter's output for every stem but the residual one, which takes the rest
+    (``residual_stem``), as ``engine.separator`` makes it. The filter's averages need evenly spaced frames, so the
+    mask head then runs on every ``round(1 / frame_fraction)``-th frame (from a random offset) instead of a random
+    share.
     """
     if kind not in LOSSES:
         raise ValueError(f"unknown loss {kind!r} (choose from {', '.join(LOSSES)})")
     cfg = model.config
     x = spectra(mix, cfg)  # (b, t, c, f)
     num_frames = x.shape[1]
-    count = max(1, int(round((num_frames - skip_frames) * frame_fraction)))
-    frames = torch.sort(torch.randperm(num_frames - skip_frames)[:count]).values + skip_frames
+    if spatial is None:
+        count = max(1, int(round((num_frames - skip_frames) * frame_fraction)))
+        frames = torch.sort(torch.randperm(num_frames - skip_frames)[:count]).values + skip_frames
+    else:
+        stride = max(1, int(round(1.0 / frame_fraction)))
+        frames = torch.arange(skip_frames + int(torch.randint(stride, ())), num_frames, stride)
     mag = magnitude(x)
     h, lvl = model.initial_state(mix.shape[0])
     masks, _, _ = model(mag, h, lvl, frames)  # (b, k, s, c, f)
     xs = x[:, frames].unsqueeze(2)  # (b, k, 1, c, f)
     target = stft_frames(stems, cfg.n_fft, cfg.hop_size, frames, cfg.window).permute(0, 3, 1, 2, 4)  # (b, k, s, c, f)
-    d_re, d_im = masks * xs.real - target.real, masks * xs.imag - target.imag  # the estimate's error
+    if spatial is None:
+        est_re, est_im = masks * xs.real, masks * xs.imag
+        est_mag = masks * magnitude(xs)
+    else:
+        est_re, est_im = filtered(xs[:, :, 0], masks, cfg, spatial, stride)
+        est_mag = torch.sqrt(est_re.square() + est_im.square() + 1e-20)  # the floor keeps the gradient finite at 0
+    d_re, d_im = est_re - target.real, est_im - target.imag  # the estimate's error
     if kind == "sdr":
         error = (d_re.square() + d_im.square()).sum(dim=(1, 3, 4))  # (b, s)
         energy = (target.real.square() + target.imag.square()).sum(dim=(1, 3, 4))
@@ -121,19 +144,42 @@ def separation_loss(
         figures = {s: float(v / n) for s, v, n in zip(cfg.stems, sdr.detach().sum(dim=0), counts, strict=True) if n}
         return sdr.sum() / sounds.sum().clamp_min(1.0), figures
     level = mag.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp_min(1e-4).reshape(-1, 1, 1, 1, 1)
-    diff = d_re.abs() + d_im.abs() + (masks * magnitude(xs) - magnitude(target)).abs()
+    diff = d_re.abs() + d_im.abs() + (est_mag - magnitude(target)).abs()
     per_stem = (diff / level).mean(dim=(0, 1, 3, 4))
     return per_stem.sum(), {s: float(v) for s, v in zip(cfg.stems, per_stem.detach(), strict=True)}
 
 
+def filtered(
+    x: torch.Tensor, masks: torch.Tensor, config: ModelConfig, spatial: dict[str, float], stride: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stems the engine plays with its spatial filter: x complex (b, k, c, f), the mix at frames ``stride`` hops
+    apart; masks (b, k, s, c, f). The residual stem (``RESIDUAL_STEM``, when the model has it) is the mix minus the
+    other stems' estimates. Returns (real, imaginary), each (b, k, s, c, f)."""
+    decay = frame_decay(spatial["time_constant_s"], config.hop_size, config.sample_rate, stride)
+    est_re, est_im = spatial_estimates(x.real, x.imag, masks, decay, spatial["regularization"])
+    if RESIDUAL_STEM in config.stems:
+        r = config.stems.index(RESIDUAL_STEM)
+        others = [i for i in range(len(config.stems)) if i != r]
+        rest_re = x.real - est_re[:, :, others].sum(dim=2)
+        rest_im = x.imag - est_im[:, :, others].sum(dim=2)
+        est_re = torch.cat([est_re[:, :, :r], rest_re.unsqueeze(2), est_re[:, :, r + 1 :]], dim=2)
+        est_im = torch.cat([est_im[:, :, :r], rest_im.unsqueeze(2), est_im[:, :, r + 1 :]], dim=2)
+    return est_re, est_im
+
+
 @torch.no_grad()
-def separate(model: SeparatorModel, mix: torch.Tensor) -> torch.Tensor:
-    """mix (channels, n) -> stems (num_stems, channels, frames * hop) aligned with the input (one causal pass)."""
+def separate(model: SeparatorModel, mix: torch.Tensor, spatial: dict[str, float] | None = None) -> torch.Tensor:
+    """mix (channels, n) -> stems (num_stems, channels, frames * hop) aligned with the input (one causal pass), with
+    the spatial filter of these settings when ``spatial`` is given."""
     cfg = model.config
     x = spectra(mix, cfg)  # (t, c, f)
     h, lvl = model.initial_state(1)
     masks, _, _ = model(magnitude(x).unsqueeze(0), h, lvl)
-    est = masks[0] * x.unsqueeze(1)  # (t, s, c, f)
+    if spatial is None:
+        est = masks[0] * x.unsqueeze(1)  # (t, s, c, f)
+    else:
+        est_re, est_im = filtered(x.unsqueeze(0), masks, cfg, spatial)
+        est = torch.complex(est_re[0], est_im[0])
     return istft(est.permute(1, 2, 0, 3), cfg.n_fft, cfg.hop_size, cfg.window)
 
 
@@ -144,15 +190,18 @@ def sdr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return 10.0 * np.log10((num + 1e-9) / (den + 1e-9))
 
 
-def validate(model: SeparatorModel, excerpts: list[tuple[str, np.ndarray]]) -> dict:
-    """Mean global SDR per stem over the excerpts (stems silent in an excerpt are left out), plus mixture/4."""
+def validate(
+    model: SeparatorModel, excerpts: list[tuple[str, np.ndarray]], spatial: dict[str, float] | None = None
+) -> dict:
+    """Mean global SDR per stem over the excerpts (stems silent in an excerpt are left out), plus mixture/4; with the
+    spatial filter of these settings when ``spatial`` is given."""
     cfg = model.config
     model.eval()
     scores: dict[str, list[float]] = {s: [] for s in cfg.stems}
     baseline: dict[str, list[float]] = {s: [] for s in cfg.stems}
     for _, stems in excerpts:
         mix = stems.sum(axis=0)
-        est = separate(model, torch.from_numpy(mix)).numpy()
+        est = separate(model, torch.from_numpy(mix), spatial).numpy()
         n = est.shape[-1] - (cfg.n_fft - cfg.hop_size)  # the tail is incomplete in one-shot overlap-add
         for i, s in enumerate(cfg.stems):
             ref = stems[i, :, :n]
@@ -168,6 +217,7 @@ def validate(model: SeparatorModel, excerpts: list[tuple[str, np.ndarray]]) -> d
         "sdr_mean": round(float(np.mean(list(sdr.values()))), 3) if sdr else None,
         "mix4_sdr_mean": round(float(np.mean(list(base.values()))), 3) if base else None,
         "num_songs": len(excerpts),
+        "spatial_filter": spatial is not None,
     }
 
 
@@ -323,6 +373,8 @@ class Trainer:
         self.model.train()
         self.augment = Augment.preset(args.augment)
         self.note_change(state, "augment", "default", args.augment, "augmentation")
+        self.note_change(state, "spatial_filter", "off", args.spatial_filter, "training through the spatial filter")
+        self.spatial = SPATIAL_SETTINGS if args.spatial_filter == "on" else None
         self.train_bank = SongBank(args.data, "train", config.stems, config.sample_rate)
         self.val_bank = SongBank(args.data, "validation", config.stems, config.sample_rate)
         segment = int(args.segment_seconds * config.sample_rate)
@@ -351,7 +403,8 @@ class Trainer:
         with (``unnamed``: the setting of checkpoints from before they recorded it)."""
         if state is not None and state.get(key, unnamed) != value:
             self.history.append(
-                f"step {state.get('step', 0)}: {what or key} {state.get(key, unnamed)} changed to {value} (--{key})"
+                f"step {state.get('step', 0)}: {what or key} {state.get(key, unnamed)} changed to {value} "
+                f"(--{key.replace('_', '-')})"
             )
 
     def checkpoint(self) -> dict:
@@ -364,6 +417,7 @@ class Trainer:
             "step": self.step,
             "loss": self.args.loss,
             "augment": self.args.augment,
+            "spatial_filter": self.args.spatial_filter,
             "lr_origin": self.lr_origin,
             "sampler_seed": self.sampler_seed + self.step,
             "best_sdr": self.best,
@@ -412,7 +466,12 @@ class Trainer:
                 g["lr"] = lr
             mix, stems = self.prefetch.get() if self.prefetch else self.sampler.batch(args.batch)
             loss, per_stem = separation_loss(
-                self.model, torch.from_numpy(mix), torch.from_numpy(stems), args.frame_fraction, kind=args.loss
+                self.model,
+                torch.from_numpy(mix),
+                torch.from_numpy(stems),
+                args.frame_fraction,
+                kind=args.loss,
+                spatial=self.spatial,
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -444,11 +503,11 @@ class Trainer:
                 self.val_bank.rescan()
             if self.step % args.validate_every == 0 and len(self.val_bank):
                 excerpts = validation_excerpts(self.val_bank, args.val_songs, args.val_seconds)
-                result = validate(self.model, excerpts)
+                result = validate(self.model, excerpts, self.spatial)
                 if self.ema:
                     raw = result["sdr_mean"]
                     with self.ema.swapped_in():
-                        result = validate(self.model, excerpts)
+                        result = validate(self.model, excerpts, self.spatial)
                     result = {**result, "weights": "average", "raw_sdr_mean": raw}
                 self.log({"kind": "validation", "step": self.step, **result})
                 if result["sdr_mean"] is not None and result["sdr_mean"] > self.best:
@@ -480,6 +539,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=tuple(AUGMENT_PRESETS),
         default="default",
         help="augmentation preset (engine/training/dataset.py); timbre: stronger EQ, resampling and saturation",
+    )
+    p.add_argument(
+        "--spatial-filter",
+        choices=("off", "on"),
+        default="off",
+        help="on: the loss and validation score the stems the engine plays with its spatial filter (engine/spatial.py, "
+        "the settings export writes into a stereo model's card) instead of the masked mix",
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
