@@ -56,11 +56,22 @@ def spatial_estimates(
     n00, n11 = m0.square() * p0, m1.square() * p1
     power = 0.5 * (n00 + n11)
     new = torch.stack([n00, n11, m01 * cross_re, m01 * cross_im, power], dim=2)  # (b, t, 5, s, f)
-    # exponential averages after each frame, in closed form: stats_k = (1 - a) sum_{i <= k} a^(k - i) new_i
-    k = torch.arange(frames, dtype=torch.float64)
-    rise = ((1.0 - decay) * decay**-k).to(new.dtype).reshape(1, frames, 1, 1, 1)
-    fall = (decay**k).to(new.dtype).reshape(1, frames, 1, 1, 1)
-    stats = torch.cumsum(new * rise, dim=1) * fall
+    # exponential averages after each frame, in closed form over runs of frames short enough that a^-i stays <= 1e3:
+    # stats_k = a^k (a stats_-1 + (1 - a) sum_{i <= k} a^-i new_i)
+    run = max(1, int(math.log(1e3) / -math.log(decay))) if decay < 1.0 else frames
+    k = torch.arange(min(run, frames), dtype=torch.float64)
+    rise = ((1.0 - decay) * decay**-k).to(new.dtype).reshape(1, -1, 1, 1, 1)
+    fall = (decay**k).to(new.dtype).reshape(1, -1, 1, 1, 1)
+    parts, last = [], None
+    for start in range(0, frames, run):
+        n = min(run, frames - start)
+        part = torch.cumsum(new[:, start : start + n] * rise[:, :n], dim=1)
+        if last is not None:
+            part = part + decay * last
+        part = part * fall[:, :n]
+        parts.append(part)
+        last = part[:, -1:]
+    stats = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     amplitude = torch.sqrt(power + POWER_FLOOR)  # the floor keeps the gradient finite at silence
     wr = stats[:, :, :4] * (amplitude / (stats[:, :, 4] + POWER_FLOOR)).unsqueeze(2)  # w_j R_j, (b, t, 4, s, f)
     c = wr.sum(dim=3)  # (b, t, 4, f)
