@@ -1,0 +1,148 @@
+"""Where a real lead guitar goes: the model on real band recordings with the lead guitar on a track of its own.
+
+Real multitracks with all four stems are out of reach here (see real_stems.py), but Debian ships eight recorded metal
+songs from the game Frets on Fire whose lead guitar is a separate file (``guitar.ogg``) beside the rest of the band
+(``song.ogg``): Muldjord's (CC BY-SA 3.0) and Sectoid's (MIT-style licence). Their mixture is the sum of the two.
+A lead guitar belongs to "other"; the question a DJ cares about is how much of it the model puts into the vocal (and
+drum and bass) stems instead, on real recordings with real amp distortion::
+
+    sudo apt-get install fretsonfire-songs-muldjord fretsonfire-songs-sectoid    # 58 MB, into /usr/share/games
+    python benchmarks/real_guitar.py [--seconds 60] [--start 30]
+
+Per song and method, for each estimated stem: the share of the guitar's energy found in it, in dB relative to the
+guitar itself, fitted as the karaoke figure is (engine.evaluate.vocal_leakage_db: per channel and bin, the estimate
+is fitted by least squares as a * guitar + b * band, and a * guitar is the guitar in it). For "other" higher is
+better (0 dB: all of it); for vocals, drums and bass lower is better; ``outside_other`` is the guitar in the sum of
+vocals, drums and bass. mixture/4 puts a quarter everywhere: -12.0 dB in each stem, -2.5 dB outside "other". The
+band track may hold vocals, bass and more guitars; they are not scored. Writes benchmarks/results/real_guitar/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine import evaluate as quality  # noqa: E402
+from engine.baselines import STEMS  # noqa: E402
+from engine.separator import DEFAULT_MODEL  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "real_guitar"
+SONGS = Path("/usr/share/games/fretsonfire/data/songs")
+
+
+def find_songs(root: Path) -> list[Path]:
+    """Song folders under ``root`` holding both guitar.ogg and song.ogg, sorted."""
+    songs = sorted({p.parent for p in root.rglob("guitar.ogg") if (p.parent / "song.ogg").exists()})
+    if not songs:
+        raise SystemExit(
+            f"{root}: no songs with guitar.ogg and song.ogg "
+            "(sudo apt-get install fretsonfire-songs-muldjord fretsonfire-songs-sectoid)"
+        )
+    return songs
+
+
+def load(song: Path, start_s: float, seconds: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """(rate, guitar, band), float32 (channels, n) each, from ``start_s`` for ``seconds`` (0: to the end)."""
+    guitar, rate = sf.read(song / "guitar.ogg", dtype="float32", always_2d=True)
+    band, band_rate = sf.read(song / "song.ogg", dtype="float32", always_2d=True)
+    if band_rate != rate:
+        raise SystemExit(f"{song}: guitar.ogg at {rate} Hz, song.ogg at {band_rate} Hz")
+    n = min(len(guitar), len(band))
+    a = min(int(start_s * rate), n)
+    b = n if seconds <= 0 else min(n, a + int(seconds * rate))
+    if b - a < rate:
+        raise SystemExit(f"{song}: less than 1 s of audio from {start_s} s")
+    return rate, np.ascontiguousarray(guitar[a:b].T), np.ascontiguousarray(band[a:b].T)
+
+
+def guitar_shares(estimates: np.ndarray, guitar: np.ndarray, band: np.ndarray, rate: int) -> dict[str, float]:
+    """The guitar's share in each estimated stem and outside "other", dB. estimates: (4, channels, n), STEMS order."""
+    shares = {s: quality.vocal_leakage_db(estimates[i], guitar, band, rate) for i, s in enumerate(STEMS)}
+    outside = sum(estimates[i] for i, s in enumerate(STEMS) if s != "other")
+    shares["outside_other"] = quality.vocal_leakage_db(outside, guitar, band, rate)
+    return {k: round(v, 2) for k, v in shares.items()}
+
+
+def markdown(report: dict) -> str:
+    keys = [*STEMS, "outside_other"]
+    lines = [
+        "# Where a real lead guitar goes",
+        "",
+        f"{len(report['songs'])} Frets on Fire songs, {report['seconds_per_song']} from {report['start_s']} s "
+        f"each; evaluated {report['created']}. The guitar's energy found in each estimated stem, dB relative to the "
+        "guitar (other: higher is better; vocals, drums, bass, outside other: lower is better). Median over songs:",
+        "",
+        "| method | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for method, row in report["summary"].items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    lines += ["", "Per song (guitar in vocals / outside other, dB; guitar level against the band):", ""]
+    methods = list(report["summary"])
+    lines += ["| song | guitar vs band dB | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for name, song in report["songs"].items():
+        cells = [f"{song['methods'][m]['vocals']:.1f} / {song['methods'][m]['outside_other']:.1f}" for m in methods]
+        lines.append(f"| {name} | {song['guitar_vs_band_db']:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", "Methods:", ""] + [f"- **{m}**: {d}" for m, d in report["methods"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=SONGS, help="folder searched for guitar.ogg + song.ogg pairs")
+    parser.add_argument("--model", type=Path, help="model .onnx (default: the shipped default model)")
+    parser.add_argument("--start", type=float, default=30.0, help="seconds into each song")
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds per song (0: to the end)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--spatial-filter",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="force the spatial filter on or off (default: as the model's card says)",
+    )
+    args = parser.parse_args()
+
+    model = quality.ModelMethod(args.model or DEFAULT_MODEL, spatial_filter=args.spatial_filter)
+    methods = [model, quality.MixtureFractionMethod(), quality.ClassicalMethod()]
+    songs = {}
+    for path in find_songs(args.root):
+        rate, guitar, band = load(path, args.start, args.seconds)
+        mixture = guitar + band
+        song = quality.Song(path.name, rate, mixture, np.zeros((len(STEMS), *mixture.shape), dtype=np.float32))
+        level = 10 * np.log10(np.sum(guitar.astype(np.float64) ** 2) / np.sum(band.astype(np.float64) ** 2))
+        entry = {"seconds": round(mixture.shape[1] / rate, 2), "guitar_vs_band_db": round(float(level), 2)}
+        entry["methods"] = {m.name: guitar_shares(m.separate(song), guitar, band, rate) for m in methods}
+        songs[path.name] = entry
+        print(path.name, json.dumps(entry["methods"]), file=sys.stderr, flush=True)
+    keys = [*STEMS, "outside_other"]
+    summary = {
+        m.name: {k: round(float(np.median([s["methods"][m.name][k] for s in songs.values()])), 2) for k in keys}
+        for m in methods
+    }
+    report = {
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": str(args.root),
+        "start_s": args.start,
+        "seconds_per_song": f"{args.seconds:g} s" if args.seconds > 0 else "the rest of the song",
+        "methods": {m.name: m.description for m in methods},
+        "model": model.params,
+        "summary": summary,
+        "songs": songs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "real_guitar.json").write_text(json.dumps(quality.json_safe(report), indent=1) + "\n")
+    (args.out / "real_guitar.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
