@@ -335,3 +335,37 @@ def test_timbre_transfer_pairs_each_model_across_timbre_sets_and_models_within_e
     assert "| new | old | +1.50 (2/2) | +0.75 (2/2) |" in transfer.markdown(result)
     with pytest.raises(SystemExit, match="'newer', which no --model defines"):
         transfer.transfer(models, [("newer", "old")])
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+def test_real_stems_decodes_a_stem_file_into_a_song_whose_mixture_is_the_stems_sum(tmp_path):
+    pytest.importorskip("stempeg", reason="stempeg (installed with museval) ships the example stem file")
+    real = load_benchmark("real_stems")
+    song_dir = real.decode_song(real.example_stem_file(), tmp_path, trim_s=0.1)
+    song = load_song(song_dir)
+    assert song.sample_rate == 44100 and song.references.shape[:2] == (4, 2)
+    assert 5.5 < song.duration_s < 6.0  # 6.08 s less the encoder priming and 0.1 s at each end
+    assert np.allclose(song.references.sum(axis=0), song.mixture, atol=1e-6)
+    # the full-scale coding clicks at the cut edges are left out: nothing near full scale in any stem
+    assert np.abs(song.references).max() < 0.9
+    with pytest.raises(SystemExit, match="less than 1 s of audio"):
+        real.decode_song(real.example_stem_file(), tmp_path / "short", trim_s=3.0)
+
+
+def test_real_guitar_shares_find_the_guitar_where_the_estimates_put_it():
+    guitar_bench = load_benchmark("real_guitar")
+    rng = np.random.default_rng(0)
+    guitar, band = (rng.standard_normal((2, 44100)).astype(np.float32) * 0.1 for _ in range(2))
+    estimates = np.stack([0.5 * guitar, 0.5 * band, np.zeros_like(band), 0.5 * guitar + 0.5 * band])
+    shares = guitar_bench.guitar_shares(estimates, guitar, band, 44100)
+    half = 20 * math.log10(0.5)
+    assert shares["vocals"] == pytest.approx(half, abs=0.05) and shares["other"] == pytest.approx(half, abs=0.05)
+    assert shares["outside_other"] == pytest.approx(half, abs=0.05)  # the band in the drums is not guitar
+    assert shares["drums"] < -60 and shares["bass"] < -60
