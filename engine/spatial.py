@@ -33,6 +33,7 @@ import numpy as np
 
 DEFAULT_TIME_CONSTANT_S = 10.0
 DEFAULT_REGULARIZATION = 1e-3
+DEFAULT_SETTINGS = {"time_constant_s": DEFAULT_TIME_CONSTANT_S, "regularization": DEFAULT_REGULARIZATION}
 POWER_FLOOR = 1e-20  # keeps the covariance finite on digital silence
 AMPLITUDE_FLOOR = 1e-9  # keeps the inverse finite on digital silence (a -120 dBFS bin is ~1e-4)
 _FLUSH = 1e-30

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from engine.evaluate import CARD_QUALITY_KEYS
-from engine.spatial import DEFAULT_REGULARIZATION, DEFAULT_TIME_CONSTANT_S
+from engine.spatial import DEFAULT_SETTINGS
 from engine.training.model import (
     RESIDUAL_STEM,
     ModelConfig,
@@ -75,7 +75,7 @@ def make_card(
         },
     }
     if spatial_filter and config.num_channels == 2:
-        card["spatial_filter"] = {"time_constant_s": DEFAULT_TIME_CONSTANT_S, "regularization": DEFAULT_REGULARIZATION}
+        card["spatial_filter"] = dict(DEFAULT_SETTINGS)
     if description:
         card["description"] = description
     card["provenance"] = provenance or {}

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.spatial import DEFAULT_REGULARIZATION, DEFAULT_TIME_CONSTANT_S
+from engine.spatial import DEFAULT_SETTINGS
 from engine.stft import WINDOWS
 from engine.training.dataset import (
     AUGMENT_PRESETS,
@@ -74,7 +74,6 @@ def spectra(audio: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
 
 LOSSES = ("sdr", "l1")
-SPATIAL_SETTINGS = {"time_constant_s": DEFAULT_TIME_CONSTANT_S, "regularization": DEFAULT_REGULARIZATION}
 UNNAMED_LOSS = "l1"  # the loss of checkpoints from before they named theirs
 CLIP = {"sdr": 250.0, "l1": 5.0}  # gradient norm clips, ~25x the norms seen while fine-tuning the default
 SDR_FLOOR_DB = -40.0  # dB relative to the mixture: the sdr loss's energy floor, below which a stem is silent
@@ -374,7 +373,7 @@ class Trainer:
         self.augment = Augment.preset(args.augment)
         self.note_change(state, "augment", "default", args.augment, "augmentation")
         self.note_change(state, "spatial_filter", "off", args.spatial_filter, "training through the spatial filter")
-        self.spatial = SPATIAL_SETTINGS if args.spatial_filter == "on" else None
+        self.spatial = DEFAULT_SETTINGS if args.spatial_filter == "on" else None
         self.train_bank = SongBank(args.data, "train", config.stems, config.sample_rate)
         self.val_bank = SongBank(args.data, "validation", config.stems, config.sample_rate)
         segment = int(args.segment_seconds * config.sample_rate)
