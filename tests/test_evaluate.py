@@ -317,10 +317,15 @@ def test_paired_comparison_pairs_the_same_songs_and_stems():
         paired_comparison(new, report({"z": [1.0, 1.0, 1.0, 1.0]}))
 
 
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_timbre_transfer_pairs_each_model_across_timbre_sets_and_models_within_each():
-    spec = importlib.util.spec_from_file_location("timbre_transfer", ROOT / "benchmarks" / "timbre_transfer.py")
-    transfer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(transfer)
+    transfer = load_benchmark("timbre_transfer")
 
     def report(scale):  # two songs; every stem at scale * (1, 2)
         songs = {n: {"model": {"sdr": dict.fromkeys(STEMS, scale * k)}} for n, k in (("a", 1.0), ("b", 2.0))}
@@ -335,13 +340,6 @@ def test_timbre_transfer_pairs_each_model_across_timbre_sets_and_models_within_e
     assert "| new | old | +1.50 (2/2) | +0.75 (2/2) |" in transfer.markdown(result)
     with pytest.raises(SystemExit, match="'newer', which no --model defines"):
         transfer.transfer(models, [("newer", "old")])
-
-
-def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
