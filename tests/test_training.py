@@ -375,18 +375,25 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     # a warm start with another loss records the change, and checkpoints name their loss
     l1_run = tmp_path / "l1"
     args = [str(l1_run) if a == str(run) else a for a in common]
+    voice = tmp_path / "real" / "vocals" / "speaker"  # a pool of real recordings: here, one clip of one voice
+    voice.mkdir(parents=True)
+    sf.write(voice / "a.wav", np.sin(np.arange(22050) * 0.05) * 0.3, 44100)
     train.main(
         [*args, "--init", str(run / "last_fp16.pt"), "--loss", "l1", "--augment", "timbre"]
         + ["--spatial-filter", "on", "--validate-every", "1", "--steps", "7"]
+        + ["--real", str(tmp_path / "real"), "--p-real", "0.5"]
     )
     ckpt = torch.load(l1_run / "last.pt", weights_only=False)
     assert ckpt["loss"] == "l1" and torch.load(l1_run / "last_fp16.pt", weights_only=True)["loss"] == "l1"
     assert ckpt["augment"] == "timbre" and torch.load(l1_run / "last_fp16.pt", weights_only=True)["augment"] == "timbre"
-    assert ckpt["provenance"]["history"][-3:] == [
+    assert ckpt["provenance"]["history"][-4:] == [
         "step 6: loss sdr changed to l1 (--loss)",
+        f"step 6: real recordings none changed to {tmp_path / 'real'} (p 0.5) (--real)",
         "step 6: augmentation default changed to timbre (--augment)",
         "step 6: training through the spatial filter off changed to on (--spatial-filter)",
     ]
+    assert "with probability 0.5 per stem, real recordings from" in ckpt["provenance"]["training_data"]
+    assert "vocals: 1 sources" in ckpt["provenance"]["training_data"]
     assert ckpt["spatial_filter"] == "on"
     log = [json.loads(line) for line in (l1_run / "log.jsonl").read_text().splitlines()]
     assert [r["spatial_filter"] for r in log if r["kind"] == "validation"] == [True]

@@ -8,8 +8,9 @@ synthesis is still writing more (a song folder only appears once it is complete)
 A training example is built from stems, never from the stored mixture: each stem segment is drawn (from one song, or
 with probability ``p_remix`` each stem from a different random song and offset), then augmented per stem:
 resampling by a small random factor (pitch and tempo together, band-limited in the FFT domain), a random EQ curve
-(tilt, shelves and a bell), tanh saturation, gain, channel swap, polarity, mono collapse and occasional silence. The
-mixture is the sum of the augmented stems, so "stems sum to the mix" always holds.
+(tilt, shelves and a bell), tanh saturation, gain, channel swap, polarity, mono collapse and occasional silence. With
+a pool of real recordings (``real_material.RealPool``) a stem may also get a real segment, added or in its place,
+before saturation. The mixture is the sum of the augmented stems, so "stems sum to the mix" always holds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 import soundfile as sf
+
+from engine.training.real_material import RealPool
 
 STEMS = ("vocals", "drums", "bass", "other")
 
@@ -143,10 +146,11 @@ class Augment:
     p_resample: float = 0.5
     resample_range: float = 0.06  # factor in [1 - r, 1 + r]: about +-1 semitone of pitch and 6% of tempo
     mix_level_db: tuple[float, float] = (-36.0, -8.0)  # RMS of the mixture fed to the model
+    p_real: float = 0.0  # per stem with real recordings (real_material.RealPool): a real segment joins or replaces it
 
     @classmethod
     def none(cls) -> Augment:
-        return cls(0.0, (0.0, 0.0), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, (-20.0, -20.0))
+        return cls(0.0, (0.0, 0.0), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, (-20.0, -20.0), 0.0)
 
     @classmethod
     def preset(cls, name: str) -> Augment:
@@ -199,8 +203,10 @@ class SegmentSampler:
         augment: Augment | None = None,
         seed: int = 0,
         num_channels: int = 2,
+        real: RealPool | None = None,
     ) -> None:
         self.bank = bank
+        self.real = real
         self.segment_frames = segment_frames
         self.augment = augment or Augment()
         self.rng = np.random.default_rng(seed)
@@ -255,6 +261,8 @@ class SegmentSampler:
                 else:
                     factor = 1.0
             x = self._draw(song, stem, start, factor)
+            if aug.p_real > 0 and self.real is not None and stem in self.real.sources and rng.random() < aug.p_real:
+                x = self.real.mixed_into(x, stem, rng)
             if rng.random() < aug.p_saturate:
                 x = saturate(x, rng)
             if rng.random() < aug.p_mono:
@@ -310,7 +318,8 @@ def _prefetch_worker(spec: dict, slots: list, free, ready) -> None:
     segment_frames, batch_size, num_channels = spec["segment_frames"], spec["batch_size"], spec["num_channels"]
     rescan_every = spec["rescan_every"]
     bank = SongBank(root, split, stems, sample_rate)
-    sampler = SegmentSampler(bank, segment_frames, spec["augment"], seed=spec["seed"], num_channels=num_channels)
+    real = RealPool(spec["real"], sample_rate, stems) if spec["real"] else None
+    sampler = SegmentSampler(bank, segment_frames, spec["augment"], spec["seed"], num_channels, real)
     views = [_slot_views(raw, batch_size, len(stems), num_channels, segment_frames) for raw in slots]
     made = 0
     while True:
@@ -349,6 +358,7 @@ class BatchPrefetcher:
         depth: int = 3,
         rescan_every: int = 100,
         num_channels: int = 2,
+        real: str | Path | None = None,
     ) -> None:
         import multiprocessing as mp
 
@@ -371,6 +381,7 @@ class BatchPrefetcher:
             "batch_size": batch_size,
             "num_channels": num_channels,
             "rescan_every": rescan_every,
+            "real": str(real) if real else None,
         }
         self.process = ctx.Process(target=_prefetch_worker, args=(spec, self.slots, self.free, self.ready), daemon=True)
         self.process.start()

@@ -61,6 +61,7 @@ from engine.training.model import (
     stft_frames,
     widened,
 )
+from engine.training.real_material import RealPool
 from engine.training.spatial_filter import frame_decay, spatial_estimates
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -291,12 +292,15 @@ def restarted(state: dict, weights: dict[str, torch.Tensor]) -> dict:
     return {k: v for k, v in state.items() if k not in ("optimizer", "ema")} | {"model": weights}
 
 
-def data_description(train: SongBank, augment: Augment) -> str:
-    return (
+def data_description(train: SongBank, augment: Augment, real: RealPool | None = None) -> str:
+    text = (
         f"{len(train)} synthetic songs ({train.root}/{train.split}: engine/training/synth.py, regenerated from seeds), "
         "random segments with stems remixed across songs, resampling (pitch+tempo), EQ, saturation, gain, channel "
         f"swap, polarity, mono and silence augmentations ({json.dumps(augment.__dict__)})"
     )
+    if real is not None and augment.p_real > 0:
+        text += f"; with probability {augment.p_real} per stem, {real.describe()} (engine/training/real_material.py)"
+    return text
 
 
 class Trainer:
@@ -370,14 +374,17 @@ class Trainer:
             self.ema = WeightAverage(self.model, args.ema_decay, state.get("ema") if state is not None else None)
         self.best = state.get("best_sdr", -1e9) if state is not None else -1e9
         self.model.train()
-        self.augment = Augment.preset(args.augment)
+        self.augment = replace(Augment.preset(args.augment), p_real=args.p_real if args.real else 0.0)
+        self.real = RealPool(args.real, config.sample_rate, config.stems) if args.real else None
+        real_setting = f"{args.real} (p {args.p_real})" if args.real else "none"
+        self.note_change(state, "real", "none", real_setting, "real recordings")
         self.note_change(state, "augment", "default", args.augment, "augmentation")
         self.note_change(state, "spatial_filter", "off", args.spatial_filter, "training through the spatial filter")
         self.spatial = DEFAULT_SETTINGS if args.spatial_filter == "on" else None
         self.train_bank = SongBank(args.data, "train", config.stems, config.sample_rate)
         self.val_bank = SongBank(args.data, "validation", config.stems, config.sample_rate)
         segment = int(args.segment_seconds * config.sample_rate)
-        self.sampler = SegmentSampler(self.train_bank, segment, self.augment, seed=self.sampler_seed)
+        self.sampler = SegmentSampler(self.train_bank, segment, self.augment, self.sampler_seed, real=self.real)
         self.prefetch: BatchPrefetcher | None = None
         if args.workers:
             self.prefetch = BatchPrefetcher(
@@ -389,6 +396,7 @@ class Trainer:
                 self.sampler_seed,
                 config.stems,
                 config.sample_rate,
+                real=args.real,
             )
 
     def log(self, record: dict) -> None:
@@ -417,11 +425,12 @@ class Trainer:
             "loss": self.args.loss,
             "augment": self.args.augment,
             "spatial_filter": self.args.spatial_filter,
+            "real": f"{self.args.real} (p {self.args.p_real})" if self.args.real else "none",
             "lr_origin": self.lr_origin,
             "sampler_seed": self.sampler_seed + self.step,
             "best_sdr": self.best,
             "provenance": {
-                "training_data": data_description(self.train_bank, self.augment),
+                "training_data": data_description(self.train_bank, self.augment, self.real),
                 "trained_steps": self.step,
                 "batch": f"{self.args.batch} x {self.args.segment_seconds} s",
                 "history": self.history,
@@ -565,6 +574,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--hop-size", type=int, default=None, help="STFT hop (new runs and warm starts from --init)")
     p.add_argument("--window", choices=WINDOWS, default=None, help="STFT window (new runs and warm starts from --init)")
+    p.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        help="pool of real single-stem recordings, <dir>/<stem>/<source>/* (engine/training/real_material.py)",
+    )
+    p.add_argument("--p-real", type=float, default=0.3, help="with --real: chance per stem of a real segment")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, choices=(0, 1), help="1: augment batches in a second process")
     p.add_argument("--min-songs", type=int, default=1, help="wait until the train split has this many songs")
