@@ -1,0 +1,163 @@
+"""Where a real human voice goes: held-out real speakers over real band recordings.
+
+No real singing with its own track is reachable here (see real_stems.py), but real voices are: KLettres ships
+letters and syllables spoken by native speakers of 20 languages, and Frets on Fire's songs ship their band without
+the lead guitar (``song.ogg``). This benchmark strings the clean recordings of the speakers that training never
+hears (``engine.training.real_material.VOICE_TEST``) into phrases, lays each over a band track at a fixed level and
+asks where the voice ends up::
+
+    apt-get install klettres-data fretsonfire-songs-muldjord fretsonfire-songs-sectoid
+    python benchmarks/real_voice.py [--model M.onnx] [--seconds 30] [--voice-db -3]
+
+Speech is not singing, so this measures whether the model knows a real voice's sound (formants, consonants, breath,
+a real microphone), not how it treats a sung melody. The band tracks may hold sung or growled vocals of their own;
+they are part of the band here and are not scored. For each excerpt and method, the voice's share in each estimated
+stem in dB relative to the voice (``engine.evaluate.source_shares``): vocals higher is better, ``outside_vocals``
+lower. Writes benchmarks/results/real_voice/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine import evaluate as quality  # noqa: E402
+from engine.baselines import STEMS  # noqa: E402
+from engine.separator import DEFAULT_MODEL  # noqa: E402
+from engine.training import real_material  # noqa: E402
+from engine.training.real_material import KLETTRES, VOICE_TEST, voice_clips  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "real_voice"
+SONGS = real_material.FRETSONFIRE
+RATE = 44100
+
+
+def band_tracks(root: Path) -> list[Path]:
+    """The band tracks (song.ogg beside a guitar.ogg) under ``root``, sorted."""
+    songs = sorted(p.parent / "song.ogg" for p in root.rglob("guitar.ogg") if (p.parent / "song.ogg").exists())
+    if not songs:
+        raise SystemExit(f"{root}: no song.ogg band tracks (apt-get install {real_material.FRETSONFIRE_PACKAGES})")
+    return songs
+
+
+def excerpt(voice_clips_: list[np.ndarray], band: np.ndarray, voice_db: float, seed: int) -> np.ndarray:
+    """A voice phrase as long as ``band`` (channels, n), its RMS ``voice_db`` relative to the band's."""
+    voice = real_material.phrase(voice_clips_, band.shape[1], np.random.default_rng(seed), RATE, band.shape[0])
+    gain = 10 ** (voice_db / 20) * np.sqrt(np.mean(band**2) / max(np.mean(voice**2), 1e-12))
+    return (voice * gain).astype(np.float32)
+
+
+def markdown(report: dict) -> str:
+    keys = [*STEMS, "outside_vocals"]
+    lines = [
+        "# Where a real voice goes",
+        "",
+        f"{len(report['excerpts'])} excerpts of {report['seconds']} s: held-out KLettres speakers "
+        f"({', '.join(report['voices'])}) at {report['voice_db']} dB against Frets on Fire band tracks; evaluated "
+        f"{report['created']}. The voice's energy in each estimated stem, dB relative to the voice (vocals: higher "
+        "is better; drums, bass, other, outside vocals: lower is better). Median over excerpts:",
+        "",
+        "| method | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for method, row in report["summary"].items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    methods = list(report["summary"])
+    lines += ["", "Per excerpt (voice in vocals / outside vocals, dB):", ""]
+    lines += ["| excerpt | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for name, entry in report["excerpts"].items():
+        cells = [f"{entry['methods'][m]['vocals']:.1f} / {entry['methods'][m]['outside_vocals']:.1f}" for m in methods]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Methods:", ""] + [f"- **{m}**: {d}" for m, d in report["methods"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--songs", type=Path, default=SONGS, help="folder searched for Frets on Fire band tracks")
+    parser.add_argument("--voices", type=Path, default=KLETTRES, help="KLettres data folder")
+    parser.add_argument("--model", type=Path, help="model .onnx (default: the shipped default model)")
+    parser.add_argument(
+        "--candidate",
+        type=Path,
+        action="append",
+        default=[],
+        help="another model .onnx scored beside it on the same excerpts (repeatable; named by its card)",
+    )
+    parser.add_argument("--start", type=float, default=30.0, help="seconds into each band track")
+    parser.add_argument("--seconds", type=float, default=30.0, help="seconds per excerpt")
+    parser.add_argument("--voice-db", type=float, default=-3.0, help="voice RMS relative to the band's, dB")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--spatial-filter",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="force the spatial filter on or off (default: as the model's card says)",
+    )
+    args = parser.parse_args()
+
+    voices = {}
+    for language in VOICE_TEST:
+        clips = list(voice_clips(language, args.voices, RATE).values())
+        if clips:
+            voices[language] = clips
+    if not voices:
+        wanted = ", ".join(VOICE_TEST)
+        raise SystemExit(f"{args.voices}: no clean recordings of {wanted} (apt-get install klettres-data)")
+    model = quality.ModelMethod(args.model or DEFAULT_MODEL, spatial_filter=args.spatial_filter)
+    candidates = [quality.ModelMethod(path, spatial_filter=args.spatial_filter) for path in args.candidate]
+    for candidate in candidates:
+        candidate.name = f"candidate {candidate.card.name}"
+    methods = [model, *candidates, quality.MixtureFractionMethod(), quality.ClassicalMethod()]
+    excerpts = {}
+    for i, path in enumerate(band_tracks(args.songs)):
+        language = list(voices)[i % len(voices)]
+        band = real_material.load_audio(path, RATE)
+        a = min(int(args.start * RATE), band.shape[1])
+        band = np.ascontiguousarray(band[:, a : a + int(args.seconds * RATE)])
+        if band.shape[1] < RATE:
+            raise SystemExit(f"{path}: less than 1 s of audio from {args.start} s")
+        voice = excerpt(voices[language], band, args.voice_db, seed=i)
+        mixture = voice + band
+        song = quality.Song(path.parent.name, RATE, mixture, np.zeros((len(STEMS), *mixture.shape), np.float32))
+        name = f"{language} over {path.parent.name}"
+        entry = {"voice": language, "band": path.parent.name}
+        entry["methods"] = {
+            m.name: quality.source_shares(m.separate(song), voice, band, RATE, "vocals") for m in methods
+        }
+        excerpts[name] = entry
+        print(name, json.dumps(entry["methods"]), file=sys.stderr, flush=True)
+    keys = [*STEMS, "outside_vocals"]
+    summary = {
+        m.name: {k: round(float(np.median([e["methods"][m.name][k] for e in excerpts.values()])), 2) for k in keys}
+        for m in methods
+    }
+    report = {
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "songs": str(args.songs),
+        "voices": {language: len(clips) for language, clips in voices.items()},
+        "start_s": args.start,
+        "seconds": args.seconds,
+        "voice_db": args.voice_db,
+        "methods": {m.name: m.description for m in methods},
+        "model": model.params,
+        "candidates": {c.name: c.params for c in candidates},
+        "summary": summary,
+        "excerpts": excerpts,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "real_voice.json").write_text(json.dumps(quality.json_safe(report), indent=1) + "\n")
+    (args.out / "real_voice.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
