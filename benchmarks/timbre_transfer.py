@@ -30,15 +30,21 @@ from engine.baselines import STEMS  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 HELDOUT = RESULTS / "heldout_timbres"
 
-# (name, report on the training timbres, report on the held-out timbres), oldest first; all but the shipped model's
-# reports are of the plain masks (the spatial filter came after them)
+# (name, report on the training timbres, report on the held-out timbres), oldest first; the reports are of the plain
+# masks unless the name says "spatial filter" (the filter came after step 18721)
 DEFAULT_MODELS = [
     ("step11490 (l1)", "candidates/default_step11490", "heldout_timbres/candidates/default_step11490"),
     ("l1 control", "candidates/l1_control", "heldout_timbres/candidates/l1_control"),
     ("sdr loss", "candidates/sdr_loss", "heldout_timbres/candidates/sdr_loss"),
     ("step14438", "candidates/default_step14438", "heldout_timbres/candidates/default_step14438"),
-    ("step18721", "candidates/plain_masks", "heldout_timbres/candidates/plain_masks"),
-    ("step18721 + spatial filter (shipped)", ".", "heldout_timbres"),
+    (
+        "step18721",
+        "candidates/default_step18721/plain_masks",
+        "heldout_timbres/candidates/default_step18721/plain_masks",
+    ),
+    ("step18721 + spatial filter", "candidates/default_step18721", "heldout_timbres/candidates/default_step18721"),
+    ("step19521 (real recordings)", "candidates/plain_masks", "heldout_timbres/candidates/plain_masks"),
+    ("step19521 (real recordings) + spatial filter (shipped)", ".", "heldout_timbres"),
     ("nfft2048", "candidates/nfft2048", "heldout_timbres/candidates/nfft2048"),
     ("timbre augmentation", "candidates/aug_timbre", "heldout_timbres/candidates/aug_timbre"),
     ("augmentation control", "candidates/aug_control", "heldout_timbres/candidates/aug_control"),
@@ -54,7 +60,10 @@ DEFAULT_PAIRS = [
     ("augmentation control", "step18721"),
     ("timbre augmentation", "step18721"),
     ("timbre augmentation", "augmentation control"),
-    ("step18721 + spatial filter (shipped)", "step18721"),
+    ("step18721 + spatial filter", "step18721"),
+    ("step19521 (real recordings)", "step18721"),
+    ("step19521 (real recordings) + spatial filter (shipped)", "step18721 + spatial filter"),
+    ("step19521 (real recordings) + spatial filter (shipped)", "step19521 (real recordings)"),
 ]
 
 
