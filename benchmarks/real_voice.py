@@ -48,9 +48,9 @@ def band_tracks(root: Path) -> list[Path]:
     return songs
 
 
-def excerpt(voice_clips_: list[np.ndarray], band: np.ndarray, voice_db: float, seed: int) -> np.ndarray:
-    """A voice phrase as long as ``band`` (channels, n), its RMS ``voice_db`` relative to the band's."""
-    voice = real_material.phrase(voice_clips_, band.shape[1], np.random.default_rng(seed), RATE, band.shape[0])
+def excerpt(clips: list[np.ndarray], band: np.ndarray, voice_db: float, seed: int) -> np.ndarray:
+    """A phrase of ``clips`` as long as ``band`` (channels, n), its RMS ``voice_db`` relative to the band's."""
+    voice = real_material.phrase(clips, band.shape[1], np.random.default_rng(seed), RATE, band.shape[0])
     gain = 10 ** (voice_db / 20) * np.sqrt(np.mean(band**2) / max(np.mean(voice**2), 1e-12))
     return (voice * gain).astype(np.float32)
 

@@ -153,3 +153,10 @@ def test_sampler_mixes_real_segments_into_their_stems_only(tmp_path):
         spectrum = np.abs(np.fft.rfft(stems[:, k, 0], axis=-1)).mean(axis=0)
         peakiness = spectrum.max() / np.median(spectrum)
         assert (peakiness > 20) == (stem in ("vocals", "other")), (stem, peakiness)
+
+
+def test_training_refuses_a_p_real_that_is_not_a_probability(capsys):
+    train = pytest.importorskip("engine.training.train", reason="torch is not installed")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--real", "data/real/train", "--p-real", "1.5"])
+    assert "--p-real is a probability between 0 and 1, got 1.5" in capsys.readouterr().err

@@ -601,6 +601,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.clip = CLIP[args.loss]
     if args.widen < 1:
         p.error(f"--widen must be a whole factor >= 1, got {args.widen}")
+    if not 0.0 <= args.p_real <= 1.0:
+        p.error(f"--p-real is a probability between 0 and 1, got {args.p_real}")
     return args
 
 
