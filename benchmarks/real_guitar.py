@@ -74,21 +74,15 @@ def markdown(report: dict) -> str:
         f"each; evaluated {report['created']}. The guitar's energy found in each estimated stem, dB relative to the "
         "guitar (other: higher is better; vocals, drums, bass, outside other: lower is better). Median over songs:",
         "",
-        "| method | " + " | ".join(keys) + " |",
-        "|---|" + "---|" * len(keys),
     ]
-    for method, row in report["summary"].items():
-        lines.append(f"| {method} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    lines += quality.shares_table(report["summary"], keys)
     lines += [
         "",
         f"The {len(report['held_out_songs'])} songs whose guitar is held out from training "
         "(engine/training/real_material.py's pool holds the other songs' guitar tracks), median:",
         "",
-        "| method | " + " | ".join(keys) + " |",
-        "|---|" + "---|" * len(keys),
     ]
-    for method, row in report["summary_held_out"].items():
-        lines.append(f"| {method} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    lines += quality.shares_table(report["summary_held_out"], keys)
     lines += ["", "Per song (guitar in vocals / outside other, dB; guitar level against the band):", ""]
     methods = list(report["summary"])
     lines += ["| song | guitar vs band dB | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
@@ -103,30 +97,13 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=SONGS, help="folder searched for guitar.ogg + song.ogg pairs")
-    parser.add_argument("--model", type=Path, help="model .onnx (default: the shipped default model)")
-    parser.add_argument(
-        "--candidate",
-        type=Path,
-        action="append",
-        default=[],
-        help="another model .onnx scored beside it on the same excerpts (repeatable; named by its card)",
-    )
     parser.add_argument("--start", type=float, default=30.0, help="seconds into each song")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds per song (0: to the end)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument(
-        "--spatial-filter",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="force the spatial filter on or off (default: as the model's card says)",
-    )
+    quality.add_model_options(parser)
     args = parser.parse_args()
 
-    model = quality.ModelMethod(args.model or DEFAULT_MODEL, spatial_filter=args.spatial_filter)
-    candidates = [quality.ModelMethod(path, spatial_filter=args.spatial_filter) for path in args.candidate]
-    for candidate in candidates:
-        candidate.name = f"candidate {candidate.card.name}"
-    methods = [model, *candidates, quality.MixtureFractionMethod(), quality.ClassicalMethod()]
+    model, candidates, methods = quality.share_methods(args, DEFAULT_MODEL)
     songs = {}
     for path in find_songs(args.root):
         rate, guitar, band = load(path, args.start, args.seconds)
@@ -142,13 +119,9 @@ def main() -> None:
         print(path.name, json.dumps(entry["methods"]), file=sys.stderr, flush=True)
     keys = [*STEMS, "outside_other"]
     held_out = {name: song for name, song in songs.items() if not song["in_training"]}
-    summary, summary_held_out = (
-        {
-            m.name: {k: round(float(np.median([s["methods"][m.name][k] for s in group.values()])), 2) for k in keys}
-            for m in methods
-        }
-        for group in (songs, held_out or songs)
-    )
+    names = [m.name for m in methods]
+    summary = quality.median_shares(list(songs.values()), names, keys)
+    summary_held_out = quality.median_shares(list((held_out or songs).values()), names, keys)
     report = {
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "source": str(args.root),

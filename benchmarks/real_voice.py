@@ -65,11 +65,8 @@ def markdown(report: dict) -> str:
         f"{report['created']}. The voice's energy in each estimated stem, dB relative to the voice (vocals: higher "
         "is better; drums, bass, other, outside vocals: lower is better). Median over excerpts:",
         "",
-        "| method | " + " | ".join(keys) + " |",
-        "|---|" + "---|" * len(keys),
     ]
-    for method, row in report["summary"].items():
-        lines.append(f"| {method} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    lines += quality.shares_table(report["summary"], keys)
     methods = list(report["summary"])
     lines += ["", "Per excerpt (voice in vocals / outside vocals, dB):", ""]
     lines += ["| excerpt | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
@@ -84,24 +81,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--songs", type=Path, default=SONGS, help="folder searched for Frets on Fire band tracks")
     parser.add_argument("--voices", type=Path, default=KLETTRES, help="KLettres data folder")
-    parser.add_argument("--model", type=Path, help="model .onnx (default: the shipped default model)")
-    parser.add_argument(
-        "--candidate",
-        type=Path,
-        action="append",
-        default=[],
-        help="another model .onnx scored beside it on the same excerpts (repeatable; named by its card)",
-    )
     parser.add_argument("--start", type=float, default=30.0, help="seconds into each band track")
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds per excerpt")
     parser.add_argument("--voice-db", type=float, default=-3.0, help="voice RMS relative to the band's, dB")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument(
-        "--spatial-filter",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="force the spatial filter on or off (default: as the model's card says)",
-    )
+    quality.add_model_options(parser)
     args = parser.parse_args()
 
     voices = {}
@@ -112,11 +96,7 @@ def main() -> None:
     if not voices:
         wanted = ", ".join(VOICE_TEST)
         raise SystemExit(f"{args.voices}: no clean recordings of {wanted} (apt-get install klettres-data)")
-    model = quality.ModelMethod(args.model or DEFAULT_MODEL, spatial_filter=args.spatial_filter)
-    candidates = [quality.ModelMethod(path, spatial_filter=args.spatial_filter) for path in args.candidate]
-    for candidate in candidates:
-        candidate.name = f"candidate {candidate.card.name}"
-    methods = [model, *candidates, quality.MixtureFractionMethod(), quality.ClassicalMethod()]
+    model, candidates, methods = quality.share_methods(args, DEFAULT_MODEL)
     excerpts = {}
     for i, path in enumerate(band_tracks(args.songs)):
         language = list(voices)[i % len(voices)]
@@ -136,10 +116,7 @@ def main() -> None:
         excerpts[name] = entry
         print(name, json.dumps(entry["methods"]), file=sys.stderr, flush=True)
     keys = [*STEMS, "outside_vocals"]
-    summary = {
-        m.name: {k: round(float(np.median([e["methods"][m.name][k] for e in excerpts.values()])), 2) for k in keys}
-        for m in methods
-    }
+    summary = quality.median_shares(list(excerpts.values()), [m.name for m in methods], keys)
     report = {
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "songs": str(args.songs),

@@ -22,6 +22,7 @@ the four stem medians.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -399,6 +400,46 @@ def irm_for(model: ModelMethod | None) -> IdealRatioMaskMethod:
             c.sample_rate, c.n_fft, c.hop_size, source=f"the model's ({c.name})", window_name=c.window
         )
     return IdealRatioMaskMethod(44100, *IRM_FALLBACK_STFT, source="a fallback (no model given)")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks that score a model and its baselines on other material: --model, --candidate
+    (repeatable) and --spatial-filter/--no-spatial-filter; ``share_methods(args)`` builds the methods from them."""
+    parser.add_argument("--model", type=Path, help="model .onnx (default: the shipped default model)")
+    parser.add_argument(
+        "--candidate",
+        type=Path,
+        action="append",
+        default=[],
+        help="another model .onnx scored beside it on the same excerpts (repeatable; named by its card)",
+    )
+    parser.add_argument(
+        "--spatial-filter",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="force the spatial filter on or off (default: as the model's card says)",
+    )
+
+
+def share_methods(args: argparse.Namespace, default_model: Path) -> tuple[ModelMethod, list[ModelMethod], list]:
+    """(model, candidates, all methods) from ``add_model_options``' options: the model (``default_model`` unless
+    --model), each candidate named "candidate <card name>", then mixture/4 and the classical separator."""
+    model = ModelMethod(args.model or default_model, spatial_filter=args.spatial_filter)
+    candidates = [ModelMethod(path, spatial_filter=args.spatial_filter) for path in args.candidate]
+    for candidate in candidates:
+        candidate.name = f"candidate {candidate.card.name}"
+    return model, candidates, [model, *candidates, MixtureFractionMethod(), ClassicalMethod()]
+
+
+def median_shares(entries: Sequence[dict], methods: Sequence[str], keys: Sequence[str]) -> dict[str, dict[str, float]]:
+    """{method: {key: median over entries}}, each entry holding ``source_shares`` figures in entry["methods"]."""
+    return {m: {k: round(float(np.median([e["methods"][m][k] for e in entries])), 2) for k in keys} for m in methods}
+
+
+def shares_table(summary: dict[str, dict[str, float]], keys: Sequence[str]) -> list[str]:
+    """Markdown lines of a ``median_shares`` summary: a row per method, a column per key."""
+    lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    return lines + [f"| {m} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |" for m, row in summary.items()]
 
 
 # ---------------------------------------------------------------------------------------------------- runner

@@ -24,7 +24,9 @@ from engine.evaluate import (
     load_song,
     markdown,
     median_sdr,
+    median_shares,
     paired_comparison,
+    shares_table,
     si_sdr,
     song_timbres,
     source_shares,
@@ -367,3 +369,14 @@ def test_source_shares_find_a_source_where_the_estimates_put_it():
     assert shares["vocals"] == pytest.approx(half, abs=0.05) and shares["other"] == pytest.approx(half, abs=0.05)
     assert shares["outside_other"] == pytest.approx(half, abs=0.05)  # the band in the drums is not guitar
     assert shares["drums"] < -60 and shares["bass"] < -60
+
+
+def test_median_shares_and_their_table_take_each_method_and_key_over_the_entries():
+    entries = [{"methods": {"model": {"vocals": v, "outside_vocals": -v}}} for v in (-1.0, -3.0, -2.0)]
+    summary = median_shares(entries, ["model"], ["vocals", "outside_vocals"])
+    assert summary == {"model": {"vocals": -2.0, "outside_vocals": 2.0}}
+    assert shares_table(summary, ["vocals", "outside_vocals"]) == [
+        "| method | vocals | outside_vocals |",
+        "|---|---|---|",
+        "| model | -2.00 | 2.00 |",
+    ]
