@@ -127,6 +127,23 @@ def test_gather_splits_guitars_by_song_and_voices_by_speaker(tmp_path):
         gather(out, tmp_path / "nothing", klettres)
 
 
+def test_gather_takes_ktuberling_speakers_for_training_only(tmp_path):
+    fof, klettres, ktuberling = tmp_path / "fof", tmp_path / "klettres", tmp_path / "ktuberling"
+    (fof / "muldjord" / "chaos_god").mkdir(parents=True)
+    sf.write(fof / "muldjord" / "chaos_god" / "guitar.ogg", burst(1.0, 200, RATE), RATE)
+    (klettres / "de").mkdir(parents=True)
+    sf.write(klettres / "de" / "a.ogg", burst(0.5, 300, RATE), RATE)
+    for language, rate in (("de", RATE), ("en", RATE), ("fi", 8000), ("sr", 22050), ("sr@latin", RATE)):
+        (ktuberling / language).mkdir(parents=True)
+        sf.write(ktuberling / language / "ball.wav", burst(0.5, 250, rate), rate)
+    without = gather(tmp_path / "without", fof, klettres)
+    counts = gather(tmp_path / "with", fof, klettres, ktuberling)
+    assert counts == {**without, "train/vocals": without["train/vocals"] + 1}
+    # en: a held-out KLettres language; fi and sr: recorded at 8 and 22 kHz; sr@latin: a copy of sr
+    assert sorted(p.name for p in (tmp_path / "with" / "train" / "vocals").iterdir()) == ["de", "ktuberling_de"]
+    assert (tmp_path / "with" / "train" / "vocals" / "ktuberling_de" / "ball.wav").is_symlink()
+
+
 def write_song(root, name: str, seed: int) -> None:
     folder = root / "train" / name
     folder.mkdir(parents=True)

