@@ -395,6 +395,15 @@ def test_training_steps_lower_the_loss_and_resume(tmp_path):
     assert "with probability 0.5 per stem, real recordings from" in ckpt["provenance"]["training_data"]
     assert "vocals: 1 sources" in ckpt["provenance"]["training_data"]
     assert ckpt["spatial_filter"] == "on"
+    # resumed from its fp16 copy with the same settings, a run notes no change
+    again = tmp_path / "again"
+    train.main(
+        [str(again) if a == str(run) else a for a in common]
+        + ["--init", str(l1_run / "last_fp16.pt"), "--loss", "l1", "--augment", "timbre", "--spatial-filter", "on"]
+        + ["--real", str(tmp_path / "real"), "--p-real", "0.5", "--steps", "8"]
+    )
+    history = torch.load(again / "last.pt", weights_only=False)["provenance"]["history"]
+    assert history == ckpt["provenance"]["history"]
     log = [json.loads(line) for line in (l1_run / "log.jsonl").read_text().splitlines()]
     assert [r["spatial_filter"] for r in log if r["kind"] == "validation"] == [True]
     assert all(np.isfinite(r["loss"]) for r in log if r["kind"] == "train")

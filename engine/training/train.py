@@ -240,8 +240,8 @@ def _half(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_fp16(checkpoint: dict, path: Path) -> None:
-    """The weights-only fp16 checkpoint committed to the repo: config, fp16 weights (and their average), step,
-    provenance."""
+    """The weights-only fp16 checkpoint committed to the repo: config, fp16 weights (and their average), step, the
+    run's settings (so a run resumed from it notes only real changes in its history), provenance."""
     small = {
         "config": checkpoint["config"],
         "model": _half(checkpoint["model"]),
@@ -250,6 +250,9 @@ def save_fp16(checkpoint: dict, path: Path) -> None:
         "augment": checkpoint.get("augment", "default"),
         "provenance": checkpoint.get("provenance", {}),
     }
+    for key in ("spatial_filter", "real"):
+        if key in checkpoint:
+            small[key] = checkpoint[key]
     if checkpoint.get("ema") is not None:
         small["ema"] = _half(checkpoint["ema"])
         small["ema_decay"] = checkpoint["ema_decay"]
