@@ -21,10 +21,12 @@ klettres-data``), split by song and by speaker so that the benchmarks measure ma
 * vocals: KLettres' letters and syllables spoken by native speakers of 20 languages, one speaker per language
   folder. Recordings with hiss (under 30 dB between their loud and quiet frames) or clipping are left out. Five
   languages (``VOICE_TEST``) are held out for benchmarks/real_voice.py.
-* vocals, more speakers (``apt-get install ktuberling-data``; ``--no-ktuberling`` leaves them out): KTuberling's
+* vocals, more speakers (optional: ``apt-get install ktuberling-data`` and ``gather --ktuberling``): KTuberling's
   words spoken in 25 languages, one source per language folder, with the same checks, and only recordings made at
-  32 kHz or more (the 8 and 22 kHz ones lack a voice's upper band). Languages of the held-out KLettres speakers are
-  left out entirely, in case one person recorded for both projects.
+  32 kHz or more (the 8 and 22 kHz ones lack a voice's upper band): 14 more sources, 25.6 min of speech in all
+  instead of 10. Languages of the held-out KLettres speakers are left out entirely, in case one person recorded
+  for both projects. Not in the default pool: trained side by side with it, they did not help the held-out voices
+  (benchmarks/results/candidates/real_speakers/).
 """
 
 from __future__ import annotations
@@ -279,16 +281,21 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--out", type=Path, default=Path("data/real"))
     g.add_argument("--fretsonfire", type=Path, default=FRETSONFIRE)
     g.add_argument("--klettres", type=Path, default=KLETTRES)
-    g.add_argument("--ktuberling", type=Path, default=KTUBERLING, help="KTuberling's sounds (more speakers, optional)")
-    g.add_argument("--no-ktuberling", action="store_true", help="leave KTuberling's voices out")
+    g.add_argument(
+        "--ktuberling",
+        type=Path,
+        nargs="?",
+        const=KTUBERLING,
+        default=None,
+        help=f"add KTuberling's speakers to the vocal pool (default folder: {KTUBERLING})",
+    )
     s = sub.add_parser("show", help="load a pool and say what it holds")
     s.add_argument("root", type=Path)
     args = p.parse_args(argv)
     if args.command == "gather":
-        ktuberling = None if args.no_ktuberling else args.ktuberling
-        if ktuberling is not None and not languages_in(ktuberling):
-            print(f"{ktuberling}: no recordings; more speakers with apt-get install ktuberling-data")
-        for key, count in sorted(gather(args.out, args.fretsonfire, args.klettres, ktuberling).items()):
+        if args.ktuberling is not None and not languages_in(args.ktuberling):
+            raise SystemExit(f"{args.ktuberling}: no recordings (apt-get install ktuberling-data)")
+        for key, count in sorted(gather(args.out, args.fretsonfire, args.klettres, args.ktuberling).items()):
             print(f"{args.out}/{key}: {count} files")
     else:
         print(RealPool(args.root).describe())
