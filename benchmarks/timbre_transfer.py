@@ -43,8 +43,18 @@ DEFAULT_MODELS = [
         "heldout_timbres/candidates/default_step18721/plain_masks",
     ),
     ("step18721 + spatial filter", "candidates/default_step18721", "heldout_timbres/candidates/default_step18721"),
-    ("step19521 (real recordings)", "candidates/plain_masks", "heldout_timbres/candidates/plain_masks"),
-    ("step19521 (real recordings) + spatial filter (shipped)", ".", "heldout_timbres"),
+    (
+        "step19521 (real recordings)",
+        "candidates/default_step19521/plain_masks",
+        "heldout_timbres/candidates/default_step19521/plain_masks",
+    ),
+    (
+        "step19521 (real recordings) + spatial filter",
+        "candidates/default_step19521",
+        "heldout_timbres/candidates/default_step19521",
+    ),
+    ("step22034 (real recordings, longer)", "candidates/plain_masks", "heldout_timbres/candidates/plain_masks"),
+    ("step22034 (real recordings, longer) + spatial filter (shipped)", ".", "heldout_timbres"),
     ("nfft2048", "candidates/nfft2048", "heldout_timbres/candidates/nfft2048"),
     ("timbre augmentation", "candidates/aug_timbre", "heldout_timbres/candidates/aug_timbre"),
     ("augmentation control", "candidates/aug_control", "heldout_timbres/candidates/aug_control"),
@@ -62,8 +72,11 @@ DEFAULT_PAIRS = [
     ("timbre augmentation", "augmentation control"),
     ("step18721 + spatial filter", "step18721"),
     ("step19521 (real recordings)", "step18721"),
-    ("step19521 (real recordings) + spatial filter (shipped)", "step18721 + spatial filter"),
-    ("step19521 (real recordings) + spatial filter (shipped)", "step19521 (real recordings)"),
+    ("step19521 (real recordings) + spatial filter", "step18721 + spatial filter"),
+    ("step19521 (real recordings) + spatial filter", "step19521 (real recordings)"),
+    ("step22034 (real recordings, longer)", "step19521 (real recordings)"),
+    ("step22034 (real recordings, longer) + spatial filter (shipped)", "step19521 (real recordings) + spatial filter"),
+    ("step22034 (real recordings, longer) + spatial filter (shipped)", "step22034 (real recordings, longer)"),
 ]
 
 
