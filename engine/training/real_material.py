@@ -231,7 +231,7 @@ def gather(
     out: Path, fretsonfire: Path = FRETSONFIRE, klettres: Path = KLETTRES, ktuberling: Path | None = None
 ) -> dict[str, int]:
     """Link the Debian recordings into ``out/train`` and ``out/test`` pools; returns files linked per pool.
-    KTuberling's voices join when ``ktuberling`` is a folder (its package is optional)."""
+    KTuberling's voices join the training pool when ``ktuberling`` names its sounds folder (an optional package)."""
     counts: dict[str, int] = {}
 
     def link(src: Path, split: str, stem: str, source: str, name: str) -> None:
@@ -267,7 +267,7 @@ def gather(
     held_out = {language.split("_")[0] for language in VOICE_TEST}
     # sr@latin and the other sr@ variants are copies of sr's recordings: one source each, not four
     for language in languages_in(ktuberling) if ktuberling is not None else []:
-        if language.split("@")[0].split("_")[0] in held_out or "@" in language:
+        if "@" in language or language.split("_")[0] in held_out:
             continue
         for path in voice_clips(language, ktuberling):
             link(path, "train", "vocals", f"ktuberling_{language}", path.name)
