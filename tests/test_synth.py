@@ -194,7 +194,8 @@ def test_split_midi_groups_by_channel_and_program():
     assert [t["group"] for t in info] == ["drums", "bass", "other", "guitars", "bass"]
     assert len(files["drums"].tracks) == 2 and len(files["bass"].tracks) == 3
     assert len(files["other"].tracks) == 2 and len(files["guitars"].tracks) == 2
-    for f in files.values():
+    assert files["voices"] is None  # no choir or "oohs" patch
+    for f in (files[g] for g in ("drums", "bass", "guitars", "other")):
         assert f.tracks[0] is mf.tracks[0]  # the conductor track travels with every group
     drum_progs = [m.program for m in files["drums"].tracks[1] if m.type == "program_change"]
     assert drum_progs[0] in music.STYLES["rock"][3]
@@ -203,6 +204,39 @@ def test_split_midi_groups_by_channel_and_program():
             assert all(32 <= m.program <= 39 for m in tr if m.type == "program_change")
     pans = [m.value for m in files["other"].tracks[1] if m.type == "control_change" and m.control == 10]
     assert len(pans) == 1 and pans[0] == info[2]["pan"]  # MMA's pan replaced by ours
+
+
+def test_split_midi_sends_choir_and_oohs_patches_to_the_backing_voices():
+    tracks = [_track("Chord-Sus", 2, prog, [60, 64]) for prog in (52, 53, 54)] + [_track("Chord", 3, 48, [60, 64])]
+    for seed in range(20):
+        files, info = music.split_midi(_mma_like(*tracks), random.Random(seed), "rock")
+        for t in info:
+            assert t["group"] == ("voices" if t["new_prog"] in music.VOICE_PROGRAMS else "other")
+        voice_tracks = files["voices"].tracks[1:] if files["voices"] else []
+        voiced = [m.program for tr in voice_tracks for m in tr if m.type == "program_change"]
+        assert sorted(voiced) == sorted(t["new_prog"] for t in info if t["group"] == "voices")
+    kept = music.split_midi(_mma_like(*tracks), random.Random(0), "rock")[1]
+    assert [t["group"] for t in kept[:3]].count("voices") >= 1  # most voice patches keep their family
+
+
+def test_backing_voices_join_the_lead_below_it():
+    t = np.arange(SR) / SR
+    lead = np.stack([np.sin(2 * np.pi * 220 * t)] * 2).astype(np.float32)
+    backing = 0.01 * np.stack([np.sin(2 * np.pi * 330 * t)] * 2).astype(np.float32)
+    for seed in range(5):
+        out, level_db = synth.add_backing_voices(lead, backing, random.Random(seed))
+        assert -10.0 <= level_db <= -2.0 and out.dtype == np.float32
+        rel = produce.active_rms(out - lead) / produce.active_rms(lead)
+        assert 20 * np.log10(rel) == pytest.approx(level_db, abs=0.01)
+    out, level_db = synth.add_backing_voices(np.zeros_like(lead), backing, random.Random(0))
+    assert level_db is None and np.array_equal(out, backing)  # an instrumental: the backing is the vocal stem
+
+
+def test_songs_of_an_older_generator_are_remade(tmp_path):
+    folder = tmp_path / "train" / "song000042"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text(f'{{"generator_version": {synth.GENERATOR_VERSION - 1}, "seed": 42}}')
+    assert not synth.is_complete(tmp_path, 42)
 
 
 def test_split_midi_makes_the_lowest_track_the_bass_when_none_is_marked():
@@ -333,7 +367,7 @@ def test_held_out_timbres_are_always_test_songs_and_never_mixed_with_training_ti
     assert not synth.is_complete(tmp_path, 40, "heldout")
     (tmp_path / "test" / "song000040").mkdir(parents=True)
     (tmp_path / "test" / "song000040" / "meta.json").write_text(
-        '{"generator_version": 3, "seed": 40}'
+        f'{{"generator_version": {synth.GENERATOR_VERSION}, "seed": 40}}'
     )  # a training song from before
     assert synth.is_complete(tmp_path, 40, "train")
     with pytest.raises(ValueError, match="with train timbres, not heldout"):

@@ -2,7 +2,8 @@
 
 One song: a style picks an MMA groove, tempo, key and chord progression (synth_music); MMA writes the accompaniment as
 MIDI, split per instrument group and rendered with fluidsynth through one of several soundfonts; a melody is sung by
-festival + WORLD (synth_vocals); every stem gets its own effect chain, planned silent sections, level and pan, and the
+festival + WORLD (synth_vocals), joined by any groove track voiced with a choir or "oohs" patch (backing vocals,
+as real multitracks count them); every stem gets its own effect chain, planned silent sections, level and pan, and the
 mix bus compresses and limits through gain envelopes shared by all stems (synth_produce), so mixture == sum of stems.
 
 Layout: OUT/<split>/<song_id>/{vocals,drums,bass,other}.wav (44.1 kHz stereo PCM_16) + mixture.wav (PCM_24, the exact
@@ -44,10 +45,10 @@ import soundfile as sf
 
 from engine.evaluate import song_timbres
 from engine.training import synth_music as music
-from engine.training.synth_produce import STEMS, produce, silent_sections
+from engine.training.synth_produce import STEMS, active_rms, db_to_gain, produce, silent_sections
 from engine.training.synth_vocals import installed_voices, make_vocals
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4  # 4: groove tracks with voice patches belong to the vocal stem
 SPLITS = ("train", "validation", "test")
 SF_WEIGHTS = music.SF_WEIGHTS
 
@@ -70,8 +71,9 @@ def song_dir(out: Path, seed: int, timbres: str = "train") -> Path:
 
 
 def is_complete(out: Path, seed: int, timbres: str = "train") -> bool:
-    """Whether song `seed` is complete in `out`; ValueError if it is there with the other timbre set (a folder of
-    songs holds one set: a held-out test song must not be mistaken for its training-timbre twin, or the reverse)."""
+    """Whether song `seed` is complete in `out` and made by this `GENERATOR_VERSION` (an older one's song is remade);
+    ValueError if it is there with the other timbre set (a folder of songs holds one set: a held-out test song must
+    not be mistaken for its training-timbre twin, or the reverse)."""
     folder = song_dir(out, seed, timbres)
     if not (folder / "meta.json").exists():
         return False
@@ -80,7 +82,7 @@ def is_complete(out: Path, seed: int, timbres: str = "train") -> bool:
         raise ValueError(
             f"{folder} holds song {seed} with {found} timbres, not {timbres}: render each set into its own folder"
         )
-    return True
+    return json.loads((folder / "meta.json").read_text()).get("generator_version") == GENERATOR_VERSION
 
 
 def missing_tools(timbres: str = "train") -> list[str]:
@@ -161,6 +163,18 @@ def plan_song(seed: int, duration_s: float, timbres: str = "train") -> tuple[ran
     return rng, plan
 
 
+def add_backing_voices(lead: np.ndarray, backing: np.ndarray, rng: random.Random) -> tuple[np.ndarray, float | None]:
+    """The vocal stem's dry signal: the lead with the groove's choir/"oohs" tracks (backing vocals) 10 to 2 dB below
+    it (RMS over active blocks), or the backing alone for an instrumental. Returns (vocals, backing level in dB
+    relative to the lead, None without a lead)."""
+    level_db = rng.uniform(-10.0, -2.0)
+    lead_rms, backing_rms = active_rms(lead), active_rms(backing)
+    if lead_rms < 1e-6 or backing_rms < 1e-9:
+        return (lead + backing).astype(np.float32), None
+    gain = db_to_gain(level_db) * lead_rms / backing_rms
+    return (lead + gain * backing).astype(np.float32), level_db
+
+
 def render_song(
     seed: int, duration_s: float, work: Path, timbres: str = "train"
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
@@ -190,6 +204,7 @@ def render_song(
         dry[group] = music.fit_length(x, num_frames)
     for group in ("drums", "bass", "other"):
         dry.setdefault(group, np.zeros((2, num_frames), np.float32))
+    backing = dry.pop("voices", None)
     timings["fluidsynth"] = time.time() - t
     t = time.time()
     vocal_rng = stage_rng(seed, "vocals")
@@ -200,6 +215,9 @@ def render_song(
         dry["vocals"], vmeta = make_vocals(
             vocal_rng, bars, plan["key_pc"], plan["mode"], plan["tempo"], duration_s, soundfont, work, timbres=timbres
         )
+    if backing is not None:
+        voices_rng = stage_rng(seed, "voices")
+        dry["vocals"], vmeta["backing_voices_db"] = add_backing_voices(dry["vocals"], backing, voices_rng)
     timings["vocals"] = time.time() - t
     t = time.time()
     silences = {}

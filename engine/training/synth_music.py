@@ -1,9 +1,10 @@
 """Accompaniment for synthetic songs: styles, chord progressions, MMA charts, MIDI split and fluidsynth rendering.
 
 Ported from the stemgen prototype (shared/reference/stemgen). One song's accompaniment is an MMA groove over a chord
-progression; MMA writes a multi-track MIDI file, which is split by channel and GM program into drums, bass, guitars
-and the rest, re-voiced, and rendered per group with the fluidsynth CLI (its own reverb and chorus off: all ambience
-comes from the production stage). Audio arrays are float32 (channels, frames) at `SAMPLE_RATE`.
+progression; MMA writes a multi-track MIDI file, which is split by channel and GM program into drums, bass, guitars,
+voices (choir and "oohs" patches: backing vocals) and the rest, re-voiced, and rendered per group with the fluidsynth
+CLI (its own reverb and chorus off: all ambience comes from the production stage). Audio arrays are float32
+(channels, frames) at `SAMPLE_RATE`.
 """
 
 from __future__ import annotations
@@ -341,7 +342,10 @@ def run_mma(chart: str, work: Path) -> mido.MidiFile:
 # ---------------------------------------------------------------------------------------------------------------------
 # MIDI split and re-voicing
 # ---------------------------------------------------------------------------------------------------------------------
-GROUPS = ("drums", "bass", "guitars", "other")
+GROUPS = ("drums", "bass", "guitars", "other", "voices")
+# GM voice patches (0-based: 52 Choir Aahs, 53 Voice Oohs, 54 Synth Voice). A groove track voiced with one sings
+# "aahs" and "oohs", which real multitracks (MUSDB18) count as backing vocals: it joins the vocal stem, not "other"
+VOICE_PROGRAMS = frozenset({52, 53, 54})
 # GM families an 'other' track may be re-voiced with: piano, chromatic percussion, organ, strings, ensemble, brass,
 # reed, pipe, synth lead, synth pad (program // 8)
 SWAP_FAMILIES = [0, 1, 2, 5, 6, 7, 8, 9, 10, 11]
@@ -375,7 +379,8 @@ def split_midi(
     mid: mido.MidiFile, rng: random.Random, style: str, pan_sd: float = 30.0
 ) -> tuple[dict[str, mido.MidiFile | None], list[dict]]:
     """Split an MMA MIDI file into one MIDI file per group of `GROUPS` (each with the conductor track; None where the
-    group has no track), re-voice drums/bass/some other patches and re-pan every melodic track.
+    group has no track), re-voice drums/bass/some other patches and re-pan every melodic track. An "other" track that
+    ends up with a voice patch (`VOICE_PROGRAMS`) goes to "voices", the backing vocals.
 
     Returns (files, info) where info lists per track {track, group, prog, new_prog, pan}.
     """
@@ -405,6 +410,8 @@ def split_midi(
                 new_prog = (prog // 8) * 8 + rng.randrange(8)
             elif r < 0.45 and group == "other" and prog < 96:  # another harmonic family altogether
                 new_prog = rng.choice(SWAP_FAMILIES) * 8 + rng.randrange(8)
+            if group == "other" and new_prog in VOICE_PROGRAMS:
+                group = "voices"
         pan = 64 if group in ("drums", "bass") else int(np.clip(64 + rng.gauss(0, pan_sd), 5, 122))
         new = mido.MidiTrack()
         for m in tr:
