@@ -7,19 +7,25 @@ hears (``engine.training.real_material.VOICE_TEST``) into phrases, lays each ove
 asks where the voice ends up::
 
     apt-get install klettres-data fretsonfire-songs-muldjord fretsonfire-songs-sectoid
-    python benchmarks/real_voice.py [--model M.onnx] [--seconds 30] [--voice-db -3]
+    python benchmarks/real_voice.py [--model M.onnx] [--seconds 30] [--voice-db -3] [--sung]
 
 Speech is not singing, so this measures whether the model knows a real voice's sound (formants, consonants, breath,
 a real microphone), not how it treats a sung melody. The band tracks may hold sung or growled vocals of their own;
 they are part of the band here and are not scored. For each excerpt and method, the voice's share in each estimated
 stem in dB relative to the voice (``engine.evaluate.source_shares``): vocals higher is better, ``outside_vocals``
 lower. Writes benchmarks/results/real_voice/.
+
+``--sung`` sings the held-out speakers' clips instead (``engine.training.sung_speech``: each syllable re-timed and
+re-pitched onto a melody by WORLD, with reverb on most excerpts) and writes benchmarks/results/real_voice/sung/. The
+voices are real, the singing is synthetic: a model trained on sung training speakers (``sung_speech`` run on the
+training pool) has heard this vocoder, so this condition measures held-out voices, not real singing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from engine import evaluate as quality  # noqa: E402
 from engine.baselines import STEMS  # noqa: E402
 from engine.separator import DEFAULT_MODEL  # noqa: E402
-from engine.training import real_material  # noqa: E402
+from engine.training import real_material, sung_speech  # noqa: E402
 from engine.training.real_material import KLETTRES, VOICE_TEST, voice_clips  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "real_voice"
@@ -55,12 +61,23 @@ def excerpt(clips: list[np.ndarray], band: np.ndarray, voice_db: float, seed: in
     return (voice * gain).astype(np.float32)
 
 
+def sung_excerpt(speaker: sung_speech.Speaker, band: np.ndarray, voice_db: float, seed: int) -> np.ndarray:
+    """A sung track of ``speaker`` as long as ``band`` (channels, n), its RMS ``voice_db`` relative to the band's."""
+    rng = random.Random(seed)
+    n = band.shape[1]
+    line, _ = sung_speech.sung_track(speaker, rng, n / RATE)
+    voice = sung_speech.produced(np.pad(line, (0, max(n - len(line), 0)))[:n], rng)[: band.shape[0]]
+    gain = 10 ** (voice_db / 20) * np.sqrt(np.mean(band**2) / max(np.mean(voice**2), 1e-12))
+    return (voice * gain).astype(np.float32)
+
+
 def markdown(report: dict) -> str:
     keys = [*STEMS, "outside_vocals"]
     lines = [
         "# Where a real voice goes",
         "",
-        f"{len(report['excerpts'])} excerpts of {report['seconds']} s: held-out KLettres speakers "
+        f"{len(report['excerpts'])} excerpts of {report['seconds']} s: held-out KLettres speakers"
+        f"{' sung (engine.training.sung_speech)' if report.get('sung') else ''} "
         f"({', '.join(report['voices'])}) at {report['voice_db']} dB against Frets on Fire band tracks; evaluated "
         f"{report['created']}. The voice's energy in each estimated stem, dB relative to the voice (vocals: higher "
         "is better; drums, bass, other, outside vocals: lower is better). Median over excerpts:",
@@ -84,7 +101,8 @@ def main() -> None:
     parser.add_argument("--start", type=float, default=30.0, help="seconds into each band track")
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds per excerpt")
     parser.add_argument("--voice-db", type=float, default=-3.0, help="voice RMS relative to the band's, dB")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--sung", action="store_true", help="sing the speakers' clips (see the docstring)")
+    parser.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (with --sung, its sung/ folder)")
     quality.add_model_options(parser)
     args = parser.parse_args()
 
@@ -96,6 +114,13 @@ def main() -> None:
     if not voices:
         wanted = ", ".join(VOICE_TEST)
         raise SystemExit(f"{args.voices}: no clean recordings of {wanted} (apt-get install klettres-data)")
+    out = args.out or (RESULTS / "sung" if args.sung else RESULTS)
+    speakers = {}
+    if args.sung:
+        speakers = {
+            language: sung_speech.Speaker([c.mean(axis=0).astype(np.float64) for c in clips])
+            for language, clips in voices.items()
+        }
     model, candidates, methods = quality.share_methods(args, DEFAULT_MODEL)
     excerpts = {}
     for i, path in enumerate(band_tracks(args.songs)):
@@ -105,7 +130,10 @@ def main() -> None:
         band = np.ascontiguousarray(band[:, a : a + int(args.seconds * RATE)])
         if band.shape[1] < RATE:
             raise SystemExit(f"{path}: less than 1 s of audio from {args.start} s")
-        voice = excerpt(voices[language], band, args.voice_db, seed=i)
+        if args.sung:
+            voice = sung_excerpt(speakers[language], band, args.voice_db, seed=i)
+        else:
+            voice = excerpt(voices[language], band, args.voice_db, seed=i)
         mixture = voice + band
         song = quality.Song(path.parent.name, RATE, mixture, np.zeros((len(STEMS), *mixture.shape), np.float32))
         name = f"{language} over {path.parent.name}"
@@ -124,15 +152,16 @@ def main() -> None:
         "start_s": args.start,
         "seconds": args.seconds,
         "voice_db": args.voice_db,
+        "sung": args.sung,
         "methods": {m.name: m.description for m in methods},
         "model": model.params,
         "candidates": {c.name: c.params for c in candidates},
         "summary": summary,
         "excerpts": excerpts,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "real_voice.json").write_text(json.dumps(quality.json_safe(report), indent=1) + "\n")
-    (args.out / "real_voice.md").write_text(markdown(report))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "real_voice.json").write_text(json.dumps(quality.json_safe(report), indent=1) + "\n")
+    (out / "real_voice.md").write_text(markdown(report))
     print(markdown(report))
 
 

@@ -1,0 +1,258 @@
+"""Real speakers, sung: the spoken clips of a real pool turned into sung phrases by the synthesizer's speech-to-singing.
+
+The default model keeps a real *spoken* voice in its vocal stem (benchmarks/results/real_voice/) but loses most of a
+real *sung* one to "other" (benchmarks/results/real_stems/): singing holds long pitched vowels, as the instruments
+do, and the only singing it trains on is festival's diphone voices. No isolated real singing is reachable here, so
+this module sings the real speakers instead: each spoken letter or syllable of a KLettres speaker
+(``real_material``) becomes one syllable of a melody over a chord progression, re-timed and re-pitched by the same
+WORLD speech-to-singing that sings the synthetic songs (``synth_vocals.sing_frames``): consonants at natural speed,
+the vowel stretched over its note, portamento, vibrato and drift from a random singer. The envelope, the consonants
+and the microphone stay those of a real person; the pitch, the timing and the vocoder are synthetic.
+
+``python -m engine.training.sung_speech data/real/train`` writes, for every vocal source of the pool, a source
+``<source>_sung`` of sung tracks (24-bit WAV, stereo, some with reverb) beside it, which ``RealPool`` then samples as
+it samples a guitar track. Deterministic from ``--seed`` and the source's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import zlib
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from engine.training.real_material import AUDIO_SUFFIXES, CLIP_SECONDS, load_audio, trimmed
+from engine.training.synth_music import SAMPLE_RATE, make_progression
+from engine.training.synth_vocals import (
+    FRAME_PERIOD_MS,
+    Phrase,
+    melody_notes,
+    pitch_contour,
+    quiet_phrases,
+    random_singer,
+    sing_frames,
+    synthesize_line,
+)
+
+MIN_VOICED_S = 0.03  # shortest voiced stretch that counts as a syllable's vowel
+MAX_GAP_S = 0.03  # unvoiced gaps shorter than this do not split a vowel
+CLIP_PAUSE_S = 0.06  # silence between clips strung into one phrase for the analysis
+MALE_BELOW_HZ = 165.0  # median speaking F0 under which a speaker sings in the lower register
+REGISTERS = {"low": (41, 67), "high": (53, 79)}  # widest sung MIDI range, as for the festival voices
+PEAK = 10 ** (-1 / 20)  # tracks are written peaking at -1 dBFS
+
+
+def speech_f0(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """WORLD F0 (Hz, 0 = unvoiced) per FRAME_PERIOD_MS frame of mono speech x: float64 (num_samples,)."""
+    import pyworld as pw
+
+    f0, t = pw.dio(x, sample_rate, frame_period=FRAME_PERIOD_MS, f0_floor=60, f0_ceil=500)
+    return pw.stonemask(x, f0, t, sample_rate)
+
+
+def voiced_regions(f0: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) frame ranges of the voiced stretches of f0 (frames,), gaps under MAX_GAP_S bridged, stretches
+    under MIN_VOICED_S dropped."""
+    dt = FRAME_PERIOD_MS / 1000.0
+    regions: list[list[int]] = []
+    for k in np.flatnonzero(f0 > 0):
+        if regions and k - regions[-1][1] <= MAX_GAP_S / dt:
+            regions[-1][1] = k + 1
+        else:
+            regions.append([k, k + 1])
+    return [(a, b) for a, b in regions if (b - a) * dt >= MIN_VOICED_S]
+
+
+def clip_syllables(x: np.ndarray, sample_rate: int, f0: np.ndarray | None = None) -> list[list[tuple]]:
+    """The syllables of one spoken clip x: float64 (num_samples,), in festival's form (``synth_vocals``): a list of
+    syllables, each a list of (phone, is_vowel, start_s, end_s) segments. Each voiced stretch is a vowel; the unvoiced
+    sound between two of them is split at its middle into coda and onset. ``f0``: x's ``speech_f0`` if known."""
+    dt = FRAME_PERIOD_MS / 1000.0
+    end_s = len(x) / sample_rate
+    f0 = speech_f0(x, sample_rate) if f0 is None else f0
+    regions = [(a * dt, min(b * dt, end_s)) for a, b in voiced_regions(f0)]
+    syllables = []
+    for i, (v0, v1) in enumerate(regions):
+        start = 0.0 if i == 0 else (regions[i - 1][1] + v0) / 2
+        stop = end_s if i == len(regions) - 1 else (v1 + regions[i + 1][0]) / 2
+        segments = [("C", False, start, v0)] if v0 - start > dt else []
+        segments.append(("V", True, v0, v1))
+        if stop - v1 > dt:
+            segments.append(("C", False, v1, stop))
+        syllables.append(segments)
+    return syllables
+
+
+def shifted(syllables: list[list[tuple]], offset_s: float) -> list[list[tuple]]:
+    """``syllables`` (as ``clip_syllables`` gives them) with every time moved by ``offset_s``."""
+    return [[(p, vowel, a + offset_s, b + offset_s) for p, vowel, a, b in syl] for syl in syllables]
+
+
+def spoken_clips(folder: Path, sample_rate: int = SAMPLE_RATE) -> list[np.ndarray]:
+    """The trimmed mono recordings (float64 (num_samples,)) of one source folder of a real pool that are clips (shorter
+    than real_material.CLIP_SECONDS), sorted by path."""
+    clips = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+        x = trimmed(load_audio(path, sample_rate), sample_rate)
+        if sample_rate // 10 <= x.shape[1] < CLIP_SECONDS * sample_rate:
+            clips.append(x.mean(axis=0).astype(np.float64))
+    return clips
+
+
+class Speaker:
+    """One real speaker's clips with their syllables, analysed once, and the register the speaker sings in."""
+
+    def __init__(self, clips: list[np.ndarray], sample_rate: int = SAMPLE_RATE) -> None:
+        self.sample_rate = sample_rate
+        self.clips, self.syllables, voiced = [], [], []
+        for x in clips:
+            f0 = speech_f0(x, sample_rate)
+            syllables = clip_syllables(x, sample_rate, f0)
+            if syllables:
+                self.clips.append(x)
+                self.syllables.append(syllables)
+                voiced.append(f0[f0 > 0])
+        if not self.clips:
+            raise ValueError("no clip with a voiced stretch to sing")
+        self.median_f0_hz = float(np.median(np.concatenate(voiced)))
+
+    def pitch_range(self, rng: random.Random) -> tuple[int, int]:
+        """A sung MIDI range of 12-17 semitones in the speaker's register, around and above the speaking pitch."""
+        lo_wide, hi_wide = REGISTERS["low" if self.median_f0_hz < MALE_BELOW_HZ else "high"]
+        speaking = 69 + 12 * math.log2(self.median_f0_hz / 440.0)
+        span = rng.randint(12, 17)
+        centre = speaking + rng.uniform(0, 7)
+        lo = int(round(min(max(centre - span / 2, lo_wide), hi_wide - span)))
+        return lo, lo + span
+
+    def phrase_audio(self, rng: random.Random, num_syllables: int) -> tuple[np.ndarray, int, list[list[tuple]]]:
+        """Random clips strung with CLIP_PAUSE_S pauses until they hold ``num_syllables`` syllables:
+        (speech float64 (num_samples,), sample rate, syllables), as ``synth_vocals.festival_phrases`` gives."""
+        pause = np.zeros(int(CLIP_PAUSE_S * self.sample_rate))
+        parts, syllables, offset = [], [], 0
+        while len(syllables) < num_syllables:
+            i = rng.randrange(len(self.clips))
+            syllables += shifted(self.syllables[i], offset / self.sample_rate)
+            parts += [self.clips[i], pause]
+            offset += len(self.clips[i]) + len(pause)
+        return np.concatenate(parts), self.sample_rate, syllables
+
+
+def sung_track(speaker: Speaker, rng: random.Random, seconds: float) -> tuple[np.ndarray, dict]:
+    """One sung track of ``seconds``: a melody over a random progression, one syllable per note, sung with the
+    speaker's clips. Returns (mono float32 (num_samples,) at SAMPLE_RATE, meta)."""
+    key_pc, mode = rng.randrange(12), rng.choice(["major", "minor"])
+    tempo = rng.randint(66, 150)
+    bars = make_progression(rng, key_pc, mode, "pop", int(seconds * tempo / 240) + 2)
+    pitch_range = speaker.pitch_range(rng)
+    gap_prob = rng.uniform(0.05, 0.3)
+    layout_seed, budgets = rng.randrange(1 << 30), []
+
+    def budget(_i: int, max_notes: int) -> int:
+        budgets.append(rng.randint(max(2, max_notes // 3), max(3, int(max_notes * 0.8))))
+        return budgets[-1]
+
+    layout = (bars, key_pc, mode, tempo, pitch_range)
+    melody_notes(random.Random(rng.random()), *layout, budget, seconds, gap_prob, random.Random(layout_seed))
+    tts = [speaker.phrase_audio(rng, n) for n in budgets]
+    actual = [len(syllables) for _, _, syllables in tts]
+    phrases: list[Phrase] = melody_notes(
+        random.Random(rng.random()),
+        *layout,
+        lambda i, _mx: actual[i] if i < len(actual) else 0,
+        seconds,
+        gap_prob,
+        random.Random(layout_seed),
+    )[: len(tts)]
+    num_out = int(seconds * SAMPLE_RATE)
+    voice_params = {
+        "alpha": rng.uniform(0.96, 1.04),  # a real voice: formants left nearly where they are
+        "consonant_scale": rng.uniform(0.6, 1.0),
+        "breath": (rng.uniform(3000, 6000), rng.uniform(8000, 14000), rng.uniform(0.0, 0.5)),
+        "hf_slope": 1.0,  # unused: the clips are analysed at the output rate
+        "hf_aperiodicity": 0.5,
+    }
+    frames = sing_frames(phrases, tts[: len(phrases)], rng, num_out, voice_params)
+    f0 = pitch_contour(phrases, len(frames.gain), rng, random_singer(rng))
+    line = synthesize_line(frames, f0, num_out)
+    meta = {
+        "key_pc": key_pc,
+        "mode": mode,
+        "tempo": tempo,
+        "pitch_range": pitch_range,
+        "voice_params": voice_params,
+        "quiet_phrases": quiet_phrases(line, phrases),
+        "notes": [[(round(n["t"], 3), round(n["d"], 3), n["pitch"]) for n in ph] for ph in phrases],
+    }
+    return line, meta
+
+
+def produced(line: np.ndarray, rng: random.Random) -> np.ndarray:
+    """A sung line made a stereo vocal track: reverb on most, peak at -1 dBFS. float32 (2, num_samples)."""
+    from pedalboard import Compressor, Pedalboard, Reverb
+
+    x = np.stack([line, line]).astype(np.float32)
+    effects = [Compressor(threshold_db=rng.uniform(-24, -12), ratio=rng.uniform(2, 4), attack_ms=5, release_ms=80)]
+    if rng.random() < 0.7:
+        wet = rng.uniform(0.08, 0.3)
+        effects.append(Reverb(room_size=rng.uniform(0.2, 0.8), damping=0.5, wet_level=wet, dry_level=1 - wet / 2))
+    y = Pedalboard(effects)(x, SAMPLE_RATE)
+    return (y * PEAK / max(float(np.abs(y).max()), 1e-9)).astype(np.float32)
+
+
+def sing_pool(
+    pool: Path, out: Path | None = None, num_tracks: int = 3, seconds: float = 20.0, seed: int = 0
+) -> dict[str, int]:
+    """Write ``num_tracks`` sung tracks of ``seconds`` for every vocal source of ``pool`` that has clips, into
+    ``out/vocals/<source>_sung/`` (``out`` defaults to the pool itself). Returns tracks written per source."""
+    out = pool if out is None else out
+    folder = pool / "vocals"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no vocal sources to sing (see engine/training/real_material.py)")
+    written: dict[str, int] = {}
+    for source in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.endswith("_sung")):
+        clips = spoken_clips(source)
+        if not clips:
+            continue
+        speaker = Speaker(clips)
+        rng = random.Random(seed * 1_000_003 + zlib.crc32(source.name.encode()))
+        dest = out / "vocals" / f"{source.name}_sung"
+        dest.mkdir(parents=True, exist_ok=True)
+        count = 0
+        for k in range(num_tracks):
+            for _attempt in range(3):  # a track with a failed phrase is sung again with the next draws
+                line, meta = sung_track(speaker, rng, seconds)
+                if not meta["quiet_phrases"]:
+                    break
+            else:
+                continue
+            sf.write(dest / f"sung_{k:02d}.wav", produced(line, rng).T, SAMPLE_RATE, subtype="PCM_24")
+            count += 1
+        written[source.name] = count
+    if not written:
+        raise ValueError(f"{folder}: no source with spoken clips (shorter than {CLIP_SECONDS:g} s) to sing")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Sing the spoken clips of a real pool's vocal sources (see the docstring).")
+    p.add_argument("pool", type=Path, help="a real pool (real_material gather's train or test folder)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="pool to write the <source>_sung folders into (default: POOL)"
+    )
+    p.add_argument("--tracks", type=int, default=3, help="sung tracks per source")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of a track")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.tracks < 1 or args.seconds < 2:
+        p.error("--tracks must be at least 1 and --seconds at least 2")
+    for source, count in sing_pool(args.pool, args.out, args.tracks, args.seconds, args.seed).items():
+        print(f"{source}: {count} sung tracks")
+
+
+if __name__ == "__main__":
+    main()
