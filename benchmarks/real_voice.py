@@ -7,7 +7,7 @@ hears (``engine.training.real_material.VOICE_TEST``) into phrases, lays each ove
 asks where the voice ends up::
 
     apt-get install klettres-data fretsonfire-songs-muldjord fretsonfire-songs-sectoid
-    python benchmarks/real_voice.py [--model M.onnx] [--seconds 30] [--voice-db -3] [--sung]
+    python benchmarks/real_voice.py [--model M.onnx] [--seconds 30] [--voice-db -3] [--sung {world,psola}]
 
 Speech is not singing, so this measures whether the model knows a real voice's sound (formants, consonants, breath,
 a real microphone), not how it treats a sung melody. The band tracks may hold sung or growled vocals of their own;
@@ -15,10 +15,11 @@ they are part of the band here and are not scored. For each excerpt and method, 
 stem in dB relative to the voice (``engine.evaluate.source_shares``): vocals higher is better, ``outside_vocals``
 lower. Writes benchmarks/results/real_voice/.
 
-``--sung`` sings the held-out speakers' clips instead (``engine.training.sung_speech``: each syllable re-timed and
-re-pitched onto a melody by WORLD, with reverb on most excerpts) and writes benchmarks/results/real_voice/sung/. The
-voices are real, the singing is synthetic: a model trained on sung training speakers (``sung_speech`` run on the
-training pool) has heard this vocoder, so this condition measures held-out voices, not real singing.
+``--sung METHOD`` sings the held-out speakers' clips instead (``engine.training.sung_speech``: each syllable re-timed
+and re-pitched onto a melody, by the WORLD vocoder or by PSOLA, which keeps the speaker's own excitation; reverb on
+most excerpts) and writes benchmarks/results/real_voice/sung_METHOD/. The voices are real, the singing is not: a
+model trained on sung training speakers (``sung_speech`` run on the training pool) has heard the same method, so this
+condition measures held-out voices, not real singing.
 """
 
 from __future__ import annotations
@@ -61,11 +62,12 @@ def excerpt(clips: list[np.ndarray], band: np.ndarray, voice_db: float, seed: in
     return (voice * gain).astype(np.float32)
 
 
-def sung_excerpt(speaker: sung_speech.Speaker, band: np.ndarray, voice_db: float, seed: int) -> np.ndarray:
-    """A sung track of ``speaker`` as long as ``band`` (channels, n), its RMS ``voice_db`` relative to the band's."""
+def sung_excerpt(speaker: sung_speech.Speaker, band: np.ndarray, voice_db: float, seed: int, method: str) -> np.ndarray:
+    """A track of ``speaker`` sung by ``method``, as long as ``band`` (channels, n), its RMS ``voice_db`` relative to
+    the band's."""
     rng = random.Random(seed)
     n = band.shape[1]
-    line, _ = sung_speech.sung_track(speaker, rng, n / RATE)
+    line, _ = sung_speech.sung_track(speaker, rng, n / RATE, method)
     voice = sung_speech.produced(np.pad(line, (0, max(n - len(line), 0)))[:n], rng)[: band.shape[0]]
     gain = 10 ** (voice_db / 20) * np.sqrt(np.mean(band**2) / max(np.mean(voice**2), 1e-12))
     return (voice * gain).astype(np.float32)
@@ -73,11 +75,12 @@ def sung_excerpt(speaker: sung_speech.Speaker, band: np.ndarray, voice_db: float
 
 def markdown(report: dict) -> str:
     keys = [*STEMS, "outside_vocals"]
+    sung = f" sung by {report['sung']} (engine.training.sung_speech)" if report.get("sung") else ""
     lines = [
         "# Where a real voice goes",
         "",
         f"{len(report['excerpts'])} excerpts of {report['seconds']} s: held-out KLettres speakers"
-        f"{' sung (engine.training.sung_speech)' if report.get('sung') else ''} "
+        f"{sung} "
         f"({', '.join(report['voices'])}) at {report['voice_db']} dB against Frets on Fire band tracks; evaluated "
         f"{report['created']}. The voice's energy in each estimated stem, dB relative to the voice (vocals: higher "
         "is better; drums, bass, other, outside vocals: lower is better). Median over excerpts:",
@@ -101,8 +104,10 @@ def main() -> None:
     parser.add_argument("--start", type=float, default=30.0, help="seconds into each band track")
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds per excerpt")
     parser.add_argument("--voice-db", type=float, default=-3.0, help="voice RMS relative to the band's, dB")
-    parser.add_argument("--sung", action="store_true", help="sing the speakers' clips (see the docstring)")
-    parser.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (with --sung, its sung/ folder)")
+    parser.add_argument(
+        "--sung", choices=sung_speech.METHODS, default=None, help="sing the speakers' clips by this method (see above)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (with --sung M, its sung_M/)")
     quality.add_model_options(parser)
     args = parser.parse_args()
 
@@ -114,7 +119,7 @@ def main() -> None:
     if not voices:
         wanted = ", ".join(VOICE_TEST)
         raise SystemExit(f"{args.voices}: no clean recordings of {wanted} (apt-get install klettres-data)")
-    out = args.out or (RESULTS / "sung" if args.sung else RESULTS)
+    out = args.out or (RESULTS / f"sung_{args.sung}" if args.sung else RESULTS)
     speakers = {}
     if args.sung:
         speakers = {
@@ -131,7 +136,7 @@ def main() -> None:
         if band.shape[1] < RATE:
             raise SystemExit(f"{path}: less than 1 s of audio from {args.start} s")
         if args.sung:
-            voice = sung_excerpt(speakers[language], band, args.voice_db, seed=i)
+            voice = sung_excerpt(speakers[language], band, args.voice_db, i, args.sung)
         else:
             voice = excerpt(voices[language], band, args.voice_db, seed=i)
         mixture = voice + band

@@ -38,12 +38,13 @@ def test_clip_syllables_make_each_vowel_a_syllable_and_split_the_consonants_betw
     assert clip_syllables(x, RATE, np.zeros(len(f0))) == []  # nothing voiced: nothing to sing
 
 
-def spoken_clip(f0_hz: float, seed: int) -> np.ndarray:
-    """A stand-in for a spoken syllable: a noise onset, a 0.3 s buzz with two formants gliding down, a noise coda."""
+def spoken_clip(f0_hz: float, seed: int, glide: float = 0.2) -> np.ndarray:
+    """A stand-in for a spoken syllable: a noise onset, a 0.3 s buzz with two formants (its pitch falling by
+    ``glide`` of f0_hz), a noise coda."""
     rng = np.random.default_rng(seed)
     n = int(0.3 * RATE)
     t = np.arange(n) / RATE
-    hz = f0_hz * (1.1 - 0.2 * t / t[-1])
+    hz = f0_hz * (1 + glide / 2 - glide * t / t[-1])
     phase = 2 * np.pi * np.cumsum(hz) / RATE
     vowel = sum(
         np.sin(k * phase)
@@ -54,12 +55,13 @@ def spoken_clip(f0_hz: float, seed: int) -> np.ndarray:
     return np.concatenate([0.03 * rng.normal(size=int(0.06 * RATE)), vowel, 0.02 * rng.normal(size=int(0.04 * RATE))])
 
 
-def test_sung_track_sings_the_speakers_syllables_on_the_melody():
+@pytest.mark.parametrize("method", sung_speech.METHODS)
+def test_sung_track_sings_the_speakers_syllables_on_the_melody(method):
     pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
     speaker = sung_speech.Speaker([spoken_clip(120, i) for i in range(4)])
     assert 100 < speaker.median_f0_hz < 140
-    line, meta = sung_speech.sung_track(speaker, random.Random(3), 8.0)
-    again, _ = sung_speech.sung_track(speaker, random.Random(3), 8.0)
+    line, meta = sung_speech.sung_track(speaker, random.Random(3), 8.0, method)
+    again, _ = sung_speech.sung_track(speaker, random.Random(3), 8.0, method)
     np.testing.assert_array_equal(line, again)
     assert line.shape == (8 * RATE,) and line.dtype == np.float32
     lo, hi = meta["pitch_range"]
@@ -74,6 +76,52 @@ def test_sung_track_sings_the_speakers_syllables_on_the_melody():
                 errors.append(12 * np.log2(max(hz, 1.0) / (440 * 2 ** ((pitch - 69) / 12))))
     assert len(errors) >= 3
     assert np.median(np.abs(errors)) < 0.6  # semitones
+    assert quiet_phrases_ok(line, meta)
+
+
+def quiet_phrases_ok(line: np.ndarray, meta: dict) -> bool:
+    """Every phrase sounds: none far below the loudest, and the line holds no NaN."""
+    return not meta["quiet_phrases"] and bool(np.isfinite(line).all()) and float(np.abs(line).max()) > 0.01
+
+
+def test_analysis_marks_fall_one_period_apart():
+    pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
+    x = spoken_clip(150, 0, glide=0.0)
+    marks, periods = sung_speech.analysis_marks(x, RATE, sung_speech.speech_f0(x, RATE))
+    assert len(marks) > 30
+    assert np.all(np.diff(marks) > 0)
+    np.testing.assert_allclose(np.median(np.diff(marks)), RATE / 150, rtol=0.02)
+    np.testing.assert_allclose(np.median(periods), RATE / 150, rtol=0.02)
+
+
+def test_psola_at_the_speakers_own_pitch_and_pace_gives_the_speech_back():
+    """What PSOLA keeps and WORLD does not: the speaker's own waveform, period by period."""
+    pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
+    x = spoken_clip(150, 1, glide=0.0)
+    (syllable,) = clip_syllables(x, RATE)
+    vowel = next(seg for seg in syllable if seg[1])
+    t0 = 0.5
+    note = {"t": t0, "d": (syllable[-1][3] - vowel[2]) / 0.92, "pitch": 69 + 12 * np.log2(150 / 440)}
+    f0_out = np.full(int(2.0 / DT), 150.0)
+    out = np.zeros(2 * RATE)
+    sung_speech.psola_phrase(
+        out, x, [note], [syllable], f0_out, {"consonant_scale": 1.0, "level_pull": 0.0, "rng": random.Random(0)}
+    )
+    a = int((t0 + 0.05) * RATE)
+    sung = out[a : a + int(0.1 * RATE)]
+    b = int((vowel[2] + 0.05) * RATE)
+    best = max(
+        np.dot(sung, x[b + lag : b + lag + len(sung)])
+        / np.linalg.norm(sung)
+        / np.linalg.norm(x[b + lag : b + lag + len(sung)])
+        for lag in range(-RATE // 100, RATE // 100)
+    )
+    assert best > 0.9
+
+
+def test_sung_track_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="method must be one of world, psola"):
+        sung_speech.sung_track(None, random.Random(0), 4.0, "autotune")
 
 
 def test_sing_pool_writes_sung_sources_that_the_pool_samples_as_tracks(tmp_path):
@@ -82,7 +130,7 @@ def test_sing_pool_writes_sung_sources_that_the_pool_samples_as_tracks(tmp_path)
     speaker.mkdir(parents=True)
     for i in range(4):
         sf.write(speaker / f"clip{i}.wav", spoken_clip(220, i), RATE)
-    assert sung_speech.sing_pool(tmp_path, num_tracks=1, seconds=6.0) == {"xx": 1}
+    assert sung_speech.sing_pool(tmp_path, num_tracks=1, seconds=6.0, method="psola") == {"xx": 1}
     info = sf.info(tmp_path / "vocals" / "xx_sung" / "sung_00.wav")
     assert (info.samplerate, info.channels, info.frames, info.subtype) == (RATE, 2, 6 * RATE, "PCM_24")
     assert sung_speech.sing_pool(tmp_path, num_tracks=1, seconds=6.0) == {"xx": 1}  # sung folders are not sung again

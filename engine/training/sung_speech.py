@@ -35,6 +35,7 @@ from engine.training.synth_vocals import (
     quiet_phrases,
     random_singer,
     sing_frames,
+    syllable_segments,
     synthesize_line,
 )
 
@@ -44,6 +45,8 @@ CLIP_PAUSE_S = 0.06  # silence between clips strung into one phrase for the anal
 MALE_BELOW_HZ = 165.0  # median speaking F0 under which a speaker sings in the lower register
 REGISTERS = {"low": (41, 67), "high": (53, 79)}  # widest sung MIDI range, as for the festival voices
 PEAK = 10 ** (-1 / 20)  # tracks are written peaking at -1 dBFS
+METHODS = ("world", "psola")
+UNVOICED_HOP_S = 0.005  # PSOLA: consonants are copied in overlapping grains of twice this
 
 
 def speech_f0(x: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -142,9 +145,97 @@ class Speaker:
         return np.concatenate(parts), self.sample_rate, syllables
 
 
-def sung_track(speaker: Speaker, rng: random.Random, seconds: float) -> tuple[np.ndarray, dict]:
+def analysis_marks(x: np.ndarray, sample_rate: int, f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PSOLA pitch marks of speech x: float64 (num_samples,) with its ``speech_f0`` f0 (frames,): one mark per
+    period through each voiced stretch, each at the waveform's peak within a quarter period of where the last mark
+    and the local F0 put it. Returns (mark sample indices, periods in samples), both int (num_marks,)."""
+    hop = FRAME_PERIOD_MS / 1000.0 * sample_rate
+    marks, periods = [], []
+    for a, b in voiced_regions(f0):
+        voiced = f0[a:b][f0[a:b] > 0]
+        period = int(sample_rate / voiced[0])
+        start, stop = int(a * hop), min(int(b * hop), len(x) - 1)
+        t = start + int(np.argmax(x[start : start + period]))
+        while t < stop:
+            marks.append(t)
+            periods.append(period)
+            hz = f0[min(int(t / hop), len(f0) - 1)]
+            period = int(sample_rate / hz) if hz > 0 else period
+            lo, hi = t + period - period // 4, t + period + period // 4
+            if hi >= len(x):
+                break
+            t = lo + int(np.argmax(x[lo:hi]))
+    return np.array(marks, int), np.array(periods, int)
+
+
+def psola_phrase(
+    out: np.ndarray, x: np.ndarray, notes: Phrase, syllables: list[list[tuple]], f0_out: np.ndarray, params: dict
+) -> None:
+    """Sing one spoken phrase into ``out`` (float64 (num_samples,) at SAMPLE_RATE, added in place) by TD-PSOLA: the
+    notes' segments (``synth_vocals.syllable_segments``) map output time to speech time; where the speech is voiced
+    and the output has a pitch (``f0_out``, Hz per frame, 0 = none), the period of speech x (float64, at SAMPLE_RATE)
+    nearest that time is windowed (two periods) and laid at the output's period, so the real excitation (jitter,
+    breath, the glottal pulse) is kept and only the timing and pitch change; consonants are copied in overlapping
+    grains. Each note's vowel is pulled toward the phrase's median level (exponent ``params["level_pull"]``)."""
+    fs, dt = SAMPLE_RATE, FRAME_PERIOD_MS / 1000.0
+    f0_src = speech_f0(x, fs)
+    marks, periods = analysis_marks(x, fs, f0_src)
+    hop = int(UNVOICED_HOP_S * fs)
+    windows: dict[int, np.ndarray] = {}
+
+    def grain(centre: int, half: int) -> np.ndarray:
+        """x around ``centre`` (2 * half samples, zero beyond its ends) times a Hann window."""
+        if half not in windows:
+            windows[half] = np.hanning(2 * half + 1)[:-1]
+        a = centre - half
+        seg = x[max(a, 0) : a + 2 * half]
+        if a < 0:
+            seg = np.concatenate([np.zeros(-a), seg])
+        seg = np.pad(seg, (0, 2 * half - len(seg)))
+        return seg * windows[half]
+
+    layout = syllable_segments(notes, syllables, params["consonant_scale"])
+    vowel_rms = []
+    for _, _, _, segs in layout:
+        a, b = min(s[0] for s in segs if s[4]), max(s[1] for s in segs if s[4])
+        vowel_rms.append(math.sqrt(float(np.mean(x[int(a * fs) : max(int(b * fs), int(a * fs) + 1)] ** 2))) + 1e-9)
+    reference = float(np.median(vowel_rms))
+    for note, rms, (onset_s, t0, end, segs) in zip(notes, vowel_rms, layout, strict=False):
+        level = (reference / rms) ** params["level_pull"]
+        first, last = t0 - onset_s, end
+        decay = params["rng"].uniform(0.6, 1.0) if note["d"] > 0.5 else 1.0
+        for a, b, oa, ob, is_vowel in segs:
+            o0, o1 = max(int(oa * fs), 0), min(int(ob * fs), len(out))
+            rate = (b - a) / max(ob - oa, 1e-6)  # speech seconds per sung second
+            t = o0
+            while t < o1:
+                src = a + (t / fs - oa) * rate
+                hz = f0_out[min(int(t / fs / dt), len(f0_out) - 1)]
+                voiced = is_vowel or f0_src[min(int(src / dt), len(f0_src) - 1)] > 0
+                if voiced and hz > 0 and len(marks):
+                    i = int(np.clip(np.searchsorted(marks, src * fs), 1, len(marks) - 1))
+                    i -= int(src * fs - marks[i - 1] < marks[i] - src * fs)
+                    g = grain(int(marks[i]), int(periods[i]))
+                    step = max(int(round(fs / hz)), 1)
+                else:
+                    g = grain(int(src * fs), hop)
+                    step = hop
+                pos = (t / fs - first) / max(last - first, 1e-6)  # where in the note: decay, then a soft release
+                envelope = level * (1 + (decay - 1) * pos) * min(1.0, 0.3 + 0.7 * (last - t / fs) / 0.04)
+                begin = t - len(g) // 2
+                lo, hi = max(begin, 0), min(begin + len(g), len(out))
+                if hi > lo:
+                    out[lo:hi] += envelope * g[lo - begin : hi - begin]
+                t += step
+
+
+def sung_track(speaker: Speaker, rng: random.Random, seconds: float, method: str = "world") -> tuple[np.ndarray, dict]:
     """One sung track of ``seconds``: a melody over a random progression, one syllable per note, sung with the
-    speaker's clips. Returns (mono float32 (num_samples,) at SAMPLE_RATE, meta)."""
+    speaker's clips by ``method``: "world" (the synthesizer's vocoder: the envelope is the speaker's, the excitation
+    WORLD's) or "psola" (``psola_phrase``: the speaker's own excitation). Returns (mono float32 (num_samples,) at
+    SAMPLE_RATE, meta)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     key_pc, mode = rng.randrange(12), rng.choice(["major", "minor"])
     tempo = rng.randint(66, 150)
     bars = make_progression(rng, key_pc, mode, "pop", int(seconds * tempo / 240) + 2)
@@ -169,17 +260,28 @@ def sung_track(speaker: Speaker, rng: random.Random, seconds: float) -> tuple[np
         random.Random(layout_seed),
     )[: len(tts)]
     num_out = int(seconds * SAMPLE_RATE)
-    voice_params = {
-        "alpha": rng.uniform(0.96, 1.04),  # a real voice: formants left nearly where they are
-        "consonant_scale": rng.uniform(0.6, 1.0),
-        "breath": (rng.uniform(3000, 6000), rng.uniform(8000, 14000), rng.uniform(0.0, 0.5)),
-        "hf_slope": 1.0,  # unused: the clips are analysed at the output rate
-        "hf_aperiodicity": 0.5,
-    }
-    frames = sing_frames(phrases, tts[: len(phrases)], rng, num_out, voice_params)
-    f0 = pitch_contour(phrases, len(frames.gain), rng, random_singer(rng))
-    line = synthesize_line(frames, f0, num_out)
+    if method == "world":
+        voice_params = {
+            "alpha": rng.uniform(0.96, 1.04),  # a real voice: formants left nearly where they are
+            "consonant_scale": rng.uniform(0.6, 1.0),
+            "breath": (rng.uniform(3000, 6000), rng.uniform(8000, 14000), rng.uniform(0.0, 0.5)),
+            "hf_slope": 1.0,  # unused: the clips are analysed at the output rate
+            "hf_aperiodicity": 0.5,
+        }
+        frames = sing_frames(phrases, tts[: len(phrases)], rng, num_out, voice_params)
+        f0 = pitch_contour(phrases, len(frames.gain), rng, random_singer(rng))
+        line = synthesize_line(frames, f0, num_out)
+    else:
+        voice_params = {"consonant_scale": rng.uniform(0.6, 1.0), "level_pull": rng.uniform(0.3, 0.6)}
+        num_frames = int(num_out / SAMPLE_RATE / (FRAME_PERIOD_MS / 1000.0)) + 1
+        f0 = pitch_contour(phrases, num_frames, rng, random_singer(rng))
+        acc = np.zeros(num_out)
+        for notes, (x, _, syllables) in zip(phrases, tts, strict=False):
+            if notes:
+                psola_phrase(acc, x, notes, syllables, f0, {**voice_params, "rng": rng})
+        line = acc.astype(np.float32)
     meta = {
+        "method": method,
         "key_pc": key_pc,
         "mode": mode,
         "tempo": tempo,
@@ -205,10 +307,16 @@ def produced(line: np.ndarray, rng: random.Random) -> np.ndarray:
 
 
 def sing_pool(
-    pool: Path, out: Path | None = None, num_tracks: int = 3, seconds: float = 20.0, seed: int = 0
+    pool: Path,
+    out: Path | None = None,
+    num_tracks: int = 3,
+    seconds: float = 20.0,
+    seed: int = 0,
+    method: str = "world",
 ) -> dict[str, int]:
-    """Write ``num_tracks`` sung tracks of ``seconds`` for every vocal source of ``pool`` that has clips, into
-    ``out/vocals/<source>_sung/`` (``out`` defaults to the pool itself). Returns tracks written per source."""
+    """Write ``num_tracks`` tracks of ``seconds`` sung by ``method`` (see ``sung_track``) for every vocal source of
+    ``pool`` that has clips, into ``out/vocals/<source>_sung/`` (``out`` defaults to the pool itself). Returns tracks
+    written per source."""
     out = pool if out is None else out
     folder = pool / "vocals"
     if not folder.is_dir():
@@ -225,7 +333,7 @@ def sing_pool(
         count = 0
         for k in range(num_tracks):
             for _attempt in range(3):  # a track with a failed phrase is sung again with the next draws
-                line, meta = sung_track(speaker, rng, seconds)
+                line, meta = sung_track(speaker, rng, seconds, method)
                 if not meta["quiet_phrases"]:
                     break
             else:
@@ -247,10 +355,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tracks", type=int, default=3, help="sung tracks per source")
     p.add_argument("--seconds", type=float, default=20.0, help="length of a track")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=METHODS, default="world", help="how to sing (see sung_track)")
     args = p.parse_args(argv)
     if args.tracks < 1 or args.seconds < 2:
         p.error("--tracks must be at least 1 and --seconds at least 2")
-    for source, count in sing_pool(args.pool, args.out, args.tracks, args.seconds, args.seed).items():
+    for source, count in sing_pool(args.pool, args.out, args.tracks, args.seconds, args.seed, args.method).items():
         print(f"{source}: {count} sung tracks")
 
 

@@ -357,6 +357,50 @@ def warp_envelope(
     return np.exp(out), ~inside
 
 
+def syllable_segments(notes: Phrase, syls: list[list[tuple]], consonant_scale: float) -> list[tuple]:
+    """How the syllables of a spoken phrase are laid onto its notes (one syllable per note): per note, (onset_s, t0,
+    end, segments), where each segment (src_start_s, src_end_s, out_start_s, out_end_s, is_vowel) maps a stretch of
+    the speech onto the sung line. Onset consonants run at natural speed (times `consonant_scale`) before the note
+    and steal time from the previous one; the vowel's edges keep their speed and its middle fills the note; coda
+    consonants end the note. syls: festival syllables, lists of (phone, is_vowel, start_s, end_s)."""
+    parts = []
+    for s in syls[: len(notes)]:
+        vidx = [k for k, seg in enumerate(s) if seg[1]]
+        if not vidx:  # syllabic consonant: the longest segment is the nucleus
+            vidx = [int(np.argmax([seg[3] - seg[2] for seg in s]))]
+        parts.append((s[: vidx[0]], s[vidx[0] : vidx[-1] + 1], s[vidx[-1] + 1 :]))
+    onset_s = []  # onset consonants steal time from the previous note
+    for j, (on, _, _) in enumerate(parts):
+        d = sum(min(seg[3] - seg[2], 0.12) for seg in on) * consonant_scale
+        onset_s.append(min(d, notes[j - 1]["d"] * 0.4 if j > 0 else 0.25))
+    out = []
+    for j, (on, nuc, co) in enumerate(parts):
+        n = notes[j]
+        t0 = n["t"]
+        end = t0 + n["d"] * (0.92 if j == len(parts) - 1 else 1.0)
+        if j + 1 < len(parts):
+            end = min(end, notes[j + 1]["t"] - onset_s[j + 1])
+        coda_s = min(sum(min(seg[3] - seg[2], 0.12) for seg in co) * consonant_scale, 0.35 * (end - t0))
+        v_end = end - coda_s
+        segs = []  # piecewise-linear source -> output time map of this syllable
+        if on:
+            segs.append((on[0][2], on[-1][3], t0 - onset_s[j], t0, False))
+        s0, s1 = nuc[0][2], nuc[-1][3]
+        edge = 0.025
+        if (v_end - t0) > (s1 - s0) > 3 * edge:  # vowel transitions at natural speed, the middle stretched
+            segs += [
+                (s0, s0 + edge, t0, t0 + edge, True),
+                (s0 + edge, s1 - edge, t0 + edge, v_end - edge, True),
+                (s1 - edge, s1, v_end - edge, v_end, True),
+            ]
+        else:
+            segs.append((s0, s1, t0, v_end, True))
+        if co:
+            segs.append((co[0][2], co[-1][3], v_end, end, False))
+        out.append((onset_s[j], t0, end, segs))
+    return out
+
+
 @dataclass
 class SungFrames:
     """WORLD parameters of a sung line before its pitch is set: spectral envelope and aperiodicity
@@ -403,39 +447,7 @@ def sing_frames(
         # TTS harmonics are too clean up high ("buzzy"); real voices get noisy above a few kHz
         ap = np.maximum(ap, breath_floor)
         e_frame = sp.sum(axis=1)
-        parts = []
-        for s in syls[: len(notes)]:
-            vidx = [k for k, seg in enumerate(s) if seg[1]]
-            if not vidx:  # syllabic consonant: the longest segment is the nucleus
-                vidx = [int(np.argmax([seg[3] - seg[2] for seg in s]))]
-            parts.append((s[: vidx[0]], s[vidx[0] : vidx[-1] + 1], s[vidx[-1] + 1 :]))
-        onset_s = []  # onset consonants steal time from the previous note
-        for j, (on, _, _) in enumerate(parts):
-            d = sum(min(seg[3] - seg[2], 0.12) for seg in on) * cons_scale
-            onset_s.append(min(d, notes[j - 1]["d"] * 0.4 if j > 0 else 0.25))
-        for j, (on, nuc, co) in enumerate(parts):
-            n = notes[j]
-            t0 = n["t"]
-            end = t0 + n["d"] * (0.92 if j == len(parts) - 1 else 1.0)
-            if j + 1 < len(parts):
-                end = min(end, notes[j + 1]["t"] - onset_s[j + 1])
-            coda_s = min(sum(min(seg[3] - seg[2], 0.12) for seg in co) * cons_scale, 0.35 * (end - t0))
-            v_end = end - coda_s
-            segs = []  # piecewise-linear source -> output time map of this syllable
-            if on:
-                segs.append((on[0][2], on[-1][3], t0 - onset_s[j], t0, False))
-            s0, s1 = nuc[0][2], nuc[-1][3]
-            edge = 0.025
-            if (v_end - t0) > (s1 - s0) > 3 * edge:  # vowel transitions at natural speed, the middle stretched
-                segs += [
-                    (s0, s0 + edge, t0, t0 + edge, True),
-                    (s0 + edge, s1 - edge, t0 + edge, v_end - edge, True),
-                    (s1 - edge, s1, v_end - edge, v_end, True),
-                ]
-            else:
-                segs.append((s0, s1, t0, v_end, True))
-            if co:
-                segs.append((co[0][2], co[-1][3], v_end, end, False))
+        for n, (onset_s, t0, end, segs) in zip(notes, syllable_segments(notes, syls, cons_scale), strict=False):
             for a, b, oa, ob, is_vowel in segs:
                 k0, k1 = max(int(round(oa / dt)), 0), min(int(round(ob / dt)), num_frames)
                 if k1 <= k0:
@@ -448,7 +460,7 @@ def sing_frames(
                 ap_o[ks] = ap[i0] * (1 - fr) + ap[i0 + 1] * fr
                 voiced[ks] = (f0[i0] > 0) | is_vowel
                 vowel[ks] = is_vowel
-            kk = np.arange(max(int((t0 - onset_s[j]) / dt), 0), min(int(end / dt) + 1, num_frames))
+            kk = np.arange(max(int((t0 - onset_s) / dt), 0), min(int(end / dt) + 1, num_frames))
             if len(kk):  # note loudness: pull each vowel toward a common level, soft release
                 kv = kk[vowel[kk]]
                 lev = np.median(sp_o[kv].sum(axis=1)) if len(kv) else np.median(e_frame)
