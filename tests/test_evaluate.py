@@ -380,3 +380,43 @@ def test_median_shares_and_their_table_take_each_method_and_key_over_the_entries
         "|---|---|---|",
         "| model | -2.00 | 2.00 |",
     ]
+
+
+def test_vocal_contexts_pair_one_vocal_with_each_company(tmp_path):
+    pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
+    contexts = load_benchmark("vocal_contexts")
+    rate, n = 8000, 8000
+    t = np.arange(n) / rate
+    vocal = np.stack([np.sin(2 * np.pi * 220 * t), 0.5 * np.sin(2 * np.pi * 220 * t)]).astype(np.float32) * 0.2
+    drums, bass, other = (np.full((2, n), v, np.float32) for v in (0.01, 0.02, 0.03))
+    song = contexts.quality.Song("s", rate, vocal + drums + bass + other, np.stack([vocal, drums, bass, other]))
+    band = tmp_path / "band.wav"
+    sf.write(band, 0.5 * np.ones((32 * rate, 2), np.float32), rate)
+    found = contexts.contexts(song, band)
+    assert list(found) == [
+        "solo",
+        "own drums + bass",
+        "own other",
+        "own accompaniment",
+        "band at the same level",
+        "centred, own accompaniment",
+        "centred and WORLD-resynthesised, own accompaniment",
+    ]
+    np.testing.assert_array_equal(found["own accompaniment"][1], drums + bass + other)
+    np.testing.assert_array_equal(found["own other"][1], other)
+    assert not found["solo"][1].any()
+    band_mix = found["band at the same level"][1]  # another company at the accompaniment's level
+    assert np.mean(band_mix**2) == pytest.approx(np.mean((drums + bass + other) ** 2), rel=1e-5)
+    centred, resynthesised = (
+        found["centred, own accompaniment"][0],
+        found["centred and WORLD-resynthesised, own accompaniment"][0],
+    )
+    np.testing.assert_array_equal(centred[0], centred[1])
+    np.testing.assert_allclose(centred[0], 0.75 * vocal[0], atol=1e-6)
+    np.testing.assert_array_equal(resynthesised[0], resynthesised[1])
+    # the vocoder keeps a steady tone's level and pitch without being a copy of it
+    middle = slice(n // 4, 3 * n // 4)
+    level = np.sqrt(np.mean(resynthesised[0, middle] ** 2) / np.mean(centred[0, middle] ** 2))
+    assert 0.5 < level < 2.0 and not np.allclose(resynthesised[0], centred[0], atol=1e-3)
+    spectrum = np.abs(np.fft.rfft(resynthesised[0, middle]))
+    assert abs(np.argmax(spectrum) * rate / len(spectrum) / 2 - 220) < 10

