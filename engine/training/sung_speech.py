@@ -1,17 +1,26 @@
-"""Real speakers, sung: the spoken clips of a real pool turned into sung phrases by the synthesizer's speech-to-singing.
+"""Real speakers, sung: the spoken clips of a real pool turned into sung phrases.
 
 The default model keeps a real *spoken* voice in its vocal stem (benchmarks/results/real_voice/) but loses most of a
 real *sung* one to "other" (benchmarks/results/real_stems/): singing holds long pitched vowels, as the instruments
-do, and the only singing it trains on is festival's diphone voices. No isolated real singing is reachable here, so
-this module sings the real speakers instead: each spoken letter or syllable of a KLettres speaker
-(``real_material``) becomes one syllable of a melody over a chord progression, re-timed and re-pitched by the same
-WORLD speech-to-singing that sings the synthetic songs (``synth_vocals.sing_frames``): consonants at natural speed,
-the vowel stretched over its note, portamento, vibrato and drift from a random singer. The envelope, the consonants
-and the microphone stay those of a real person; the pitch, the timing and the vocoder are synthetic.
+do, and the only singing it trains on is festival's diphone voices sung by the WORLD vocoder. No isolated real
+singing is reachable here, so this module sings the real speakers instead: each spoken letter or syllable of a
+KLettres speaker (``real_material``) becomes one syllable of a melody over a chord progression, laid onto its note
+as the synthetic songs lay festival's syllables (``synth_vocals.syllable_segments``: consonants at natural speed, the
+vowel stretched over the note) with the portamento, vibrato and drift of a random singer (``pitch_contour``). Two
+methods sing it:
 
-``python -m engine.training.sung_speech data/real/train`` writes, for every vocal source of the pool, a source
-``<source>_sung`` of sung tracks (24-bit WAV, stereo, some with reverb) beside it, which ``RealPool`` then samples as
-it samples a guitar track. Deterministic from ``--seed`` and the source's name.
+* ``world``: the synthesizer's own WORLD speech-to-singing (``synth_vocals.sing_frames``). The spectral envelope
+  and the consonants are the speaker's; the excitation is WORLD's.
+* ``psola``: TD-PSOLA (``psola_phrase``): the speaker's own periods, windowed and laid at the sung pitch, so the
+  real excitation (glottal pulse, jitter, breath) stays too. The real sung vocal of the MUSDB18 excerpt keeps
+  2.4 dB more of itself in the default model's vocal stem once WORLD has merely resynthesised it
+  (benchmarks/results/vocal_contexts/): the model keys partly on the vocoder's sound, which WORLD-sung training
+  material would only teach it further.
+
+``python -m engine.training.sung_speech data/real/train --method psola --out DIR`` writes, for every vocal source of
+the pool, a source ``<source>_sung`` of sung tracks (24-bit WAV, stereo, most with reverb) into the pool ``DIR``
+(default: the pool itself), which ``RealPool`` then samples as it samples a guitar track. Deterministic from
+``--seed``, the method and the source's name.
 """
 
 from __future__ import annotations
