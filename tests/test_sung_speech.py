@@ -137,6 +137,7 @@ def test_sing_pool_writes_sung_sources_that_the_pool_samples_as_tracks(tmp_path)
     pool = RealPool(tmp_path)
     sung = {s.name: s for s in pool.sources["vocals"]}["xx_sung"]
     assert len(sung.tracks) == 1 and not sung.clips
+    assert "vocals: 2 sources (1 of them sung speech" in pool.describe()
 
 
 def test_sing_pool_names_a_pool_without_voices(tmp_path):

@@ -146,9 +146,11 @@ class RealPool:
         return total / self.sample_rate
 
     def describe(self) -> str:
-        parts = [
-            f"{stem}: {len(srcs)} sources, {self.seconds(stem) / 60:.1f} min" for stem, srcs in self.sources.items()
-        ]
+        parts = []
+        for stem, srcs in self.sources.items():
+            sung = sum(s.name.endswith("_sung") for s in srcs)
+            of_them = f" ({sung} of them sung speech, engine/training/sung_speech.py)" if sung else ""
+            parts.append(f"{stem}: {len(srcs)} sources{of_them}, {self.seconds(stem) / 60:.1f} min")
         return f"real recordings from {self.root} ({'; '.join(parts)})"
 
     def segment(self, stem: str, n: int, rng: np.random.Generator, channels: int = 2) -> np.ndarray:
