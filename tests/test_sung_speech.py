@@ -138,6 +138,13 @@ def test_sing_pool_writes_sung_sources_that_the_pool_samples_as_tracks(tmp_path)
     sung = {s.name: s for s in pool.sources["vocals"]}["xx_sung"]
     assert len(sung.tracks) == 1 and not sung.clips
     assert "vocals: 2 sources (1 of them sung speech" in pool.describe()
+    # into another folder: the pool's own sources are linked beside the sung ones
+    (tmp_path / "other" / "song").mkdir(parents=True)
+    sf.write(tmp_path / "other" / "song" / "guitar.wav", spoken_clip(330, 9), RATE)
+    assert sung_speech.sing_pool(tmp_path, tmp_path / "out", num_tracks=1, seconds=6.0) == {"xx": 1}
+    whole = RealPool(tmp_path / "out")
+    assert sorted(s.name for s in whole.sources["vocals"]) == ["xx", "xx_sung"]
+    assert [s.name for s in whole.sources["other"]] == ["song"] and (tmp_path / "out" / "vocals" / "xx").is_symlink()
 
 
 def test_sing_pool_names_a_pool_without_voices(tmp_path):

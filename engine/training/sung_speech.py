@@ -18,8 +18,9 @@ methods sing it:
   material would only teach it further.
 
 ``python -m engine.training.sung_speech data/real/train --method psola --out DIR`` writes, for every vocal source of
-the pool, a source ``<source>_sung`` of sung tracks (24-bit WAV, stereo, most with reverb) into the pool ``DIR``
-(default: the pool itself), which ``RealPool`` then samples as it samples a guitar track. Deterministic from
+the pool, a source ``<source>_sung`` of sung tracks (24-bit WAV, stereo, most with reverb) into ``DIR`` and links the
+pool's own sources beside them, so ``DIR`` is the pool plus its sung speakers (without ``--out`` the sung sources
+join the pool itself). ``RealPool`` samples a sung track as it samples a guitar track. Deterministic from
 ``--seed``, the method and the source's name.
 """
 
@@ -324,12 +325,21 @@ def sing_pool(
     method: str = "world",
 ) -> dict[str, int]:
     """Write ``num_tracks`` tracks of ``seconds`` sung by ``method`` (see ``sung_track``) for every vocal source of
-    ``pool`` that has clips, into ``out/vocals/<source>_sung/`` (``out`` defaults to the pool itself). Returns tracks
+    ``pool`` that has clips, into ``out/vocals/<source>_sung/``. ``out`` defaults to the pool itself; another ``out``
+    becomes a whole pool: the pool's own source folders are linked into it beside the sung ones. Returns tracks
     written per source."""
     out = pool if out is None else out
     folder = pool / "vocals"
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no vocal sources to sing (see engine/training/real_material.py)")
+    if out.resolve() != pool.resolve():
+        for source in sorted(p for p in pool.glob("*/*") if p.is_dir() and not p.name.endswith("_sung")):
+            link = out / source.parent.name / source.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink():
+                link.unlink()
+            if not link.exists():
+                link.symlink_to(source.resolve(), target_is_directory=True)
     written: dict[str, int] = {}
     for source in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.endswith("_sung")):
         clips = spoken_clips(source)
