@@ -135,9 +135,7 @@ def main() -> None:
         "held_out_songs": sorted(held_out),
         "songs": songs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "real_guitar.json").write_text(json.dumps(quality.json_safe(report), indent=1) + "\n")
-    (args.out / "real_guitar.md").write_text(markdown(report))
+    quality.write_json_and_markdown(args.out, "real_guitar", report, markdown(report))
     print(markdown(report))
 
 

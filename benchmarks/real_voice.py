@@ -164,9 +164,7 @@ def main() -> None:
         "summary": summary,
         "excerpts": excerpts,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "real_voice.json").write_text(json.dumps(quality.json_safe(report), indent=1) + "\n")
-    (out / "real_voice.md").write_text(markdown(report))
+    quality.write_json_and_markdown(out, "real_voice", report, markdown(report))
     print(markdown(report))
 
 

@@ -135,9 +135,7 @@ def main() -> None:
         "candidates": {c.name: c.params for c in candidates},
         "contexts": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vocal_contexts.json").write_text(json.dumps(quality.json_safe(report), indent=1) + "\n")
-    (args.out / "vocal_contexts.md").write_text(markdown(report))
+    quality.write_json_and_markdown(args.out, "vocal_contexts", report, markdown(report))
     print(markdown(report))
 
 

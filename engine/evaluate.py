@@ -649,6 +649,13 @@ def comparisons_markdown(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------- outputs
 
 
+def write_json_and_markdown(out: Path, name: str, report: dict[str, Any], markdown: str) -> None:
+    """Write ``report`` as ``out/name.json`` (``json_safe``) and ``markdown`` as ``out/name.md``, making ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(json_safe(report), indent=1) + "\n")
+    (out / f"{name}.md").write_text(markdown)
+
+
 def json_safe(value: Any) -> Any:
     """``value`` with floats rounded to 3 decimals, NaN as None and infinities as strings, so JSON stays standard."""
     if isinstance(value, float):
