@@ -151,5 +151,11 @@ def test_sing_pool_names_a_pool_without_voices(tmp_path):
     with pytest.raises(FileNotFoundError, match="no vocal sources"):
         sung_speech.sing_pool(tmp_path)
     (tmp_path / "vocals" / "empty").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no source with spoken clips"):
+    with pytest.raises(ValueError, match="no source with voiced spoken clips"):
+        sung_speech.sing_pool(tmp_path)
+    pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
+    hiss = tmp_path / "vocals" / "hiss"  # clips with nothing voiced: skipped, not sung into silence
+    hiss.mkdir()
+    sf.write(hiss / "s.wav", 0.1 * np.random.default_rng(0).normal(size=RATE // 2), RATE)
+    with pytest.raises(ValueError, match="no source with voiced spoken clips"):
         sung_speech.sing_pool(tmp_path)

@@ -105,26 +105,27 @@ def shifted(syllables: list[list[tuple]], offset_s: float) -> list[list[tuple]]:
     return [[(p, vowel, a + offset_s, b + offset_s) for p, vowel, a, b in syl] for syl in syllables]
 
 
-def spoken_clips(folder: Path, sample_rate: int = SAMPLE_RATE) -> list[np.ndarray]:
-    """The trimmed mono recordings (float64 (num_samples,)) of one source folder of a real pool that are clips (shorter
-    than real_material.CLIP_SECONDS), sorted by path."""
+def spoken_clips(folder: Path) -> list[np.ndarray]:
+    """The trimmed mono recordings (float64 (num_samples,) at SAMPLE_RATE) of one source folder of a real pool that are
+    clips (shorter than real_material.CLIP_SECONDS), sorted by path."""
     clips = []
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
-        x = trimmed(load_audio(path, sample_rate), sample_rate)
-        if sample_rate // 10 <= x.shape[1] < CLIP_SECONDS * sample_rate:
+        x = trimmed(load_audio(path, SAMPLE_RATE), SAMPLE_RATE)
+        if SAMPLE_RATE // 10 <= x.shape[1] < CLIP_SECONDS * SAMPLE_RATE:
             clips.append(x.mean(axis=0).astype(np.float64))
     return clips
 
 
 class Speaker:
-    """One real speaker's clips with their syllables, analysed once, and the register the speaker sings in."""
+    """One real speaker's clips (mono float64 (num_samples,) at SAMPLE_RATE) with their syllables, analysed once, and
+    the register the speaker sings in. A speaker with no voiced clip is refused (ValueError)."""
 
-    def __init__(self, clips: list[np.ndarray], sample_rate: int = SAMPLE_RATE) -> None:
-        self.sample_rate = sample_rate
+    def __init__(self, clips: list[np.ndarray]) -> None:
+        self.sample_rate = SAMPLE_RATE
         self.clips, self.syllables, voiced = [], [], []
         for x in clips:
-            f0 = speech_f0(x, sample_rate)
-            syllables = clip_syllables(x, sample_rate, f0)
+            f0 = speech_f0(x, SAMPLE_RATE)
+            syllables = clip_syllables(x, SAMPLE_RATE, f0)
             if syllables:
                 self.clips.append(x)
                 self.syllables.append(syllables)
@@ -343,9 +344,10 @@ def sing_pool(
     written: dict[str, int] = {}
     for source in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.endswith("_sung")):
         clips = spoken_clips(source)
-        if not clips:
+        try:
+            speaker = Speaker(clips)
+        except ValueError:  # no clips, or none voiced: nothing to sing
             continue
-        speaker = Speaker(clips)
         rng = random.Random(seed * 1_000_003 + zlib.crc32(source.name.encode()))
         dest = out / "vocals" / f"{source.name}_sung"
         dest.mkdir(parents=True, exist_ok=True)
@@ -361,7 +363,7 @@ def sing_pool(
             count += 1
         written[source.name] = count
     if not written:
-        raise ValueError(f"{folder}: no source with spoken clips (shorter than {CLIP_SECONDS:g} s) to sing")
+        raise ValueError(f"{folder}: no source with voiced spoken clips (shorter than {CLIP_SECONDS:g} s) to sing")
     return written
 
 
