@@ -40,7 +40,7 @@ from engine.training.synth_music import SAMPLE_RATE, make_progression
 from engine.training.synth_vocals import (
     FRAME_PERIOD_MS,
     Phrase,
-    melody_notes,
+    melody_for_speech,
     pitch_contour,
     quiet_phrases,
     random_singer,
@@ -252,24 +252,17 @@ def sung_track(speaker: Speaker, rng: random.Random, seconds: float, method: str
     bars = make_progression(rng, key_pc, mode, "pop", int(seconds * tempo / 240) + 2)
     pitch_range = speaker.pitch_range(rng)
     gap_prob = rng.uniform(0.05, 0.3)
-    layout_seed, budgets = rng.randrange(1 << 30), []
-
-    def budget(_i: int, max_notes: int) -> int:
-        budgets.append(rng.randint(max(2, max_notes // 3), max(3, int(max_notes * 0.8))))
-        return budgets[-1]
-
-    layout = (bars, key_pc, mode, tempo, pitch_range)
-    melody_notes(random.Random(rng.random()), *layout, budget, seconds, gap_prob, random.Random(layout_seed))
-    tts = [speaker.phrase_audio(rng, n) for n in budgets]
-    actual = [len(syllables) for _, _, syllables in tts]
-    phrases: list[Phrase] = melody_notes(
-        random.Random(rng.random()),
-        *layout,
-        lambda i, _mx: actual[i] if i < len(actual) else 0,
+    phrases, tts = melody_for_speech(
+        rng,
+        bars,
+        key_pc,
+        mode,
+        tempo,
+        pitch_range,
         seconds,
         gap_prob,
-        random.Random(layout_seed),
-    )[: len(tts)]
+        lambda n: [speaker.phrase_audio(rng, k) for k in n],
+    )
     num_out = int(seconds * SAMPLE_RATE)
     if method == "world":
         voice_params = {

@@ -199,6 +199,44 @@ def melody_notes(
     return phrases
 
 
+def melody_for_speech(
+    rng: random.Random,
+    bars: list[Bar],
+    key_pc: int,
+    mode: str,
+    tempo: int,
+    pitch_range: tuple[int, int],
+    total_s: float,
+    gap_prob: float,
+    speak,
+) -> tuple[list[Phrase], list[tuple]]:
+    """A melody whose rhythm fits the syllables actually spoken, in two passes: the phrase grid draws a syllable
+    budget per phrase; ``speak(budgets)`` returns per phrase (speech, sample rate, syllables) as
+    ``festival_phrases`` does, with about that many syllables; then the rhythm is built around the syllable counts
+    it produced, on the same phrase layout. Returns (phrases, speech per phrase), equally long."""
+    budgets: list[int] = []
+
+    def budget(_i: int, max_notes: int) -> int:
+        n = rng.randint(max(2, max_notes // 3), max(3, int(max_notes * 0.8)))
+        budgets.append(n)
+        return n
+
+    layout_seed = rng.randrange(1 << 30)
+    layout = (bars, key_pc, mode, tempo, pitch_range)
+    proto = melody_notes(random.Random(rng.random()), *layout, budget, total_s, gap_prob, random.Random(layout_seed))
+    tts = speak(budgets[: len(proto)])
+    actual = [len(syllables) for _, _, syllables in tts]
+    phrases = melody_notes(
+        random.Random(rng.random()),
+        *layout,
+        lambda i, _mx: actual[i] if i < len(actual) else 0,
+        total_s,
+        gap_prob,
+        random.Random(layout_seed),
+    )[: len(tts)]
+    return phrases, tts
+
+
 def harmony_line(
     phrases: list[Phrase], bars: list[Bar], key_pc: int, mode: str, tempo: int, direction: int
 ) -> list[Phrase]:
@@ -578,52 +616,21 @@ def make_vocals(
     lo = rng.randint(wide_lo, wide_hi - span)
     pitch_range = (lo, lo + span)
     gap_prob = rng.uniform(0.05, 0.35)
-    budgets: list[int] = []
+    texts: list[str] = []
 
-    def budget(_i: int, max_notes: int) -> int:
-        n = rng.randint(max(2, max_notes // 3), max(3, int(max_notes * 0.8)))
-        budgets.append(n)
-        return n
+    def speak(budgets: list[int]) -> list[tuple]:  # lyrics with about that many syllables, spoken by festival
+        for n in budgets:
+            words: list[str] = []
+            count = 0
+            while count < n:
+                w = rng.choice(WORDS)
+                words.append(w)
+                count += rough_syllables(w)
+            texts.append(" ".join(words))
+        with tempfile.TemporaryDirectory(dir=work) as td:
+            return festival_phrases(texts, voice, Path(td), stretch=rng.uniform(1.1, 1.5)) if texts else []
 
-    # First pass: phrase grid and syllable budget; lyrics with about that many syllables; then the rhythm is built
-    # around the syllable count festival actually produced.
-    layout_seed = rng.randrange(1 << 30)
-    proto = melody_notes(
-        random.Random(rng.random()),
-        bars,
-        key_pc,
-        mode,
-        tempo,
-        pitch_range,
-        budget,
-        total_s,
-        gap_prob,
-        random.Random(layout_seed),
-    )
-    texts = []
-    for n in budgets[: len(proto)]:
-        words: list[str] = []
-        count = 0
-        while count < n:
-            w = rng.choice(WORDS)
-            words.append(w)
-            count += rough_syllables(w)
-        texts.append(" ".join(words))
-    with tempfile.TemporaryDirectory(dir=work) as td:
-        tts = festival_phrases(texts, voice, Path(td), stretch=rng.uniform(1.1, 1.5)) if texts else []
-    actual = [len(s) for _, _, s in tts]
-    phrases = melody_notes(
-        random.Random(rng.random()),
-        bars,
-        key_pc,
-        mode,
-        tempo,
-        pitch_range,
-        lambda i, _mx: actual[i] if i < len(actual) else 0,
-        total_s,
-        gap_prob,
-        random.Random(layout_seed),
-    )[: len(tts)]
+    phrases, tts = melody_for_speech(rng, bars, key_pc, mode, tempo, pitch_range, total_s, gap_prob, speak)
     num_out = int(total_s * SAMPLE_RATE)
     method = method or ("choir" if rng.random() < 0.1 else "world")
     meta: dict = {
