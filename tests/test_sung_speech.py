@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.training import sung_speech
+from engine.training import sung_speech, synth_vocals
 from engine.training.real_material import RealPool
-from engine.training.sung_speech import FRAME_PERIOD_MS, clip_syllables, voiced_regions
+from engine.training.sung_speech import clip_syllables
+from engine.training.synth_vocals import FRAME_PERIOD_MS, voiced_regions
 
 RATE = 44100
 DT = FRAME_PERIOD_MS / 1000
@@ -66,7 +67,7 @@ def test_sung_track_sings_the_speakers_syllables_on_the_melody(method):
     assert line.shape == (8 * RATE,) and line.dtype == np.float32
     lo, hi = meta["pitch_range"]
     assert 41 <= lo and hi <= 67  # a low speaking voice sings in the low register
-    measured = sung_speech.speech_f0(line.astype(np.float64), RATE)
+    measured = synth_vocals.speech_f0(line.astype(np.float64), RATE)
     errors = []
     for phrase in meta["notes"]:
         for t, d, pitch in phrase:
@@ -87,7 +88,7 @@ def quiet_phrases_ok(line: np.ndarray, meta: dict) -> bool:
 def test_analysis_marks_fall_one_period_apart():
     pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
     x = spoken_clip(150, 0, glide=0.0)
-    marks, periods = sung_speech.analysis_marks(x, RATE, sung_speech.speech_f0(x, RATE))
+    marks, periods = synth_vocals.analysis_marks(x, RATE, synth_vocals.speech_f0(x, RATE))
     assert len(marks) > 30
     assert np.all(np.diff(marks) > 0)
     np.testing.assert_allclose(np.median(np.diff(marks)), RATE / 150, rtol=0.02)
@@ -104,7 +105,7 @@ def test_psola_at_the_speakers_own_pitch_and_pace_gives_the_speech_back():
     note = {"t": t0, "d": (syllable[-1][3] - vowel[2]) / 0.92, "pitch": 69 + 12 * np.log2(150 / 440)}
     f0_out = np.full(int(2.0 / DT), 150.0)
     out = np.zeros(2 * RATE)
-    sung_speech.psola_phrase(
+    synth_vocals.psola_phrase(
         out, x, [note], [syllable], f0_out, {"consonant_scale": 1.0, "level_pull": 0.0, "rng": random.Random(0)}
     )
     a = int((t0 + 0.05) * RATE)

@@ -147,6 +147,74 @@ def test_pitch_contour_follows_notes_and_is_zero_between_phrases():
     assert 210 < np.median(f0[int(3.2 / frame) : int(3.45 / frame)]) < 230  # A3 = 220 Hz
 
 
+def band_db(x: np.ndarray, lo: float, hi: float) -> float:
+    """Energy of x (mono, at SR) between lo and hi Hz, in dB."""
+    spectrum = np.abs(np.fft.rfft(x)) ** 2
+    hz = np.fft.rfftfreq(len(x), 1 / SR)
+    return 10 * np.log10(spectrum[(hz >= lo) & (hz < hi)].sum() + 1e-20)
+
+
+def test_air_fills_the_band_above_a_16_khz_voice_at_the_asked_level_and_leaves_the_rest():
+    rng = np.random.default_rng(0)
+    bursts = np.repeat(rng.uniform(0, 1, 40) > 0.5, SR // 20)[: 2 * SR]  # on and off, as syllables are
+    voice = np.fft.irfft(np.fft.rfft(rng.normal(size=2 * SR) * bursts) * (np.fft.rfftfreq(2 * SR, 1 / SR) < 7800))
+    voice = voice.astype(np.float32)
+    aired = vocals.add_air(voice, 16000, -10.0, random.Random(1))
+    assert band_db(voice, 8500, 20000) < band_db(voice, 4000, 7600) - 60  # nothing above 8 kHz before
+    above = band_db(aired, 8500, 20000) - band_db(aired, 4000, 7600)
+    assert -16 < above < -8  # about 10 dB below the octave under the old Nyquist (filter skirts aside)
+    assert band_db(aired - voice, 0, 6000) < band_db(voice, 0, 6000) - 40  # the voice itself is left alone
+    envelope_corr = np.corrcoef(np.abs(aired - voice).reshape(-1, 441).mean(1), bursts.reshape(-1, 441).mean(1))
+    assert envelope_corr[0, 1] > 0.8  # the air follows the voice
+    np.testing.assert_array_equal(vocals.add_air(voice, 44100, -10.0, random.Random(1)), voice)  # full band: as is
+
+
+def test_formant_scaling_moves_the_spectrum_and_the_syllable_times_together():
+    rate = 16000
+    tone = np.sin(2 * np.pi * 1000 * np.arange(rate) / rate)
+    syllables = [[("k", False, 0.1, 0.2), ("a", True, 0.2, 0.6)]]
+    ((y, out_rate, scaled),) = vocals.formant_scaled([(tone, rate, syllables)], 1.1)
+    assert out_rate == SR and abs(len(y) - SR / 1.1) < 50
+    hz = np.fft.rfftfreq(len(y), 1 / SR)[np.argmax(np.abs(np.fft.rfft(y)))]
+    assert abs(hz - 1100) < 5
+    assert scaled == [[("k", False, 0.1 / 1.1, 0.2 / 1.1), ("a", True, 0.2 / 1.1, 0.6 / 1.1)]]
+
+
+_FESTIVAL = shutil.which("festival") is not None and bool(vocals.installed_voices())
+
+
+@pytest.mark.skipif(not _FESTIVAL, reason="festival voices not installed: run engine/training/install_synth_tools.sh")
+@pytest.mark.parametrize("seed", [1, 4])
+def test_psola_vocals_sing_festivals_speech_on_the_melody_with_the_band_filled(seed, tmp_path):
+    pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
+    bars = music.make_progression(random.Random(0), 0, "major", "pop", 6)
+
+    def sing():
+        return vocals.make_vocals(random.Random(seed), bars, 0, "major", 100, 8.0, tmp_path, tmp_path, "psola")
+
+    (y, meta), (again, _) = sing(), sing()
+    np.testing.assert_array_equal(y, again)
+    assert meta["method"] == "psola" and y.shape == (2, 8 * SR) and np.isfinite(y).all()
+    line = y.mean(axis=0).astype(np.float64)
+    measured = vocals.speech_f0(line, SR)
+    frame = vocals.FRAME_PERIOD_MS / 1000
+    errors = []
+    for phrase in meta["notes"]:
+        for t, d, pitch in phrase:
+            if d > 0.3:
+                hz = np.median(measured[int((t + d / 2) / frame) - 4 : int((t + d / 2) / frame) + 4])
+                errors.append(12 * np.log2(max(hz, 1.0) / (440 * 2 ** ((pitch - 69) / 12))))
+    assert len(errors) >= 3 and np.median(np.abs(errors)) < 0.6  # semitones
+    nyquist = vocals.FESTIVAL_VOICES[meta["voice"]][1] * meta["voice_params"]["alpha"] / 2
+    if nyquist < 10000:  # a 16 kHz diphone voice: the band above its Nyquist is filled, not empty
+        assert band_db(line, nyquist * 1.1, 16000) > band_db(line, nyquist / 2, nyquist * 0.95) - 25
+
+
+def test_make_vocals_names_an_unknown_vocoder(tmp_path):
+    with pytest.raises(ValueError, match="vocoder must be one of world, psola"):
+        vocals.make_vocals(random.Random(0), [], 0, "major", 100, 4.0, tmp_path, tmp_path, vocoder="autotune")
+
+
 @pytest.mark.skipif(shutil.which("mma") is None, reason="mma not installed: run engine/training/install_synth_tools.sh")
 def test_mma_output_is_reproducible_from_the_chart_seed(tmp_path):
     bars = music.make_progression(random.Random(0), 0, "major", "pop", 4)
@@ -425,11 +493,12 @@ _MISSING = synth.missing_tools()
     reason=f"synthesis tools missing ({', '.join(_MISSING)}): run engine/training/install_synth_tools.sh",
 )
 def test_full_song_render(tmp_path):
-    seed = 21  # validation split (21 % 20 == 1), sung by WORLD with a double
+    seed = 21  # validation split (21 % 20 == 1), its lead sung by PSOLA
     folder = synth.make_song(seed, tmp_path, duration_s=8.0)
     assert folder == tmp_path / "validation" / "song000021"
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["seed"] == seed and meta["generator_version"] == synth.GENERATOR_VERSION
+    assert meta["vocals"]["method"] == "psola"  # (seed 20 below is sung by WORLD)
     audio = {k: sf.read(folder / f"{k}.wav", dtype="float32", always_2d=True) for k in (*produce.STEMS, "mixture")}
     for x, rate in audio.values():
         assert rate == SR and x.shape == (8 * SR, 2) and np.isfinite(x).all()

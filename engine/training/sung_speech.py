@@ -11,9 +11,9 @@ methods sing it:
 
 * ``world``: the synthesizer's own WORLD speech-to-singing (``synth_vocals.sing_frames``). The spectral envelope
   and the consonants are the speaker's; the excitation is WORLD's.
-* ``psola``: TD-PSOLA (``psola_phrase``): the speaker's own periods, windowed and laid at the sung pitch, so the
-  real excitation (glottal pulse, jitter, breath) stays too. The real sung vocal of the MUSDB18 excerpt keeps
-  2.4 dB more of itself in the default model's vocal stem once WORLD has merely resynthesised it
+* ``psola``: TD-PSOLA (``synth_vocals.psola_phrase``): the speaker's own periods, windowed and laid at the sung
+  pitch, so the real excitation (glottal pulse, jitter, breath) stays too. The real sung vocal of the MUSDB18
+  excerpt keeps 2.4 dB more of itself in the default model's vocal stem once WORLD has merely resynthesised it
   (benchmarks/results/vocal_contexts/): the model keys partly on the vocoder's sound, which WORLD-sung training
   material would only teach it further.
 
@@ -39,45 +39,22 @@ from engine.training.real_material import AUDIO_SUFFIXES, CLIP_SECONDS, load_aud
 from engine.training.synth_music import SAMPLE_RATE, make_progression
 from engine.training.synth_vocals import (
     FRAME_PERIOD_MS,
-    Phrase,
     melody_for_speech,
     pitch_contour,
+    psola_line,
     quiet_phrases,
     random_singer,
     sing_frames,
-    syllable_segments,
+    speech_f0,
     synthesize_line,
+    voiced_regions,
 )
 
-MIN_VOICED_S = 0.03  # shortest voiced stretch that counts as a syllable's vowel
-MAX_GAP_S = 0.03  # unvoiced gaps shorter than this do not split a vowel
 CLIP_PAUSE_S = 0.06  # silence between clips strung into one phrase for the analysis
 MALE_BELOW_HZ = 165.0  # median speaking F0 under which a speaker sings in the lower register
 REGISTERS = {"low": (41, 67), "high": (53, 79)}  # widest sung MIDI range, as for the festival voices
 PEAK = 10 ** (-1 / 20)  # tracks are written peaking at -1 dBFS
 METHODS = ("world", "psola")
-UNVOICED_HOP_S = 0.005  # PSOLA: consonants are copied in overlapping grains of twice this
-
-
-def speech_f0(x: np.ndarray, sample_rate: int) -> np.ndarray:
-    """WORLD F0 (Hz, 0 = unvoiced) per FRAME_PERIOD_MS frame of mono speech x: float64 (num_samples,)."""
-    import pyworld as pw
-
-    f0, t = pw.dio(x, sample_rate, frame_period=FRAME_PERIOD_MS, f0_floor=60, f0_ceil=500)
-    return pw.stonemask(x, f0, t, sample_rate)
-
-
-def voiced_regions(f0: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) frame ranges of the voiced stretches of f0 (frames,), gaps under MAX_GAP_S bridged, stretches
-    under MIN_VOICED_S dropped."""
-    dt = FRAME_PERIOD_MS / 1000.0
-    regions: list[list[int]] = []
-    for k in np.flatnonzero(f0 > 0):
-        if regions and k - regions[-1][1] <= MAX_GAP_S / dt:
-            regions[-1][1] = k + 1
-        else:
-            regions.append([k, k + 1])
-    return [(a, b) for a, b in regions if (b - a) * dt >= MIN_VOICED_S]
 
 
 def clip_syllables(x: np.ndarray, sample_rate: int, f0: np.ndarray | None = None) -> list[list[tuple]]:
@@ -156,95 +133,11 @@ class Speaker:
         return np.concatenate(parts), self.sample_rate, syllables
 
 
-def analysis_marks(x: np.ndarray, sample_rate: int, f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """PSOLA pitch marks of speech x: float64 (num_samples,) with its ``speech_f0`` f0 (frames,): one mark per
-    period through each voiced stretch, each at the waveform's peak within a quarter period of where the last mark
-    and the local F0 put it. Returns (mark sample indices, periods in samples), both int (num_marks,)."""
-    hop = FRAME_PERIOD_MS / 1000.0 * sample_rate
-    marks, periods = [], []
-    for a, b in voiced_regions(f0):
-        voiced = f0[a:b][f0[a:b] > 0]
-        period = int(sample_rate / voiced[0])
-        start, stop = int(a * hop), min(int(b * hop), len(x) - 1)
-        t = start + int(np.argmax(x[start : start + period]))
-        while t < stop:
-            marks.append(t)
-            periods.append(period)
-            hz = f0[min(int(t / hop), len(f0) - 1)]
-            period = int(sample_rate / hz) if hz > 0 else period
-            lo, hi = t + period - period // 4, t + period + period // 4
-            if hi >= len(x):
-                break
-            t = lo + int(np.argmax(x[lo:hi]))
-    return np.array(marks, int), np.array(periods, int)
-
-
-def psola_phrase(
-    out: np.ndarray, x: np.ndarray, notes: Phrase, syllables: list[list[tuple]], f0_out: np.ndarray, params: dict
-) -> None:
-    """Sing one spoken phrase into ``out`` (float64 (num_samples,) at SAMPLE_RATE, added in place) by TD-PSOLA: the
-    notes' segments (``synth_vocals.syllable_segments``) map output time to speech time; where the speech is voiced
-    and the output has a pitch (``f0_out``, Hz per frame, 0 = none), the period of speech x (float64, at SAMPLE_RATE)
-    nearest that time is windowed (two periods) and laid at the output's period, so the real excitation (jitter,
-    breath, the glottal pulse) is kept and only the timing and pitch change; consonants are copied in overlapping
-    grains. Each note's vowel is pulled toward the phrase's median level (exponent ``params["level_pull"]``)."""
-    fs, dt = SAMPLE_RATE, FRAME_PERIOD_MS / 1000.0
-    f0_src = speech_f0(x, fs)
-    marks, periods = analysis_marks(x, fs, f0_src)
-    hop = int(UNVOICED_HOP_S * fs)
-    windows: dict[int, np.ndarray] = {}
-
-    def grain(centre: int, half: int) -> np.ndarray:
-        """x around ``centre`` (2 * half samples, zero beyond its ends) times a Hann window."""
-        if half not in windows:
-            windows[half] = np.hanning(2 * half + 1)[:-1]
-        a = centre - half
-        seg = x[max(a, 0) : a + 2 * half]
-        if a < 0:
-            seg = np.concatenate([np.zeros(-a), seg])
-        seg = np.pad(seg, (0, 2 * half - len(seg)))
-        return seg * windows[half]
-
-    layout = syllable_segments(notes, syllables, params["consonant_scale"])
-    vowel_rms = []
-    for _, _, _, segs in layout:
-        a, b = min(s[0] for s in segs if s[4]), max(s[1] for s in segs if s[4])
-        vowel_rms.append(math.sqrt(float(np.mean(x[int(a * fs) : max(int(b * fs), int(a * fs) + 1)] ** 2))) + 1e-9)
-    reference = float(np.median(vowel_rms))
-    for note, rms, (onset_s, t0, end, segs) in zip(notes, vowel_rms, layout, strict=False):
-        level = (reference / rms) ** params["level_pull"]
-        first, last = t0 - onset_s, end
-        decay = params["rng"].uniform(0.6, 1.0) if note["d"] > 0.5 else 1.0
-        for a, b, oa, ob, is_vowel in segs:
-            o0, o1 = max(int(oa * fs), 0), min(int(ob * fs), len(out))
-            rate = (b - a) / max(ob - oa, 1e-6)  # speech seconds per sung second
-            t = o0
-            while t < o1:
-                src = a + (t / fs - oa) * rate
-                hz = f0_out[min(int(t / fs / dt), len(f0_out) - 1)]
-                voiced = is_vowel or f0_src[min(int(src / dt), len(f0_src) - 1)] > 0
-                if voiced and hz > 0 and len(marks):
-                    i = int(np.clip(np.searchsorted(marks, src * fs), 1, len(marks) - 1))
-                    i -= int(src * fs - marks[i - 1] < marks[i] - src * fs)
-                    g = grain(int(marks[i]), int(periods[i]))
-                    step = max(int(round(fs / hz)), 1)
-                else:
-                    g = grain(int(src * fs), hop)
-                    step = hop
-                pos = (t / fs - first) / max(last - first, 1e-6)  # where in the note: decay, then a soft release
-                envelope = level * (1 + (decay - 1) * pos) * min(1.0, 0.3 + 0.7 * (last - t / fs) / 0.04)
-                begin = t - len(g) // 2
-                lo, hi = max(begin, 0), min(begin + len(g), len(out))
-                if hi > lo:
-                    out[lo:hi] += envelope * g[lo - begin : hi - begin]
-                t += step
-
-
 def sung_track(speaker: Speaker, rng: random.Random, seconds: float, method: str = "world") -> tuple[np.ndarray, dict]:
     """One sung track of ``seconds``: a melody over a random progression, one syllable per note, sung with the
     speaker's clips by ``method``: "world" (the synthesizer's vocoder: the envelope is the speaker's, the excitation
-    WORLD's) or "psola" (``psola_phrase``: the speaker's own excitation). Returns (mono float32 (num_samples,) at
-    SAMPLE_RATE, meta)."""
+    WORLD's) or "psola" (``synth_vocals.psola_line``: the speaker's own excitation). Returns (mono float32
+    (num_samples,) at SAMPLE_RATE, meta)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     key_pc, mode = rng.randrange(12), rng.choice(["major", "minor"])
@@ -279,11 +172,7 @@ def sung_track(speaker: Speaker, rng: random.Random, seconds: float, method: str
         voice_params = {"consonant_scale": rng.uniform(0.6, 1.0), "level_pull": rng.uniform(0.3, 0.6)}
         num_frames = int(num_out / SAMPLE_RATE / (FRAME_PERIOD_MS / 1000.0)) + 1
         f0 = pitch_contour(phrases, num_frames, rng, random_singer(rng))
-        acc = np.zeros(num_out)
-        for notes, (x, _, syllables) in zip(phrases, tts, strict=False):
-            if notes:
-                psola_phrase(acc, x, notes, syllables, f0, {**voice_params, "rng": rng})
-        line = acc.astype(np.float32)
+        line = psola_line(phrases, tts, f0, rng, voice_params, num_out)
     meta = {
         "method": method,
         "key_pc": key_pc,

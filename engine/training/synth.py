@@ -48,7 +48,8 @@ from engine.training import synth_music as music
 from engine.training.synth_produce import STEMS, active_rms, db_to_gain, produce, silent_sections
 from engine.training.synth_vocals import installed_voices, make_vocals
 
-GENERATOR_VERSION = 4  # 4: groove tracks with voice patches belong to the vocal stem
+GENERATOR_VERSION = 5  # 4: groove tracks with voice patches belong to the vocal stem; 5: half the leads by PSOLA
+PSOLA_SHARE = 0.5  # share of the songs whose lead is sung by TD-PSOLA, not WORLD (drawn on a stream of its own)
 SPLITS = ("train", "validation", "test")
 SF_WEIGHTS = music.SF_WEIGHTS
 
@@ -208,12 +209,22 @@ def render_song(
     timings["fluidsynth"] = time.time() - t
     t = time.time()
     vocal_rng = stage_rng(seed, "vocals")
+    vocoder = "psola" if stage_rng(seed, "vocoder").random() < PSOLA_SHARE else "world"
     instrumental = vocal_rng.random() < 0.04
     if instrumental:
         dry["vocals"], vmeta = np.zeros((2, num_frames), np.float32), {"instrumental": True}
     else:
         dry["vocals"], vmeta = make_vocals(
-            vocal_rng, bars, plan["key_pc"], plan["mode"], plan["tempo"], duration_s, soundfont, work, timbres=timbres
+            vocal_rng,
+            bars,
+            plan["key_pc"],
+            plan["mode"],
+            plan["tempo"],
+            duration_s,
+            soundfont,
+            work,
+            timbres=timbres,
+            vocoder=vocoder,
         )
     if backing is not None:
         voices_rng = stage_rng(seed, "voices")

@@ -1,10 +1,17 @@
-"""Sung vocals for synthetic songs: melody over the chords, lyrics, festival TTS, WORLD speech-to-singing.
+"""Sung vocals for synthetic songs: melody over the chords, lyrics, festival TTS, speech-to-singing by WORLD or PSOLA.
 
 Ported from the stemgen prototype. A melody is laid out in phrases with one note per syllable; festival speaks random
-lyrics (with phone timings); WORLD (pyworld) re-times each syllable onto its note (consonants at natural speed, vowels
-stretched), replaces F0 by the melody (portamento, vibrato, drift), resamples the spectral envelope to 44.1 kHz with a
-formant shift and resynthesises. Harmony lines and doubles reuse the same spectral frames with another pitch contour.
-Mono audio is float32 (num_frames,).
+lyrics (with phone timings); each syllable is re-timed onto its note (consonants at natural speed, vowels stretched)
+and sung at the melody's pitch (portamento, vibrato, drift) by one of two vocoders:
+
+* WORLD (pyworld): the spectral envelope is resampled to 44.1 kHz with a formant shift and extrapolated above the
+  voice's Nyquist, and resynthesised with WORLD's own excitation.
+* TD-PSOLA: festival's own periods (its diphone voices are recorded speech) are windowed and laid at the sung pitch,
+  after a resampling that scales the formants; the band above the voice's Nyquist is filled by ``add_air``.
+
+The default model once keyed partly on WORLD's sound (benchmarks/results/vocal_contexts/), so since generator
+version 5 half the songs are sung by each. Harmony lines and doubles reuse the same speech with another pitch
+contour. Mono audio is float32 (num_frames,).
 """
 
 from __future__ import annotations
@@ -96,6 +103,7 @@ def installed_voices(timbres: str = "train") -> list[str]:
 
 
 FRAME_PERIOD_MS = 5.0  # WORLD frame period
+VOCODERS = ("world", "psola")  # how a song's lead line is sung from festival's speech
 
 # A note is {"t": onset s, "d": duration s, "pitch": MIDI}; a phrase is a list of notes, one per syllable.
 Note = dict
@@ -591,6 +599,175 @@ def choir_midi(phrases: list[Phrase], rng: random.Random, tempo: int, program: i
     return mf
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# TD-PSOLA speech-to-singing: the speaker's own periods laid at the sung pitch
+# ---------------------------------------------------------------------------------------------------------------------
+MIN_VOICED_S = 0.03  # shortest voiced stretch that counts as a syllable's vowel
+MAX_GAP_S = 0.03  # unvoiced gaps shorter than this do not split a vowel
+UNVOICED_HOP_S = 0.005  # PSOLA: consonants are copied in overlapping grains of twice this
+
+
+def speech_f0(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """WORLD F0 (Hz, 0 = unvoiced) per FRAME_PERIOD_MS frame of mono speech x: float64 (num_samples,)."""
+    import pyworld as pw
+
+    f0, t = pw.dio(x, sample_rate, frame_period=FRAME_PERIOD_MS, f0_floor=60, f0_ceil=500)
+    return pw.stonemask(x, f0, t, sample_rate)
+
+
+def voiced_regions(f0: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) frame ranges of the voiced stretches of f0 (frames,), gaps under MAX_GAP_S bridged, stretches
+    under MIN_VOICED_S dropped."""
+    dt = FRAME_PERIOD_MS / 1000.0
+    regions: list[list[int]] = []
+    for k in np.flatnonzero(f0 > 0):
+        if regions and k - regions[-1][1] <= MAX_GAP_S / dt:
+            regions[-1][1] = k + 1
+        else:
+            regions.append([k, k + 1])
+    return [(a, b) for a, b in regions if (b - a) * dt >= MIN_VOICED_S]
+
+
+def analysis_marks(x: np.ndarray, sample_rate: int, f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PSOLA pitch marks of speech x: float64 (num_samples,) with its ``speech_f0`` f0 (frames,): one mark per
+    period through each voiced stretch, each at the waveform's peak within a quarter period of where the last mark
+    and the local F0 put it. Returns (mark sample indices, periods in samples), both int (num_marks,)."""
+    hop = FRAME_PERIOD_MS / 1000.0 * sample_rate
+    marks, periods = [], []
+    for a, b in voiced_regions(f0):
+        voiced = f0[a:b][f0[a:b] > 0]
+        period = int(sample_rate / voiced[0])
+        start, stop = int(a * hop), min(int(b * hop), len(x) - 1)
+        t = start + int(np.argmax(x[start : start + period]))
+        while t < stop:
+            marks.append(t)
+            periods.append(period)
+            hz = f0[min(int(t / hop), len(f0) - 1)]
+            period = int(sample_rate / hz) if hz > 0 else period
+            lo, hi = t + period - period // 4, t + period + period // 4
+            if hi >= len(x):
+                break
+            t = lo + int(np.argmax(x[lo:hi]))
+    return np.array(marks, int), np.array(periods, int)
+
+
+def psola_phrase(
+    out: np.ndarray, x: np.ndarray, notes: Phrase, syllables: list[list[tuple]], f0_out: np.ndarray, params: dict
+) -> None:
+    """Sing one spoken phrase into ``out`` (float64 (num_samples,) at SAMPLE_RATE, added in place) by TD-PSOLA: the
+    notes' segments (``synth_vocals.syllable_segments``) map output time to speech time; where the speech is voiced
+    and the output has a pitch (``f0_out``, Hz per frame, 0 = none), the period of speech x (float64, at SAMPLE_RATE)
+    nearest that time is windowed (two periods) and laid at the output's period, so the real excitation (jitter,
+    breath, the glottal pulse) is kept and only the timing and pitch change; consonants are copied in overlapping
+    grains. Each note's vowel is pulled toward the phrase's median level (exponent ``params["level_pull"]``)."""
+    fs, dt = SAMPLE_RATE, FRAME_PERIOD_MS / 1000.0
+    f0_src = speech_f0(x, fs)
+    marks, periods = analysis_marks(x, fs, f0_src)
+    hop = int(UNVOICED_HOP_S * fs)
+    windows: dict[int, np.ndarray] = {}
+
+    def grain(centre: int, half: int) -> np.ndarray:
+        """x around ``centre`` (2 * half samples, zero beyond its ends) times a Hann window."""
+        if half not in windows:
+            windows[half] = np.hanning(2 * half + 1)[:-1]
+        a = centre - half
+        seg = x[max(a, 0) : a + 2 * half]
+        if a < 0:
+            seg = np.concatenate([np.zeros(-a), seg])
+        seg = np.pad(seg, (0, 2 * half - len(seg)))
+        return seg * windows[half]
+
+    layout = syllable_segments(notes, syllables, params["consonant_scale"])
+    vowel_rms = []
+    for _, _, _, segs in layout:
+        a, b = min(s[0] for s in segs if s[4]), max(s[1] for s in segs if s[4])
+        vowel_rms.append(math.sqrt(float(np.mean(x[int(a * fs) : max(int(b * fs), int(a * fs) + 1)] ** 2))) + 1e-9)
+    reference = float(np.median(vowel_rms))
+    for note, rms, (onset_s, t0, end, segs) in zip(notes, vowel_rms, layout, strict=False):
+        level = (reference / rms) ** params["level_pull"]
+        first, last = t0 - onset_s, end
+        decay = params["rng"].uniform(0.6, 1.0) if note["d"] > 0.5 else 1.0
+        for a, b, oa, ob, is_vowel in segs:
+            o0, o1 = max(int(oa * fs), 0), min(int(ob * fs), len(out))
+            rate = (b - a) / max(ob - oa, 1e-6)  # speech seconds per sung second
+            t = o0
+            while t < o1:
+                src = a + (t / fs - oa) * rate
+                hz = f0_out[min(int(t / fs / dt), len(f0_out) - 1)]
+                voiced = is_vowel or f0_src[min(int(src / dt), len(f0_src) - 1)] > 0
+                if voiced and hz > 0 and len(marks):
+                    i = int(np.clip(np.searchsorted(marks, src * fs), 1, len(marks) - 1))
+                    i -= int(src * fs - marks[i - 1] < marks[i] - src * fs)
+                    g = grain(int(marks[i]), int(periods[i]))
+                    step = max(int(round(fs / hz)), 1)
+                else:
+                    g = grain(int(src * fs), hop)
+                    step = hop
+                pos = (t / fs - first) / max(last - first, 1e-6)  # where in the note: decay, then a soft release
+                envelope = level * (1 + (decay - 1) * pos) * min(1.0, 0.3 + 0.7 * (last - t / fs) / 0.04)
+                begin = t - len(g) // 2
+                lo, hi = max(begin, 0), min(begin + len(g), len(out))
+                if hi > lo:
+                    out[lo:hi] += envelope * g[lo - begin : hi - begin]
+                t += step
+
+
+def psola_line(
+    phrases: list[Phrase], speech: list[tuple], f0: np.ndarray, rng: random.Random, params: dict, num_out: int
+) -> np.ndarray:
+    """A sung line by TD-PSOLA (``psola_phrase``): each phrase's notes sung with its spoken phrase of ``speech``
+    ((audio float64 (num_samples,) at SAMPLE_RATE, SAMPLE_RATE, syllables) per phrase, as ``festival_phrases`` gives
+    them once resampled) at the pitch contour ``f0`` (Hz per FRAME_PERIOD_MS frame). Phrases without notes stay
+    silent. Returns float32 (num_out,)."""
+    out = np.zeros(num_out)
+    for notes, (x, rate, syllables) in zip(phrases, speech, strict=False):
+        if rate != SAMPLE_RATE:
+            raise ValueError(f"PSOLA sings speech at {SAMPLE_RATE} Hz, got {rate} Hz")
+        if notes:
+            psola_phrase(out, x, notes, syllables, f0, {**params, "rng": rng})
+    return out.astype(np.float32)
+
+
+def formant_scaled(speech: list[tuple], alpha: float) -> list[tuple]:
+    """Festival phrases (audio, native rate, syllables) played ``alpha`` times faster and resampled to SAMPLE_RATE:
+    formants (and pitch, which PSOLA sets anew) scaled by ``alpha`` (>1 = smaller vocal tract), syllable times by
+    1 / alpha."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    out = []
+    for x, rate, syllables in speech:
+        ratio = Fraction(SAMPLE_RATE / (rate * alpha)).limit_denominator(1000)
+        y = resample_poly(x, ratio.numerator, ratio.denominator)
+        out.append((y, SAMPLE_RATE, [[(p, v, a / alpha, b / alpha) for p, v, a, b in syl] for syl in syllables]))
+    return out
+
+
+def add_air(line: np.ndarray, source_rate: float, level_db: float, rng: random.Random) -> np.ndarray:
+    """``line`` (float32 (num_samples,) at SAMPLE_RATE) sung from speech recorded at ``source_rate`` with the band
+    above the recording's Nyquist filled: noise shaped by the envelope of the octave below it, and the harmonics a
+    full-wave rectifier draws from that octave (an exciter), high-passed at the Nyquist, tilted by a one-pole low-pass
+    and mixed ``level_db`` below the octave's level. A 16 kHz diphone voice otherwise ends at 8 kHz, a band edge no
+    real singer has and a cue a model could learn."""
+    from scipy.signal import butter, sosfilt
+
+    nyquist = source_rate / 2
+    if nyquist >= 0.45 * SAMPLE_RATE:
+        return line
+    x = line.astype(np.float64)
+    octave = sosfilt(butter(4, [0.5 * nyquist, 0.95 * nyquist], "bandpass", fs=SAMPLE_RATE, output="sos"), x)
+    envelope = np.sqrt(np.maximum(sosfilt(butter(2, 80, fs=SAMPLE_RATE, output="sos"), octave**2), 0.0))
+    noise = np.random.default_rng(rng.randrange(1 << 30)).normal(size=len(x)) * envelope
+    harmonics = np.abs(octave)
+    mix = rng.uniform(0.2, 0.8)
+    air = sosfilt(butter(6, nyquist, "highpass", fs=SAMPLE_RATE, output="sos"), mix * noise + (1 - mix) * harmonics)
+    corner = min(nyquist * rng.uniform(1.2, 2.5), 0.45 * SAMPLE_RATE)
+    air = sosfilt(butter(1, corner, fs=SAMPLE_RATE, output="sos"), air)
+    scale = 10 ** (level_db / 20) * math.sqrt(np.mean(octave**2) / (np.mean(air**2) + 1e-20))
+    return (x + scale * air).astype(np.float32)
+
+
 def make_vocals(
     rng: random.Random,
     bars: list[Bar],
@@ -602,10 +779,13 @@ def make_vocals(
     work: Path,
     method: str | None = None,
     timbres: str = "train",
+    vocoder: str = "world",
 ) -> tuple[np.ndarray, dict]:
-    """The vocal stem of one song: lead line (WORLD-sung, or a GM choir patch with probability 0.1), and for WORLD
-    sometimes a double and/or a harmony part panned apart. The singer comes from the `timbres` set of voices.
-    Returns (float32 (2, num_frames), meta)."""
+    """The vocal stem of one song: lead line (sung by `vocoder`, "world" or "psola", or a GM choir patch with
+    probability 0.1), and for a sung lead sometimes a double and/or a harmony part panned apart. The singer comes
+    from the `timbres` set of voices. `method` forces "choir" or a vocoder. Returns (float32 (2, num_frames), meta)."""
+    if vocoder not in VOCODERS:
+        raise ValueError(f"vocoder must be one of {', '.join(VOCODERS)}, got {vocoder!r}")
     weights = voice_weights(timbres)
     voices = installed_voices(timbres)
     if not voices:
@@ -632,7 +812,7 @@ def make_vocals(
 
     phrases, tts = melody_for_speech(rng, bars, key_pc, mode, tempo, pitch_range, total_s, gap_prob, speak)
     num_out = int(total_s * SAMPLE_RATE)
-    method = method or ("choir" if rng.random() < 0.1 else "world")
+    method = method or ("choir" if rng.random() < 0.1 else vocoder)
     meta: dict = {
         "voice": voice,
         "method": method,
@@ -647,16 +827,34 @@ def make_vocals(
         x = render_fluidsynth(soundfont, mp, work / "vox.wav")
         meta["program"] = prog
         return fit_length(x.mean(axis=0), num_out), meta
-    voice_params = {
-        "alpha": rng.uniform(0.88, 1.12),
-        "consonant_scale": rng.uniform(0.6, 1.0),
-        "breath": (rng.uniform(2000, 5500), rng.uniform(6000, 13000), rng.uniform(0.3, 0.95)),
-        "hf_slope": rng.uniform(0.5, 1.8),
-        "hf_aperiodicity": rng.uniform(0.5, 1.0),
-    }
-    frames = sing_frames(phrases, tts[: len(phrases)], rng, num_out, voice_params)
-    num_frames = len(frames.gain)
-    lead = synthesize_line(frames, pitch_contour(phrases, num_frames, rng, random_singer(rng)), num_out)
+    num_frames = int(num_out / SAMPLE_RATE / (FRAME_PERIOD_MS / 1000.0)) + 1
+    if method == "psola":  # festival's own (recorded diphone) excitation, formants scaled, the band above it filled
+        voice_params = {
+            "alpha": rng.uniform(0.9, 1.1),
+            "consonant_scale": rng.uniform(0.6, 1.0),
+            "level_pull": rng.uniform(0.3, 0.6),
+            "air_db": rng.uniform(-18.0, -6.0),
+        }
+        speech = formant_scaled(tts[: len(phrases)], voice_params["alpha"])
+        source_rate = FESTIVAL_VOICES[voice][1] * voice_params["alpha"]
+
+        def sing(line_phrases: list[Phrase], f0: np.ndarray, harmony: bool = False) -> np.ndarray:
+            line = psola_line(line_phrases, speech, f0, rng, voice_params, num_out)
+            return add_air(line, source_rate, voice_params["air_db"], rng)
+    else:
+        voice_params = {
+            "alpha": rng.uniform(0.88, 1.12),
+            "consonant_scale": rng.uniform(0.6, 1.0),
+            "breath": (rng.uniform(2000, 5500), rng.uniform(6000, 13000), rng.uniform(0.3, 0.95)),
+            "hf_slope": rng.uniform(0.5, 1.8),
+            "hf_aperiodicity": rng.uniform(0.5, 1.0),
+        }
+        frames = sing_frames(phrases, tts[: len(phrases)], rng, num_out, voice_params)
+
+        def sing(line_phrases: list[Phrase], f0: np.ndarray, harmony: bool = False) -> np.ndarray:
+            return synthesize_line(frames, f0, num_out, only_pitched=harmony)
+
+    lead = sing(phrases, pitch_contour(phrases, num_frames, rng, random_singer(rng)))
     quiet = quiet_phrases(lead, phrases)
     if quiet:
         raise RuntimeError(f"voice {voice} sang phrase(s) {quiet} more than {QUIET_PHRASE_DB} dB below the loudest")
@@ -665,7 +863,7 @@ def make_vocals(
     out = np.stack([lead, lead])
     parts = []
     if rng.random() < 0.3:  # a double: same words, another take of the pitch, a few ms late, panned apart
-        dbl = synthesize_line(frames, pitch_contour(phrases, num_frames, rng, random_singer(rng)), num_out)
+        dbl = sing(phrases, pitch_contour(phrases, num_frames, rng, random_singer(rng)))
         delay = int(rng.uniform(0.005, 0.03) * SAMPLE_RATE)
         dbl = np.concatenate([np.zeros(delay, np.float32), dbl[: num_out - delay]])
         width, level = rng.choice([-1, 1]) * rng.uniform(0.3, 1.0), rng.uniform(0.4, 0.9)
@@ -678,7 +876,7 @@ def make_vocals(
         harm = [h if k else [] for h, k in zip(harm, keep, strict=True)]
         if any(harm):
             f0 = pitch_contour(harm, num_frames, rng, random_singer(rng))
-            hv = synthesize_line(frames, f0, num_out, only_pitched=True)
+            hv = sing(harm, f0, harmony=True)
             pan, level = rng.uniform(-0.7, 0.7), rng.uniform(0.3, 0.7)
             a = (pan + 1) * math.pi / 4
             out += level * np.stack([hv * math.cos(a), hv * math.sin(a)]) * math.sqrt(2)
