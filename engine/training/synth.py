@@ -48,7 +48,8 @@ from engine.training import synth_music as music
 from engine.training.synth_produce import STEMS, active_rms, db_to_gain, produce, silent_sections
 from engine.training.synth_vocals import installed_voices, make_vocals
 
-GENERATOR_VERSION = 5  # 4: groove tracks with voice patches belong to the vocal stem; 5: half the leads by PSOLA
+GENERATOR_VERSION = 6  # 4: groove tracks with voice patches belong to the vocal stem; 5: half the leads by PSOLA;
+# 6: a mix engineer's vocal EQ (synth_produce.vocal_eq_chain)
 PSOLA_SHARE = 0.5  # share of the songs whose lead is sung by TD-PSOLA, not WORLD (drawn on a stream of its own)
 SPLITS = ("train", "validation", "test")
 SF_WEIGHTS = music.SF_WEIGHTS
@@ -237,7 +238,7 @@ def render_song(
         spans = silent_sections(section_rng, g, len(bars), plan["bar_s"], duration_s)
         if spans and g in dry:
             silences[g] = spans
-    stems, mix, pmeta = produce(dry, stage_rng(seed, "produce"), plan["style"], silences)
+    stems, mix, pmeta = produce(dry, stage_rng(seed, "produce"), plan["style"], silences, stage_rng(seed, "vocal_eq"))
     timings["produce"] = time.time() - t
     timings["total"] = time.time() - t0
     meta = {
