@@ -364,6 +364,23 @@ def test_production_is_deterministic_from_the_rng():
     assert json.dumps(a[2], default=str) == json.dumps(b[2], default=str)
 
 
+def test_vocal_eq_thins_the_lows_and_brightens_the_presence_band_on_its_own_stream():
+    dry = {k: v.astype(np.float32) for k, v in _dry_stems().items()}
+    noise = np.random.default_rng(0).normal(size=dry["vocals"].shape[1])
+    pink = np.fft.irfft(np.fft.rfft(noise) / np.sqrt(np.maximum(np.fft.rfftfreq(len(noise), 1 / SR), 20.0)), len(noise))
+    dry["vocals"] = (np.stack([pink, pink]) * 0.1 / np.abs(pink).max()).astype(np.float32)
+    plain, _, plain_meta = produce.produce(dry, random.Random(3), "pop", {})
+    for seed in range(4):
+        eqd, _, meta = produce.produce(dry, random.Random(3), "pop", {}, random.Random(seed))
+        assert meta["vocals"]["fx"] == plain_meta["vocals"]["fx"] and set(meta["vocals"]["eq"]) >= {"mud", "presence"}
+        for k in ("drums", "bass", "other"):  # the other stems keep their own draws (the bus gain may move a little)
+            assert meta[k] == plain_meta[k]
+        v, w = plain["vocals"].mean(axis=0), eqd["vocals"].mean(axis=0)
+        lows = band_db(w, 20, 150) - band_db(v, 20, 150)
+        presence = band_db(w, 1000, 8000) - band_db(v, 1000, 8000)
+        assert presence - lows > 6  # dB, the balance moved toward produced vocals
+
+
 def test_silent_stem_stays_silent():
     dry = {k: v.astype(np.float32) for k, v in _dry_stems().items()}
     dry["vocals"] = np.zeros_like(dry["vocals"])
