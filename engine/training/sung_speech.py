@@ -2,12 +2,12 @@
 
 The default model keeps a real *spoken* voice in its vocal stem (benchmarks/results/real_voice/) but loses most of a
 real *sung* one to "other" (benchmarks/results/real_stems/): singing holds long pitched vowels, as the instruments
-do, and the only singing it trains on is festival's diphone voices sung by the WORLD vocoder. No isolated real
-singing is reachable here, so this module sings the real speakers instead: each spoken letter or syllable of a
-KLettres speaker (``real_material``) becomes one syllable of a melody over a chord progression, laid onto its note
-as the synthetic songs lay festival's syllables (``synth_vocals.syllable_segments``: consonants at natural speed, the
-vowel stretched over the note) with the portamento, vibrato and drift of a random singer (``pitch_contour``). Two
-methods sing it:
+do, and the only singing it trained on was festival's diphone voices sung by the WORLD vocoder (generator version 5
+sings half the songs by PSOLA). No isolated real singing is reachable here, so this module sings the real speakers
+instead: each spoken letter or syllable of a KLettres speaker (``real_material``) becomes one syllable of a melody
+over a chord progression, laid onto its note as the synthetic songs lay festival's syllables
+(``synth_vocals.syllable_segments``: consonants at natural speed, the vowel stretched over the note) with the
+portamento, vibrato and drift of a random singer (``pitch_contour``). Two methods sing it:
 
 * ``world``: the synthesizer's own WORLD speech-to-singing (``synth_vocals.sing_frames``). The spectral envelope
   and the consonants are the speaker's; the excitation is WORLD's.
