@@ -16,6 +16,9 @@ the vocal: vocals higher is better, outside vocals lower):
 * ``centred and WORLD-resynthesised, own accompaniment``: that mono vocal analysed and resynthesised by the WORLD
   vocoder (pyworld, the vocoder that sings the synthetic songs) with nothing changed; the shares are then of the
   resynthesised vocal. A model that keys on the vocoder's sound keeps more of this one than of the control.
+* ``presence -4 dB, own accompaniment`` and ``presence +4 dB, ...``: the vocal with its 1-8 kHz band turned down or
+  up by 4 dB (``presence_tilted``; the level kept): a model that takes a bright voice for an instrument keeps more of
+  the darker one.
 
 One singer and 5.8 s: a diagnosis of one excerpt, not a measurement of real singing. Writes
 benchmarks/results/vocal_contexts/.
@@ -59,6 +62,21 @@ def world_resynthesis(x: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.pad(y, (0, len(x) - len(y))).astype(np.float32)
 
 
+PRESENCE_HZ = (1000.0, 8000.0)
+
+
+def presence_tilted(x: np.ndarray, sample_rate: int, db: float) -> np.ndarray:
+    """x (channels, n) with its PRESENCE_HZ band raised by ``db`` dB (half-octave raised-cosine edges), then scaled
+    back to x's RMS: float32 (channels, n)."""
+    hz = np.fft.rfftfreq(x.shape[1], 1 / sample_rate)
+    octaves = np.log2(np.maximum(hz, 1.0))
+    lo, hi = np.log2(PRESENCE_HZ[0]), np.log2(PRESENCE_HZ[1])
+    inside = np.clip(np.minimum(octaves - (lo - 0.5), (hi + 0.5) - octaves) / 0.5, 0.0, 1.0)
+    gain = 10 ** (db * (0.5 - 0.5 * np.cos(np.pi * inside)) / 20)
+    y = np.fft.irfft(np.fft.rfft(x, axis=1) * gain, n=x.shape[1], axis=1)
+    return (y * np.sqrt(np.mean(x**2) / max(float(np.mean(y**2)), 1e-20))).astype(np.float32)
+
+
 def contexts(song: quality.Song, band_track: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{name: (vocal, company)}, each float32 (channels, n), as listed in the docstring."""
     stems = dict(zip(STEMS, song.references, strict=True))
@@ -80,6 +98,8 @@ def contexts(song: quality.Song, band_track: Path) -> dict[str, tuple[np.ndarray
         "band at the same level": (vocal, band.astype(np.float32)),
         "centred, own accompaniment": (centred, accompaniment),
         "centred and WORLD-resynthesised, own accompaniment": (resynthesised, accompaniment),
+        "presence -4 dB, own accompaniment": (presence_tilted(vocal, song.sample_rate, -4.0), accompaniment),
+        "presence +4 dB, own accompaniment": (presence_tilted(vocal, song.sample_rate, 4.0), accompaniment),
     }
 
 

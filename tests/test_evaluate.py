@@ -382,6 +382,20 @@ def test_median_shares_and_their_table_take_each_method_and_key_over_the_entries
     ]
 
 
+def test_presence_tilt_moves_the_1_to_8_khz_band_against_the_rest_and_keeps_the_level():
+    contexts = load_benchmark("vocal_contexts")
+    rate = 44100
+    t = np.arange(rate) / rate
+    tones = {hz: np.sin(2 * np.pi * hz * t) for hz in (200.0, 3000.0, 15000.0)}
+    x = np.stack([sum(tones.values())] * 2).astype(np.float32)
+    for db in (-4.0, 4.0):
+        y = contexts.presence_tilted(x, rate, db)
+        assert np.mean(y**2) == pytest.approx(np.mean(x**2), rel=1e-4)
+        amp = {hz: abs(np.dot(y[0], tone)) / abs(np.dot(x[0], tone)) for hz, tone in tones.items()}
+        assert 20 * np.log10(amp[3000.0] / amp[200.0]) == pytest.approx(db, abs=0.05)
+        assert amp[15000.0] == pytest.approx(amp[200.0], rel=1e-3)  # outside the band: untouched relative to the lows
+
+
 def test_vocal_contexts_pair_one_vocal_with_each_company(tmp_path):
     pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
     contexts = load_benchmark("vocal_contexts")
@@ -401,8 +415,11 @@ def test_vocal_contexts_pair_one_vocal_with_each_company(tmp_path):
         "band at the same level",
         "centred, own accompaniment",
         "centred and WORLD-resynthesised, own accompaniment",
+        "presence -4 dB, own accompaniment",
+        "presence +4 dB, own accompaniment",
     ]
     np.testing.assert_array_equal(found["own accompaniment"][1], drums + bass + other)
+    np.testing.assert_array_equal(found["presence +4 dB, own accompaniment"][1], drums + bass + other)
     np.testing.assert_array_equal(found["own other"][1], other)
     assert not found["solo"][1].any()
     band_mix = found["band at the same level"][1]  # another company at the accompaniment's level
