@@ -281,20 +281,9 @@ def vocal_eq_chain(rng: random.Random) -> _Chain:
     low_cut = u(80, 200)
     for k in range(rng.randint(1, 3)):
         c.add(f"hpf{k}", pb.HighpassFilter(cutoff_frequency_hz=low_cut), hz=low_cut)
-    c.add(
-        "mud",
-        pb.PeakFilter(cutoff_frequency_hz=(f := u(200, 500)), gain_db=(g := u(-6, 0)), q=(q := u(0.7, 1.4))),
-        hz=f,
-        db=g,
-        q=q,
-    )
-    c.add(
-        "presence",
-        pb.PeakFilter(cutoff_frequency_hz=(f := u(2000, 6000)), gain_db=(g := u(0, 7)), q=(q := u(0.5, 1.2))),
-        hz=f,
-        db=g,
-        q=q,
-    )
+    for name, hz, db, q in (("mud", (200, 500), (-6, 0), (0.7, 1.4)), ("presence", (2000, 6000), (0, 7), (0.5, 1.2))):
+        f, g, width = u(*hz), u(*db), u(*q)
+        c.add(name, pb.PeakFilter(cutoff_frequency_hz=f, gain_db=g, q=width), hz=f, db=g, q=width)
     if rng.random() < 0.7:
         c.add("air", pb.HighShelfFilter(cutoff_frequency_hz=(f := u(7000, 12000)), gain_db=(g := u(0, 6))), hz=f, db=g)
     return c
