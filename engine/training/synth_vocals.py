@@ -836,7 +836,7 @@ def make_vocals(
             "air_db": rng.uniform(-18.0, -6.0),
         }
         speech = formant_scaled(tts[: len(phrases)], voice_params["alpha"])
-        source_rate = FESTIVAL_VOICES[voice][1] * voice_params["alpha"]
+        source_rate = min(rate for _, rate, _ in tts) * voice_params["alpha"]  # the band festival filled
 
         def sing(line_phrases: list[Phrase], f0: np.ndarray, harmony: bool = False) -> np.ndarray:
             line = psola_line(line_phrases, speech, f0, rng, voice_params, num_out)
