@@ -272,8 +272,9 @@ def stem_chain(stem: str, rng: random.Random, style: str) -> _Chain:
 def vocal_eq_chain(rng: random.Random) -> _Chain:
     """A mix engineer's corrective vocal EQ, run before the vocal chain: a steeper low cut (one to three more
     first-order high-passes), a low-mid ("mud") cut, a presence boost and often an air shelf. Real produced vocals
-    are thin below 200 Hz and bright at 1-8 kHz; the TTS voices sung raw are boomy and dull, and a model trained on
-    them alone gives a bright real vocal to "other" (benchmarks/results/vocal_contexts/)."""
+    are thin below 200 Hz and bright at 1-8 kHz; the TTS voices sung raw are boomy and dull, and the default model,
+    trained on them, gives a real vocal more to "other" the brighter it is (benchmarks/results/vocal_contexts/; a
+    run on EQ'd vocals did not change that: see the README's "Brightness")."""
     import pedalboard as pb
 
     c = _Chain()
