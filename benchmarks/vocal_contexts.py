@@ -19,6 +19,9 @@ the vocal: vocals higher is better, outside vocals lower):
 * ``presence -4 dB, own accompaniment`` and ``presence +4 dB, ...``: the vocal with its 1-8 kHz band turned down or
   up by 4 dB (``presence_tilted``; the level kept): a model that takes a bright voice for an instrument keeps more of
   the darker one.
+* ``centred + heavy reverb, own accompaniment`` and ``centred and WORLD-resynthesised + heavy reverb, ...``: the
+  two mono vocals above through a long, wet pedalboard reverb (``reverberated``; room 0.8, wet 0.35, the level
+  kept), the reverb counted as the vocal's: whether what WORLD's resynthesis helps with is the reverb it folds away.
 
 One singer and 5.8 s: a diagnosis of one excerpt, not a measurement of real singing. Writes
 benchmarks/results/vocal_contexts/.
@@ -77,6 +80,16 @@ def presence_tilted(x: np.ndarray, sample_rate: int, db: float) -> np.ndarray:
     return (y * np.sqrt(np.mean(x**2) / max(float(np.mean(y**2)), 1e-20))).astype(np.float32)
 
 
+def reverberated(x: np.ndarray, sample_rate: int, room: float = 0.8, wet: float = 0.35) -> np.ndarray:
+    """x (channels, n) through pedalboard's Reverb (``room`` size, ``wet`` level, dry at 1 - wet / 2), scaled back to
+    x's RMS: float32 (channels, n)."""
+    from pedalboard import Pedalboard, Reverb
+
+    board = Pedalboard([Reverb(room_size=room, damping=0.5, wet_level=wet, dry_level=1 - wet / 2)])
+    y = board(np.ascontiguousarray(x, dtype=np.float32), sample_rate)
+    return (y * np.sqrt(np.mean(x**2) / max(float(np.mean(y**2)), 1e-20))).astype(np.float32)
+
+
 def contexts(song: quality.Song, band_track: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{name: (vocal, company)}, each float32 (channels, n), as listed in the docstring."""
     stems = dict(zip(STEMS, song.references, strict=True))
@@ -100,6 +113,11 @@ def contexts(song: quality.Song, band_track: Path) -> dict[str, tuple[np.ndarray
         "centred and WORLD-resynthesised, own accompaniment": (resynthesised, accompaniment),
         "presence -4 dB, own accompaniment": (presence_tilted(vocal, song.sample_rate, -4.0), accompaniment),
         "presence +4 dB, own accompaniment": (presence_tilted(vocal, song.sample_rate, 4.0), accompaniment),
+        "centred + heavy reverb, own accompaniment": (reverberated(centred, song.sample_rate), accompaniment),
+        "centred and WORLD-resynthesised + heavy reverb, own accompaniment": (
+            reverberated(resynthesised, song.sample_rate),
+            accompaniment,
+        ),
     }
 
 

@@ -396,6 +396,17 @@ def test_presence_tilt_moves_the_1_to_8_khz_band_against_the_rest_and_keeps_the_
         assert amp[15000.0] == pytest.approx(amp[200.0], rel=1e-3)  # outside the band: untouched relative to the lows
 
 
+def test_reverberated_rings_on_after_the_voice_stops_and_keeps_the_level():
+    contexts = load_benchmark("vocal_contexts")
+    rate = 44100
+    burst = np.zeros((2, rate), np.float32)
+    burst[:, : rate // 10] = np.random.default_rng(0).normal(size=(2, rate // 10)) * 0.1
+    wet = contexts.reverberated(burst, rate)
+    assert np.mean(wet**2) == pytest.approx(np.mean(burst**2), rel=1e-4)
+    after = slice(rate // 5, rate // 2)  # 100 to 400 ms after the burst: silence before, a tail now
+    assert 10 * np.log10(np.mean(wet[:, after] ** 2) / np.mean(burst**2)) > -30
+
+
 def test_vocal_contexts_pair_one_vocal_with_each_company(tmp_path):
     pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
     contexts = load_benchmark("vocal_contexts")
@@ -417,9 +428,13 @@ def test_vocal_contexts_pair_one_vocal_with_each_company(tmp_path):
         "centred and WORLD-resynthesised, own accompaniment",
         "presence -4 dB, own accompaniment",
         "presence +4 dB, own accompaniment",
+        "centred + heavy reverb, own accompaniment",
+        "centred and WORLD-resynthesised + heavy reverb, own accompaniment",
     ]
     np.testing.assert_array_equal(found["own accompaniment"][1], drums + bass + other)
     np.testing.assert_array_equal(found["presence +4 dB, own accompaniment"][1], drums + bass + other)
+    wet = found["centred + heavy reverb, own accompaniment"][0]
+    assert np.mean(wet**2) == pytest.approx(np.mean(found["centred, own accompaniment"][0] ** 2), rel=1e-4)
     np.testing.assert_array_equal(found["own other"][1], other)
     assert not found["solo"][1].any()
     band_mix = found["band at the same level"][1]  # another company at the accompaniment's level
