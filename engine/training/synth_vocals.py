@@ -652,18 +652,31 @@ def analysis_marks(x: np.ndarray, sample_rate: int, f0: np.ndarray) -> tuple[np.
     return np.array(marks, int), np.array(periods, int)
 
 
+def psola_analysis(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What PSOLA needs of speech x (float64 (num_samples,) at SAMPLE_RATE): its ``speech_f0`` and its
+    ``analysis_marks`` (mark sample indices, periods)."""
+    f0 = speech_f0(x, SAMPLE_RATE)
+    return (f0, *analysis_marks(x, SAMPLE_RATE, f0))
+
+
 def psola_phrase(
-    out: np.ndarray, x: np.ndarray, notes: Phrase, syllables: list[list[tuple]], f0_out: np.ndarray, params: dict
+    out: np.ndarray,
+    x: np.ndarray,
+    notes: Phrase,
+    syllables: list[list[tuple]],
+    f0_out: np.ndarray,
+    params: dict,
+    analysis: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Sing one spoken phrase into ``out`` (float64 (num_samples,) at SAMPLE_RATE, added in place) by TD-PSOLA: the
     notes' segments (``synth_vocals.syllable_segments``) map output time to speech time; where the speech is voiced
     and the output has a pitch (``f0_out``, Hz per frame, 0 = none), the period of speech x (float64, at SAMPLE_RATE)
     nearest that time is windowed (two periods) and laid at the output's period, so the real excitation (jitter,
     breath, the glottal pulse) is kept and only the timing and pitch change; consonants are copied in overlapping
-    grains. Each note's vowel is pulled toward the phrase's median level (exponent ``params["level_pull"]``)."""
+    grains. Each note's vowel is pulled toward the phrase's median level (exponent ``params["level_pull"]``).
+    ``analysis``: x's ``psola_analysis`` if known (a phrase sung by several lines is analysed once)."""
     fs, dt = SAMPLE_RATE, FRAME_PERIOD_MS / 1000.0
-    f0_src = speech_f0(x, fs)
-    marks, periods = analysis_marks(x, fs, f0_src)
+    f0_src, marks, periods = psola_analysis(x) if analysis is None else analysis
     hop = int(UNVOICED_HOP_S * fs)
     windows: dict[int, np.ndarray] = {}
 
@@ -714,18 +727,26 @@ def psola_phrase(
 
 
 def psola_line(
-    phrases: list[Phrase], speech: list[tuple], f0: np.ndarray, rng: random.Random, params: dict, num_out: int
+    phrases: list[Phrase],
+    speech: list[tuple],
+    f0: np.ndarray,
+    rng: random.Random,
+    params: dict,
+    num_out: int,
+    analyses: list[tuple] | None = None,
 ) -> np.ndarray:
     """A sung line by TD-PSOLA (``psola_phrase``): each phrase's notes sung with its spoken phrase of ``speech``
     ((audio float64 (num_samples,) at SAMPLE_RATE, SAMPLE_RATE, syllables) per phrase, as ``festival_phrases`` gives
     them once resampled) at the pitch contour ``f0`` (Hz per FRAME_PERIOD_MS frame). Phrases without notes stay
-    silent. Returns float32 (num_out,)."""
+    silent. ``analyses``: the phrases' ``psola_analysis``, for a caller that sings the same speech more than once.
+    Returns float32 (num_out,)."""
     out = np.zeros(num_out)
-    for notes, (x, rate, syllables) in zip(phrases, speech, strict=False):
+    for k, (notes, (x, rate, syllables)) in enumerate(zip(phrases, speech, strict=False)):
         if rate != SAMPLE_RATE:
             raise ValueError(f"PSOLA sings speech at {SAMPLE_RATE} Hz, got {rate} Hz")
         if notes:
-            psola_phrase(out, x, notes, syllables, f0, {**params, "rng": rng})
+            analysis = analyses[k] if analyses is not None else None
+            psola_phrase(out, x, notes, syllables, f0, {**params, "rng": rng}, analysis)
     return out.astype(np.float32)
 
 
@@ -837,10 +858,11 @@ def make_vocals(
             "air_db": rng.uniform(-18.0, -6.0),
         }
         speech = formant_scaled(tts[: len(phrases)], voice_params["alpha"])
+        analyses = [psola_analysis(x) for x, _, _ in speech]  # once for the lead, double and harmony
         source_rate = min(rate for _, rate, _ in tts) * voice_params["alpha"]  # the band festival filled
 
         def sing(line_phrases: list[Phrase], f0: np.ndarray, harmony: bool = False) -> np.ndarray:
-            line = psola_line(line_phrases, speech, f0, rng, voice_params, num_out)
+            line = psola_line(line_phrases, speech, f0, rng, voice_params, num_out, analyses)
             return add_air(line, source_rate, voice_params["air_db"], rng)
     else:
         voice_params = {
