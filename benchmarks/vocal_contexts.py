@@ -68,6 +68,11 @@ def world_resynthesis(x: np.ndarray, sample_rate: int) -> np.ndarray:
 PRESENCE_HZ = (1000.0, 8000.0)
 
 
+def at_level_of(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """y scaled to x's RMS (a change of sound, not of level): float32, y's shape."""
+    return (y * np.sqrt(np.mean(x**2) / max(float(np.mean(y**2)), 1e-20))).astype(np.float32)
+
+
 def presence_tilted(x: np.ndarray, sample_rate: int, db: float) -> np.ndarray:
     """x (channels, n) with its PRESENCE_HZ band raised by ``db`` dB (half-octave raised-cosine edges), then scaled
     back to x's RMS: float32 (channels, n)."""
@@ -77,7 +82,7 @@ def presence_tilted(x: np.ndarray, sample_rate: int, db: float) -> np.ndarray:
     inside = np.clip(np.minimum(octaves - (lo - 0.5), (hi + 0.5) - octaves) / 0.5, 0.0, 1.0)
     gain = 10 ** (db * (0.5 - 0.5 * np.cos(np.pi * inside)) / 20)
     y = np.fft.irfft(np.fft.rfft(x, axis=1) * gain, n=x.shape[1], axis=1)
-    return (y * np.sqrt(np.mean(x**2) / max(float(np.mean(y**2)), 1e-20))).astype(np.float32)
+    return at_level_of(y, x)
 
 
 def reverberated(x: np.ndarray, sample_rate: int, room: float = 0.8, wet: float = 0.35) -> np.ndarray:
@@ -87,7 +92,7 @@ def reverberated(x: np.ndarray, sample_rate: int, room: float = 0.8, wet: float 
 
     board = Pedalboard([Reverb(room_size=room, damping=0.5, wet_level=wet, dry_level=1 - wet / 2)])
     y = board(np.ascontiguousarray(x, dtype=np.float32), sample_rate)
-    return (y * np.sqrt(np.mean(x**2) / max(float(np.mean(y**2)), 1e-20))).astype(np.float32)
+    return at_level_of(y, x)
 
 
 def contexts(song: quality.Song, band_track: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
