@@ -20,6 +20,11 @@ and re-pitched onto a melody, by the WORLD vocoder or by PSOLA, which keeps the 
 most excerpts) and writes benchmarks/results/real_voice/sung_METHOD/. The voices are real, the singing is not: a
 model trained on sung training speakers (``sung_speech`` run on the training pool) has heard the same method, so this
 condition measures held-out voices, not real singing.
+
+``--levels-of OTHER`` (with ``--sung``) then brings each 46 ms frame of the sung voice to the level of the same frame
+of the same track sung by OTHER (the same seed: the same melody and timing; ``vocal_contexts.with_frame_levels_of``,
+the RMS kept) and writes sung_METHOD_levels_OTHER/: how much of the difference between two methods is their level
+contour alone.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from vocal_contexts import with_frame_levels_of  # noqa: E402
 
 from engine import evaluate as quality  # noqa: E402
 from engine.baselines import STEMS  # noqa: E402
@@ -62,13 +70,23 @@ def excerpt(clips: list[np.ndarray], band: np.ndarray, voice_db: float, seed: in
     return (voice * gain).astype(np.float32)
 
 
-def sung_excerpt(speaker: sung_speech.Speaker, band: np.ndarray, voice_db: float, seed: int, method: str) -> np.ndarray:
+def sung_excerpt(
+    speaker: sung_speech.Speaker,
+    band: np.ndarray,
+    voice_db: float,
+    seed: int,
+    method: str,
+    levels_of: str | None = None,
+) -> np.ndarray:
     """A track of ``speaker`` sung by ``method``, as long as ``band`` (channels, n), its RMS ``voice_db`` relative to
-    the band's."""
+    the band's; with ``levels_of``, its frame levels moved to those of the same track sung by that method."""
     rng = random.Random(seed)
     n = band.shape[1]
     line, _ = sung_speech.sung_track(speaker, rng, n / RATE, method)
     voice = sung_speech.produced(np.pad(line, (0, max(n - len(line), 0)))[:n], rng)[: band.shape[0]]
+    if levels_of is not None:
+        other = sung_excerpt(speaker, band, voice_db, seed, levels_of)
+        voice = np.stack([with_frame_levels_of(v, o) for v, o in zip(voice, other, strict=True)])
     gain = 10 ** (voice_db / 20) * np.sqrt(np.mean(band**2) / max(np.mean(voice**2), 1e-12))
     return (voice * gain).astype(np.float32)
 
@@ -76,6 +94,8 @@ def sung_excerpt(speaker: sung_speech.Speaker, band: np.ndarray, voice_db: float
 def markdown(report: dict) -> str:
     keys = [*STEMS, "outside_vocals"]
     sung = f" sung by {report['sung']} (engine.training.sung_speech)" if report.get("sung") else ""
+    if report.get("levels_of"):
+        sung += f" with the frame levels of the same tracks sung by {report['levels_of']}"
     lines = [
         "# Where a real voice goes",
         "",
@@ -107,9 +127,19 @@ def main() -> None:
     parser.add_argument(
         "--sung", choices=sung_speech.METHODS, default=None, help="sing the speakers' clips by this method (see above)"
     )
-    parser.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (with --sung M, its sung_M/)")
+    parser.add_argument(
+        "--levels-of",
+        choices=sung_speech.METHODS,
+        default=None,
+        help="with --sung: the frame levels of the same tracks sung by this method (see above)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"default {RESULTS} (with --sung M, its sung_M/ or sung_M_levels_L/)"
+    )
     quality.add_model_options(parser)
     args = parser.parse_args()
+    if args.levels_of and not args.sung:
+        parser.error("--levels-of needs --sung: it moves one sung track's frame levels to another's")
 
     voices = {}
     for language in VOICE_TEST:
@@ -119,7 +149,8 @@ def main() -> None:
     if not voices:
         wanted = ", ".join(VOICE_TEST)
         raise SystemExit(f"{args.voices}: no clean recordings of {wanted} (apt-get install klettres-data)")
-    out = args.out or (RESULTS / f"sung_{args.sung}" if args.sung else RESULTS)
+    levels = f"_levels_{args.levels_of}" if args.levels_of else ""
+    out = args.out or (RESULTS / f"sung_{args.sung}{levels}" if args.sung else RESULTS)
     speakers = {}
     if args.sung:
         speakers = {
@@ -136,7 +167,7 @@ def main() -> None:
         if band.shape[1] < RATE:
             raise SystemExit(f"{path}: less than 1 s of audio from {args.start} s")
         if args.sung:
-            voice = sung_excerpt(speakers[language], band, args.voice_db, i, args.sung)
+            voice = sung_excerpt(speakers[language], band, args.voice_db, i, args.sung, args.levels_of)
         else:
             voice = excerpt(voices[language], band, args.voice_db, seed=i)
         mixture = voice + band
@@ -158,6 +189,7 @@ def main() -> None:
         "seconds": args.seconds,
         "voice_db": args.voice_db,
         "sung": args.sung,
+        "levels_of": args.levels_of,
         "methods": {m.name: m.description for m in methods},
         "model": model.params,
         "candidates": {c.name: c.params for c in candidates},

@@ -14,8 +14,12 @@ the vocal: vocals higher is better, outside vocals lower):
 * ``centred, own accompaniment``: the vocal made mono (the mean of its channels in both), over its own
   accompaniment: the control for the next;
 * ``centred and WORLD-resynthesised, own accompaniment``: that mono vocal analysed and resynthesised by the WORLD
-  vocoder (pyworld, the vocoder that sings the synthetic songs) with nothing changed; the shares are then of the
-  resynthesised vocal. A model that keys on the vocoder's sound keeps more of this one than of the control.
+  vocoder (pyworld, the vocoder that sings the synthetic songs) with nothing changed, then scaled back to the mono
+  vocal's RMS (the resynthesis comes out 1.8 dB louder, most of all in the loudest frames); the shares are then of
+  the resynthesised vocal. A model that keys on the vocoder's sound keeps more of this one than of the control.
+* ``centred with WORLD's frame levels, own accompaniment``: the mono vocal itself, each 46 ms frame brought to the
+  level of the same frame of its WORLD resynthesis (``with_frame_levels_of``; the RMS kept): how much of what WORLD
+  changes is its level contour alone.
 * ``presence -4 dB, own accompaniment`` and ``presence +4 dB, ...``: the vocal with its 1-8 kHz band turned down or
   up by 4 dB (``presence_tilted``; the level kept): a model that takes a bright voice for an instrument keeps more of
   the darker one.
@@ -85,6 +89,32 @@ def presence_tilted(x: np.ndarray, sample_rate: int, db: float) -> np.ndarray:
     return at_level_of(y, x)
 
 
+FRAME = 2048  # samples (46 ms at 44.1 kHz) over which with_frame_levels_of measures a level
+FRAME_HOP = 256
+
+
+def frame_levels(x: np.ndarray) -> np.ndarray:
+    """Mean square of mono x (n,) in Hann windows of FRAME samples every FRAME_HOP, the first centred on sample 0:
+    float64 (ceil(n / FRAME_HOP) + 1,)."""
+    padded = np.pad(x.astype(np.float64), (FRAME // 2, FRAME // 2 + FRAME_HOP))
+    window = np.hanning(FRAME) / np.hanning(FRAME).sum()
+    starts = np.arange(0, len(x) + 1, FRAME_HOP)
+    if len(x) % FRAME_HOP:
+        starts = np.append(starts, starts[-1] + FRAME_HOP)
+    return np.array([np.dot(padded[i : i + FRAME] ** 2, window) for i in starts])
+
+
+def with_frame_levels_of(x: np.ndarray, y: np.ndarray, floor_db: float = -60.0) -> np.ndarray:
+    """Mono x (n,) with each frame's level moved to that of the same frame of y (n,) (a gain curve interpolated
+    between frame centres; frames more than ``floor_db`` below x's loudest are left alone), then scaled back to x's
+    RMS: float32 (n,)."""
+    lx, ly = frame_levels(x), frame_levels(y)
+    floor = lx.max() * 10 ** (floor_db / 10)
+    gain = np.where(lx > floor, np.sqrt(np.maximum(ly, floor) / np.maximum(lx, floor)), 1.0)
+    centres = np.arange(len(gain)) * FRAME_HOP
+    return at_level_of(x * np.interp(np.arange(len(x)), centres, gain), x)
+
+
 def reverberated(x: np.ndarray, sample_rate: int, room: float = 0.8, wet: float = 0.35) -> np.ndarray:
     """x (channels, n) through pedalboard's Reverb (``room`` size, ``wet`` level, dry at 1 - wet / 2), scaled back to
     x's RMS: float32 (channels, n)."""
@@ -107,7 +137,9 @@ def contexts(song: quality.Song, band_track: Path) -> dict[str, tuple[np.ndarray
     band = band[: vocal.shape[0]] * np.sqrt(np.mean(accompaniment**2) / max(float(np.mean(band**2)), 1e-12))
     mid = vocal.mean(axis=0)
     centred = np.broadcast_to(mid, vocal.shape).astype(np.float32)
-    resynthesised = np.broadcast_to(world_resynthesis(mid, song.sample_rate), vocal.shape).astype(np.float32)
+    world = at_level_of(world_resynthesis(mid, song.sample_rate), mid)
+    resynthesised = np.broadcast_to(world, vocal.shape).astype(np.float32)
+    world_levels = np.broadcast_to(with_frame_levels_of(mid, world), vocal.shape).astype(np.float32)
     return {
         "solo": (vocal, np.zeros_like(vocal)),
         "own drums + bass": (vocal, stems["drums"] + stems["bass"]),
@@ -116,6 +148,7 @@ def contexts(song: quality.Song, band_track: Path) -> dict[str, tuple[np.ndarray
         "band at the same level": (vocal, band.astype(np.float32)),
         "centred, own accompaniment": (centred, accompaniment),
         "centred and WORLD-resynthesised, own accompaniment": (resynthesised, accompaniment),
+        "centred with WORLD's frame levels, own accompaniment": (world_levels, accompaniment),
         "presence -4 dB, own accompaniment": (presence_tilted(vocal, song.sample_rate, -4.0), accompaniment),
         "presence +4 dB, own accompaniment": (presence_tilted(vocal, song.sample_rate, 4.0), accompaniment),
         "centred + heavy reverb, own accompaniment": (reverberated(centred, song.sample_rate), accompaniment),

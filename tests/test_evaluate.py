@@ -407,6 +407,50 @@ def test_reverberated_rings_on_after_the_voice_stops_and_keeps_the_level():
     assert 10 * np.log10(np.mean(wet[:, after] ** 2) / np.mean(burst**2)) > -30
 
 
+def test_frame_levels_follow_the_other_signal_and_keep_the_level():
+    contexts = load_benchmark("vocal_contexts")
+    rate = 44100
+    x = np.random.default_rng(0).normal(size=2 * rate).astype(np.float32) * 0.1
+    np.testing.assert_allclose(contexts.with_frame_levels_of(x, x), x, atol=1e-6)  # its own levels: unchanged
+    ramp = np.linspace(0.1, 1.0, 2 * rate) ** 2  # 40 dB louder at the end than at the start
+    y = contexts.with_frame_levels_of(x, x * ramp)
+    assert np.mean(y**2) == pytest.approx(np.mean(x**2), rel=1e-4)
+
+    def level_db(a, seconds):
+        return 10 * np.log10(np.mean(a[int(seconds * rate) : int((seconds + 0.1) * rate)] ** 2))
+
+    for start in (0.2, 1.0, 1.8):  # the contour of x * ramp, up to the level scaling
+        shape = level_db(x * ramp, start) - level_db(x * ramp, 1.0)
+        assert level_db(y, start) - level_db(y, 1.0) == pytest.approx(shape, abs=0.5)
+
+
+def test_real_voice_moves_a_sung_track_to_the_frame_levels_of_its_twin():
+    pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
+    real_voice = load_benchmark("real_voice")
+    rate, rng = real_voice.RATE, np.random.default_rng(0)
+    t = np.arange(int(0.4 * rate)) / rate
+    clips = []
+    for i in range(4):  # spoken syllables: a noisy onset, then a vowel at 120-135 Hz
+        vowel = sum(np.sin(2 * np.pi * k * (120 + 5 * i) * t) / k for k in range(1, 20)) * np.hanning(len(t)) ** 0.3
+        clips.append(np.concatenate([0.03 * rng.normal(size=int(0.06 * rate)), 0.2 * vowel / np.abs(vowel).max()]))
+    speaker = real_voice.sung_speech.Speaker(clips)
+    band = 0.1 * rng.normal(size=(2, 6 * rate)).astype(np.float32)
+    psola, world = (real_voice.sung_excerpt(speaker, band, -3.0, 1, m) for m in ("psola", "world"))
+    moved = real_voice.sung_excerpt(speaker, band, -3.0, 1, "psola", levels_of="world")
+    for voice in (psola, world, moved):  # every version at the asked level against the band
+        assert 10 * np.log10(np.mean(voice**2) / np.mean(band**2)) == pytest.approx(-3.0, abs=1e-3)
+    contexts = load_benchmark("vocal_contexts")
+
+    sounding = contexts.frame_levels(world[0]) > contexts.frame_levels(world[0]).max() * 1e-3
+
+    def contour(x):  # frame levels in dB relative to their mean, where the twin sounds
+        levels = contexts.frame_levels(x[0])[sounding]
+        return 10 * np.log10(np.maximum(levels, 1e-12) / levels.mean())
+
+    target = contour(world)
+    assert np.median(np.abs(contour(moved) - target)) < 0.5 < np.median(np.abs(contour(psola) - target))
+
+
 def test_vocal_contexts_pair_one_vocal_with_each_company(tmp_path):
     pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
     contexts = load_benchmark("vocal_contexts")
@@ -426,6 +470,7 @@ def test_vocal_contexts_pair_one_vocal_with_each_company(tmp_path):
         "band at the same level",
         "centred, own accompaniment",
         "centred and WORLD-resynthesised, own accompaniment",
+        "centred with WORLD's frame levels, own accompaniment",
         "presence -4 dB, own accompaniment",
         "presence +4 dB, own accompaniment",
         "centred + heavy reverb, own accompaniment",
@@ -433,8 +478,14 @@ def test_vocal_contexts_pair_one_vocal_with_each_company(tmp_path):
     ]
     np.testing.assert_array_equal(found["own accompaniment"][1], drums + bass + other)
     np.testing.assert_array_equal(found["presence +4 dB, own accompaniment"][1], drums + bass + other)
-    wet = found["centred + heavy reverb, own accompaniment"][0]
-    assert np.mean(wet**2) == pytest.approx(np.mean(found["centred, own accompaniment"][0] ** 2), rel=1e-4)
+    centred_power = np.mean(found["centred, own accompaniment"][0] ** 2)
+    for name in (
+        "centred and WORLD-resynthesised, own accompaniment",
+        "centred with WORLD's frame levels, own accompaniment",
+        "centred + heavy reverb, own accompaniment",
+        "centred and WORLD-resynthesised + heavy reverb, own accompaniment",
+    ):
+        assert np.mean(found[name][0] ** 2) == pytest.approx(centred_power, rel=1e-4), name  # sound, not level
     np.testing.assert_array_equal(found["own other"][1], other)
     assert not found["solo"][1].any()
     band_mix = found["band at the same level"][1]  # another company at the accompaniment's level
