@@ -292,6 +292,24 @@ def test_augmentation_presets_name_their_settings():
         dataset.Augment.preset("loud")
 
 
+def test_quiet_vocals_turn_only_the_vocal_stem_down(tmp_path):
+    for i in range(3):
+        write_song(tmp_path, "train", f"song{i:06d}", 1.5, i)
+    bank = dataset.SongBank(tmp_path, "train")
+    plain = replace(dataset.Augment.none(), mix_level_db=(-8.0, -8.0))  # stems as the songs hold them
+    quiet = replace(plain, vocal_offset_db=dataset.Augment.preset("quiet_vocals").vocal_offset_db)
+    ratios = []
+    for aug in (plain, quiet):
+        examples = [dataset.SegmentSampler(bank, 8000, aug, seed=s).example() for s in range(40)]
+        power = np.array([(e**2).mean(axis=(1, 2)) for e in examples])  # (examples, stems)
+        ratios.append(10 * np.log10(power / power[:, 3:4]))  # each stem against "other"
+    change = ratios[1] - ratios[0]  # the same draws otherwise: the same segments
+    lo, hi = dataset.Augment.preset("quiet_vocals").vocal_offset_db
+    assert np.all(change[:, 0] >= lo - 1e-3) and np.all(change[:, 0] <= hi + 1e-3)
+    assert np.mean(change[:, 0]) == pytest.approx((lo + hi) / 2, abs=1.0)
+    np.testing.assert_allclose(change[:, 1:], 0.0, atol=1e-3)
+
+
 def test_resampling_and_eq_keep_length_and_shift_pitch():
     rng = np.random.default_rng(0)
     n = 44100
