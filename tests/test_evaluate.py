@@ -451,6 +451,24 @@ def test_real_voice_moves_a_sung_track_to_the_frame_levels_of_its_twin():
     assert np.median(np.abs(contour(moved) - target)) < 0.5 < np.median(np.abs(contour(psola) - target))
 
 
+def test_vocal_levels_set_the_vocal_against_its_own_accompaniment():
+    levels = load_benchmark("vocal_levels")
+    rate, n = 8000, 8000
+    rng = np.random.default_rng(0)
+    vocal, drums, bass, other = (rng.normal(size=(2, n)).astype(np.float32) * g for g in (0.3, 0.2, 0.1, 0.05))
+    song = levels.quality.Song("s", rate, vocal + drums + bass + other, np.stack([vocal, drums, bass, other]))
+    accompaniment = drums + bass + other
+    mono = np.broadcast_to(vocal.mean(axis=0), vocal.shape).astype(np.float32)
+    remixed = levels.at_levels(song, mono, (-7.2, 0.0))
+    assert list(remixed) == [-7.2, 0.0]
+    for level, s in remixed.items():
+        assert levels.vocal_db(s.references[0], accompaniment) == pytest.approx(level, abs=1e-4)
+        np.testing.assert_array_equal(s.references[0][0], s.references[0][1])  # the given vocal, only scaled
+        np.testing.assert_array_equal(s.references[1:], song.references[1:])
+        np.testing.assert_allclose(s.mixture, s.references.sum(axis=0), atol=1e-6)
+    assert levels.slope([-9.0, -6.0, -3.0], [-8.0, -6.5, -5.0]) == pytest.approx(0.5)
+
+
 def test_vocal_contexts_pair_one_vocal_with_each_company(tmp_path):
     pytest.importorskip("pyworld", reason="pyworld is not installed: pip install -e '.[train]'")
     contexts = load_benchmark("vocal_contexts")
