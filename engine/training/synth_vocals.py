@@ -9,10 +9,11 @@ and sung at the melody's pitch (portamento, vibrato, drift) by one of two vocode
 * TD-PSOLA: festival's own periods (its diphone voices are recorded speech) are windowed and laid at the sung pitch,
   after a resampling that scales the formants; the band above the voice's Nyquist is filled by ``add_air``.
 
-A real sung vocal kept more of itself in the default model's vocal stem once resynthesised by WORLD
-(benchmarks/results/vocal_contexts/), so since generator version 5 half the songs are sung by each, and no vocoder
-is a constant of the data (it did not move that singer: see the README's "Singing, and the vocoder"). Harmony
-lines and doubles reuse the same speech with another pitch contour. Mono audio is float32 (num_frames,).
+A real sung vocal once seemed to keep more of itself in the default model's vocal stem when resynthesised by
+WORLD, so since generator version 5 half the songs are sung by each and no vocoder is a constant of the data. That
+advantage turned out to be WORLD's louder output and level contour, not its sound (benchmarks/results/vocal_contexts/;
+the README's "What WORLD's resynthesis changes"). Harmony lines and doubles reuse the same speech with another pitch
+contour. Mono audio is float32 (num_frames,).
 """
 
 from __future__ import annotations
