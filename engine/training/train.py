@@ -549,7 +549,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--augment",
         choices=tuple(AUGMENT_PRESETS),
         default="default",
-        help="augmentation preset (engine/training/dataset.py); timbre: stronger EQ, resampling and saturation",
+        help="augmentation preset (engine/training/dataset.py): timbre, stronger EQ, resampling and saturation; "
+        "quiet_vocals, the vocal stem 0-6 dB further down; coherent / whole_songs, 20 %% / none of the examples "
+        "remixed across songs instead of 60 %%",
     )
     p.add_argument(
         "--spatial-filter",
