@@ -521,3 +521,30 @@ def test_vocal_contexts_pair_one_vocal_with_each_company(tmp_path):
     assert 0.5 < level < 2.0 and not np.allclose(resynthesised[0], centred[0], atol=1e-3)
     spectrum = np.abs(np.fft.rfft(resynthesised[0, middle]))
     assert abs(np.argmax(spectrum) * rate / len(spectrum) / 2 - 220) < 10
+
+
+def test_fit_gap_compares_each_split_with_the_oracle_on_the_same_songs():
+    fit = load_benchmark("fit_gap")
+    nan = math.nan
+
+    def report(model_by_song, oracle):  # per song the model's four stem SDRs; the oracle at this dB everywhere
+        songs = {
+            name: {"model": {"sdr": dict(zip(STEMS, sdr, strict=True))}, "irm": {"sdr": dict.fromkeys(STEMS, oracle)}}
+            for name, sdr in model_by_song.items()
+        }
+        summary = {m: {"sdr": {**dict.fromkeys(STEMS, 0.0), "mean": 0.0}} for m in ("model", "irm")}
+        return {"songs": songs, "summary": summary}
+
+    # training songs: 2 dB below an oracle at 8 dB (a silent vocal left out); test songs: 3 dB below one at 10 dB
+    train = report({"a": [nan, 6.0, 6.0, 6.0], "b": [5.0, 7.0, 5.0, 7.0]}, 8.0)
+    test = report({"c": [7.0, 7.0, 7.0, 7.0], "d": [6.0, 8.0, 8.0, 6.0]}, 10.0)
+    assert fit.to_oracle(train, "model") == {"median": -2.0, "songs": {"a": -2.0, "b": -2.0}}
+    summary = fit.summarize({"train": train, "test": test}, ["model", "irm"])
+    assert summary["model"]["train"]["to_oracle"] == -2.0
+    assert summary["model"]["test"]["to_oracle"] == -3.0
+    assert summary["model"]["fit_gap_db"] == 1.0  # better, relative to the oracle, on what it trained on
+    assert summary["model"]["fit_gap_90_db"] == [1.0, 1.0]
+    assert "fit_gap_db" not in summary["irm"]
+    paths = [Path(f"song{i}") for i in range(10)]
+    assert fit.spread(paths, 4) == [paths[0], paths[3], paths[6], paths[9]]
+    assert fit.spread(paths, 12) == paths
