@@ -292,6 +292,28 @@ def test_augmentation_presets_name_their_settings():
         dataset.Augment.preset("loud")
 
 
+def test_coherent_presets_remix_fewer_examples_across_songs(tmp_path):
+    # two songs whose stems count samples from 10000 * song + stem index: an example's first values tell which song
+    # and offset each stem came from
+    for j in range(2):
+        song = tmp_path / "train" / f"song{j:06d}"
+        song.mkdir(parents=True)
+        index = np.arange(8000, dtype=np.int16) + 10000 * j
+        for k, stem in enumerate(STEMS):
+            sf.write(song / f"{stem}.wav", np.stack([index, index]).T + k, 44100, subtype="PCM_16")
+    bank = dataset.SongBank(tmp_path, "train")
+
+    def whole(name):  # how many of 200 examples take all four stems from one song at one offset
+        aug = replace(dataset.Augment.none(), p_remix=dataset.Augment.preset(name).p_remix)
+        sampler = dataset.SegmentSampler(bank, 1000, aug, seed=1)
+        firsts = [np.round(sampler.example()[:, 0, 0] * 32768).astype(int) - np.arange(4) for _ in range(200)]
+        return sum(len(set(first)) == 1 for first in firsts)
+
+    assert whole("whole_songs") == 200
+    assert 140 < whole("coherent") < 180  # 80 % expected
+    assert 60 < whole("default") < 100  # 40 % expected
+
+
 def test_quiet_vocals_turn_only_the_vocal_stem_down(tmp_path):
     for i in range(3):
         write_song(tmp_path, "train", f"song{i:06d}", 1.5, i)
