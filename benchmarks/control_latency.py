@@ -55,7 +55,7 @@ LOAD_ADDRESSES = [
 # --------------------------------------------------------------------------------------------------- sender process
 def sender_main(argv: list[str]) -> None:
     """Child process: send messages, print the send times (JSON) for the latency run."""
-    from bridge.osc_codec import encode_message
+    from stembridge.bridge.osc_codec import encode_message
 
     p = argparse.ArgumentParser()
     p.add_argument("--transport", choices=["udp", "tcp"])
@@ -194,9 +194,9 @@ class AudioClock:
 
 
 def make_rig():
-    from bridge.control import Controller
-    from engine.commands import CommandQueue
-    from engine.mixer import StemMixer
+    from stembridge.bridge.control import Controller
+    from stembridge.engine.commands import CommandQueue
+    from stembridge.engine.mixer import StemMixer
 
     queue = CommandQueue(8192)
     control = Controller(STEMS, 1, queues={1: queue})
@@ -258,8 +258,8 @@ def measure_latency(count: int) -> dict:
 
 def measure_ramp() -> dict:
     """Samples from the block boundary that applies a gain change until the output sits at the new gain."""
-    from engine.commands import SetParam
-    from engine.mixer import StemMixer
+    from stembridge.engine.commands import SetParam
+    from stembridge.engine.mixer import StemMixer
 
     mixer = StemMixer(STEMS, sample_rate=SR, max_block_size=BLOCK, ramp_ms=10.0)
     ones = np.ones((len(STEMS), 2, BLOCK), dtype=np.float32)
@@ -316,7 +316,7 @@ def measure_rates(
     feedback = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # one subscriber (a control surface) gets feedback
     feedback.bind(("127.0.0.1", 0))
     feedback.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-    from bridge.osc_codec import encode_message
+    from stembridge.bridge.osc_codec import encode_message
 
     feedback.sendto(encode_message("/stembridge/subscribe"), server.address)
     audio = AudioClock(queue, mixer).start()

@@ -23,8 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stembridge.engine.separator import DEFAULT_MODEL  # noqa: E402
+
 from benchmarks.engine_speed import time_blocks  # noqa: E402
-from engine.separator import DEFAULT_MODEL  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

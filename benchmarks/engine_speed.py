@@ -34,11 +34,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
 from soak import machine_cpu, machine_usage  # noqa: E402
-
-from engine.model_card import load_card  # noqa: E402
-from engine.separate import separate_audio  # noqa: E402
-from engine.separator import DEFAULT_MODEL, StreamingSeparator  # noqa: E402
-from engine.stream import BlockAdapter  # noqa: E402
+from stembridge.engine.model_card import load_card  # noqa: E402
+from stembridge.engine.separate import separate_audio  # noqa: E402
+from stembridge.engine.separator import DEFAULT_MODEL, StreamingSeparator  # noqa: E402
+from stembridge.engine.stream import BlockAdapter  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

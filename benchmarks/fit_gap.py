@@ -28,9 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import evaluate as quality  # noqa: E402
-from engine.baselines import STEMS  # noqa: E402
-from engine.separator import DEFAULT_MODEL  # noqa: E402
+from stembridge.engine import evaluate as quality  # noqa: E402
+from stembridge.engine.baselines import STEMS  # noqa: E402
+from stembridge.engine.separator import DEFAULT_MODEL  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "fit_gap"
 SPLITS = ("train", "test")

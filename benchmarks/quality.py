@@ -12,7 +12,7 @@ Test songs come from the synthesizer; seeds with seed % 20 == 0 are the test spl
 with the training songs into data/synth/test. The committed results use the test seeds 0-1180 (60 songs of 20 s;
 the first 20 are bit-identical to the batch's test songs, the rest lie beyond the training seeds), rendered alone::
 
-    for s in $(seq 0 20 1180); do python -m engine.training.synth song --seed $s --out data/eval_synth; done
+    for s in $(seq 0 20 1180); do python -m stembridge.engine.training.synth song --seed $s --out data/eval_synth; done
     python benchmarks/quality.py --data data/eval_synth
 
 Writes benchmarks/results/quality.json, quality.md and quality.png (the plot needs matplotlib).
@@ -21,7 +21,7 @@ The same 60 songs with held-out timbres (a soundfont and singers no training son
 measure how much of the model's quality depends on having heard the instruments and voices. Their songs are named
 like their twins, so ``--compare-to`` pairs each song with itself in the training timbres::
 
-    python -m engine.training.synth batch --timbres heldout --first-seed 0 --step 20 --num-songs 60 \
+    python -m stembridge.engine.training.synth batch --timbres heldout --first-seed 0 --step 20 --num-songs 60 \
         --jobs 2 --out data/heldout_synth
     python benchmarks/quality.py --data data/heldout_synth --out benchmarks/results/heldout_timbres \
         --compare-to benchmarks/results/quality.json
@@ -40,9 +40,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import evaluate as quality  # noqa: E402
-from engine.baselines import STEMS  # noqa: E402
-from engine.separator import DEFAULT_MODEL  # noqa: E402
+from stembridge.engine import evaluate as quality  # noqa: E402
+from stembridge.engine.baselines import STEMS  # noqa: E402
+from stembridge.engine.separator import DEFAULT_MODEL  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -31,10 +31,10 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import evaluate as quality  # noqa: E402
-from engine.baselines import STEMS  # noqa: E402
-from engine.separator import DEFAULT_MODEL  # noqa: E402
-from engine.training.real_material import GUITAR_TRAIN  # noqa: E402
+from stembridge.engine import evaluate as quality  # noqa: E402
+from stembridge.engine.baselines import STEMS  # noqa: E402
+from stembridge.engine.separator import DEFAULT_MODEL  # noqa: E402
+from stembridge.engine.training.real_material import GUITAR_TRAIN  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "real_guitar"
 SONGS = Path("/usr/share/games/fretsonfire/data/songs")

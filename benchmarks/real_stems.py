@@ -33,8 +33,8 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import evaluate as quality  # noqa: E402
-from engine.separator import DEFAULT_MODEL  # noqa: E402
+from stembridge.engine import evaluate as quality  # noqa: E402
+from stembridge.engine.separator import DEFAULT_MODEL  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "real_stems"
 STREAM_ORDER = ("mixture", "drums", "bass", "other", "vocals")  # MUSDB18's .stem.mp4 layout

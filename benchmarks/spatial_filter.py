@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import evaluate as quality  # noqa: E402
-from engine.baselines import STEMS  # noqa: E402
-from engine.separate import separate_audio  # noqa: E402
+from stembridge.engine import evaluate as quality  # noqa: E402
+from stembridge.engine.baselines import STEMS  # noqa: E402
+from stembridge.engine.separate import separate_audio  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS = [(1.0, 1e-3), (3.0, 1e-3), (10.0, 1e-3), (30.0, 1e-3), (10.0, 1e-4), (10.0, 1e-2)]

@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import evaluate as quality  # noqa: E402
-from engine.baselines import STEMS  # noqa: E402
+from stembridge.engine import evaluate as quality  # noqa: E402
+from stembridge.engine.baselines import STEMS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 HELDOUT = RESULTS / "heldout_timbres"

@@ -47,11 +47,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import real_stems  # noqa: E402
-
-from engine import evaluate as quality  # noqa: E402
-from engine.baselines import STEMS  # noqa: E402
-from engine.separator import DEFAULT_MODEL  # noqa: E402
-from engine.training import real_material  # noqa: E402
+from stembridge.engine import evaluate as quality  # noqa: E402
+from stembridge.engine.baselines import STEMS  # noqa: E402
+from stembridge.engine.separator import DEFAULT_MODEL  # noqa: E402
+from stembridge.engine.training import real_material  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "vocal_contexts"
 KEYS = [*STEMS, "outside_vocals"]

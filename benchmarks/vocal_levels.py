@@ -34,10 +34,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import real_stems  # noqa: E402
-
-from engine import evaluate as quality  # noqa: E402
-from engine.baselines import STEMS  # noqa: E402
-from engine.separator import DEFAULT_MODEL  # noqa: E402
+from stembridge.engine import evaluate as quality  # noqa: E402
+from stembridge.engine.baselines import STEMS  # noqa: E402
+from stembridge.engine.separator import DEFAULT_MODEL  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "vocal_levels"
 LEVELS_DB = (-10.2, -7.2, -4.2, -1.2)  # the real singer sits at -7.2 dB; the synthetic vocals' median is -2.0 dB

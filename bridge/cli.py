@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import click
-
-from bridge.cli_options import device_option, model_option, spatial_filter_option
+from stembridge.bridge.cli_options import device_option, model_option, spatial_filter_option
 
 STEMS_HELP = "Comma-separated stems to write (default: all the model's stems), e.g. vocals,drums."
 
@@ -85,13 +84,12 @@ def separate(
 
     Example: stembridge separate song.wav -o stems/
     """
+    from stembridge.engine.audio_io import AudioFileError
+    from stembridge.engine.model_card import ModelError
+    from stembridge.engine.separate import separate_file
+    from stembridge.engine.separator import StreamingSeparator
+    from stembridge.engine.stream import BlockAdapter
     from tqdm import tqdm
-
-    from engine.audio_io import AudioFileError
-    from engine.model_card import ModelError
-    from engine.separate import separate_file
-    from engine.separator import StreamingSeparator
-    from engine.stream import BlockAdapter
 
     try:
         separator = StreamingSeparator(
@@ -164,9 +162,9 @@ def separate(
 
 def _register_commands() -> None:
     """Add the subcommands that live in their own modules."""
-    from bridge.cli_control import midi_learn, presets
-    from bridge.cli_evaluate import evaluate
-    from bridge.cli_live import devices, live
+    from stembridge.bridge.cli_control import midi_learn, presets
+    from stembridge.bridge.cli_evaluate import evaluate
+    from stembridge.bridge.cli_live import devices, live
 
     for command in (live, devices, evaluate, midi_learn, presets):
         main.add_command(command)

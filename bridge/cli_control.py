@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import click
-
-from bridge.presets import KINDS, PresetError, check_preset, kind_of, shipped_files, user_dir
+from stembridge.bridge.presets import KINDS, PresetError, check_preset, kind_of, shipped_files, user_dir
 
 DEFAULT_STEMS = ("vocals", "drums", "bass", "other")
 
@@ -66,9 +65,9 @@ def midi_learn(target, map_path, port_name, midi_api, mode, shift_layer, timeout
     if osc_target:
         _learn_over_osc(osc_target, target, mode, timeout)
         return
-    from bridge.control import Controller
-    from bridge.midi_map import MidiUnavailable, open_ports
-    from bridge.params import UnknownParam, normalize_path
+    from stembridge.bridge.control import Controller
+    from stembridge.bridge.midi_map import MidiUnavailable, open_ports
+    from stembridge.bridge.params import UnknownParam, normalize_path
 
     path = normalize_path(target)
     decks = 2
@@ -91,7 +90,7 @@ def midi_learn(target, map_path, port_name, midi_api, mode, shift_layer, timeout
         inp, _ = open_ports(port_name, None, api=midi_api)
     except MidiUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
-    from bridge.presets import ControllerMap
+    from stembridge.bridge.presets import ControllerMap
 
     result: list[tuple[str, str]] = []
     mapper = control.add_midi(ControllerMap(name="learn"))
@@ -120,7 +119,7 @@ def midi_learn(target, map_path, port_name, midi_api, mode, shift_layer, timeout
 
 
 def _learn_over_osc(address: str, target: str, mode: str | None, timeout: float) -> None:
-    from bridge.osc_codec import OscError, encode_message, parse_packet
+    from stembridge.bridge.osc_codec import OscError, encode_message, parse_packet
 
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
@@ -191,7 +190,7 @@ def presets_check(paths) -> None:
 @presets.command("list")
 def presets_list() -> None:
     """List the shipped and user presets by kind, with the first line of each description."""
-    from bridge.presets import LOADERS
+    from stembridge.bridge.presets import LOADERS
 
     for kind in KINDS:
         click.echo(f"{kind}:")

@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 import click
-
-from bridge.cli_options import MODEL_HELP, device_option, model_option, spatial_filter_option
+from stembridge.bridge.cli_options import MODEL_HELP, device_option, model_option, spatial_filter_option
 
 METHOD_NAMES = ("model", "mixture4", "classical", "irm")
 
@@ -96,12 +95,11 @@ def evaluate(
 
     Example: stembridge evaluate data/synth --max-songs 5 --out evaluation/
     """
+    from stembridge.engine import evaluate as quality
+    from stembridge.engine.audio_io import AudioFileError
+    from stembridge.engine.model_card import ModelError
+    from stembridge.engine.separator import NoDefaultModelError
     from tqdm import tqdm
-
-    from engine import evaluate as quality
-    from engine.audio_io import AudioFileError
-    from engine.model_card import ModelError
-    from engine.separator import NoDefaultModelError
 
     names = _parse_methods(methods_arg)
     if compare_to and "model" not in names:

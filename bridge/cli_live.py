@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import click
-
-from bridge.cli_options import device_option, model_option, spatial_filter_option
+from stembridge.bridge.cli_options import device_option, model_option, spatial_filter_option
 
 log = logging.getLogger("stembridge.live")
 
@@ -211,10 +210,10 @@ class LiveSession:
 
     # -- start-up --
     def open(self) -> None:
-        from engine.live.backends import BackendError, open_backend
-        from engine.live.monitor import Monitor, Recorder
-        from engine.model_card import ModelError
-        from engine.separator import StreamingSeparator
+        from stembridge.engine.live.backends import BackendError, open_backend
+        from stembridge.engine.live.monitor import Monitor, Recorder
+        from stembridge.engine.model_card import ModelError
+        from stembridge.engine.separator import StreamingSeparator
 
         o = self.opts
         files = list(o["deck_files"])
@@ -242,8 +241,8 @@ class LiveSession:
                 f"(for JACK: restart jackd with -r {card.sample_rate})"
             )
         decks = self._make_decks(files, num_inputs, rate)
-        from engine.live.engine import LiveEngine
-        from engine.rt import freeze_heap
+        from stembridge.engine.live.engine import LiveEngine
+        from stembridge.engine.rt import freeze_heap
 
         sys.setswitchinterval(0.001)  # the audio thread waits at most ~1 ms for the GIL (default 5 ms)
         self.engine = LiveEngine(
@@ -272,14 +271,14 @@ class LiveSession:
             raise LiveError(str(exc)) from exc
         self.monitor.start()
         if o["thread_rt_priority"]:
-            from engine.live.worker import promote_threads
+            from stembridge.engine.live.worker import promote_threads
 
             self._promoted = promote_threads(o["thread_rt_priority"])
         self._announce(card, made)
 
     def _make_decks(self, files: list[Path], num_inputs: int, rate: int) -> list:
-        from engine.audio_io import AudioFileError
-        from engine.live.deck import FileDeck, InputDeck, load_deck_audio
+        from stembridge.engine.audio_io import AudioFileError
+        from stembridge.engine.live.deck import FileDeck, InputDeck, load_deck_audio
 
         decks = []
         for path in files:
@@ -293,7 +292,7 @@ class LiveSession:
 
     def _open_control(self, num_decks: int) -> None:
         o = self.opts
-        from bridge.control import Controller
+        from stembridge.bridge.control import Controller
 
         self.control = Controller(self.engine.stems, num_decks)
         for deck, queue in enumerate(self.engine.queues, start=1):
@@ -316,8 +315,8 @@ class LiveSession:
 
     def _open_midi(self) -> None:
         o = self.opts
-        from bridge.midi_map import MidiUnavailable, open_ports
-        from bridge.presets import PresetError, find_preset, load_controller_map
+        from stembridge.bridge.midi_map import MidiUnavailable, open_ports
+        from stembridge.bridge.presets import PresetError, find_preset, load_controller_map
 
         if not o["midi_map"]:
             raise LiveError("--midi-in/--midi-out need --midi-map (a controller map preset)")
@@ -369,7 +368,7 @@ class LiveSession:
 
     # -- running --
     def run(self) -> None:
-        from engine.live.monitor import engine_cpu_s
+        from stembridge.engine.live.monitor import engine_cpu_s
 
         o = self.opts
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -397,7 +396,7 @@ class LiveSession:
         )
 
     def final_stats(self) -> dict:
-        from engine.live.monitor import engine_cpu_s
+        from stembridge.engine.live.monitor import engine_cpu_s
 
         stats = self.monitor.check() if self.monitor is not None else {}
         wall = time.monotonic() - self._started if self._started else 0.0
@@ -422,7 +421,7 @@ class LiveSession:
         if self.engine is not None and self._started:
             stats = self.final_stats()
         if self._promoted:  # this thread (and others) leave real time: matters when live runs inside another program
-            from engine.live.worker import demote_threads
+            from stembridge.engine.live.worker import demote_threads
 
             demote_threads(self._promoted)
         if self.monitor is not None:
@@ -452,8 +451,8 @@ def route_deck_commands(server, engine) -> None:
     (A trigger such as play or cue without an argument means 1.) Wraps the OSC router's dispatch; every other
     address, and any of these the parameter tree holds itself, goes on to the router unchanged.
     """
-    from engine.commands import SetParam
-    from engine.live.deck import TRANSPORT_PATHS
+    from stembridge.engine.commands import SetParam
+    from stembridge.engine.live.deck import TRANSPORT_PATHS
 
     router = server.router
     dispatch = router._dispatch
@@ -493,7 +492,7 @@ def devices(as_json: bool, jack_server: str | None) -> None:
     `stembridge live --connect`, a PortAudio device name or index with --audio-device, and a MIDI port name
     with --midi-in/--midi-out.
     """
-    from engine.live.devices import list_devices, sections_as_dicts
+    from stembridge.engine.live.devices import list_devices, sections_as_dicts
 
     sections = list_devices(jack_server)
     if as_json:

@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bridge.midi_learn import LearnSession, default_user_map, describe, save_binding
-from bridge.midi_map import MidiMapper
-from bridge.params import MIN_GAIN_DB, ParamTree, SetResult, UnknownParam, normalize_path
-from bridge.presets import (
+from stembridge.bridge.midi_learn import LearnSession, default_user_map, describe, save_binding
+from stembridge.bridge.midi_map import MidiMapper
+from stembridge.bridge.params import MIN_GAIN_DB, ParamTree, SetResult, UnknownParam, normalize_path
+from stembridge.bridge.presets import (
     BuiltChain,
     ChainPreset,
     ControllerMap,
@@ -94,7 +94,7 @@ class Controller:
     # -- engine side --
     def attach_queue(self, deck: int, queue: Any) -> None:
         """Send deck ``deck``'s commands to ``queue``: first its chains, then every current value."""
-        from engine.commands import SwapChain
+        from stembridge.engine.commands import SwapChain
 
         with self.tree.lock:
             self._queues[deck] = queue
@@ -140,7 +140,7 @@ class Controller:
     def load_chain(self, deck: int, stem: str, chain: str | Path | ChainPreset, source: str = "chain") -> list[str]:
         """Build an effect chain (preset name, file or ``ChainPreset``), swap it into ``deck``/``stem`` and register
         its parameters. Raises KeyError for an unknown deck/stem, PresetError for a bad preset."""
-        from engine.commands import SwapChain
+        from stembridge.engine.commands import SwapChain
 
         if not 1 <= deck <= self.num_decks or stem not in self.stems:
             raise KeyError(f"no deck {deck} stem {stem!r} (decks 1..{self.num_decks}, stems {', '.join(self.stems)})")
@@ -358,7 +358,7 @@ class Controller:
         self, host: str = "127.0.0.1", port: int = 9000, *, tcp_port: int | None = None, allow: Iterable[str] = ()
     ) -> Any:
         """Start the OSC server (UDP + TCP) and its feedback to subscribers. Returns the ``OscServer``."""
-        from bridge.osc_server import OscServer
+        from stembridge.bridge.osc_server import OscServer
 
         server = OscServer(self, host, port, tcp_port=tcp_port, allow=allow)
         self.osc = server.start()

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bridge.presets import BUTTON_MODES, CONTINUOUS_MODES, Binding, ControllerMap, dump_controller_map
-from bridge.presets import load_controller_map as _load_map
+from stembridge.bridge.presets import BUTTON_MODES, CONTINUOUS_MODES, Binding, ControllerMap, dump_controller_map
+from stembridge.bridge.presets import load_controller_map as _load_map
 
 LEARN_WINDOW_S = 0.4
 LEARN_MAX_MESSAGES = 12
@@ -31,7 +31,7 @@ LEARN_MAX_MESSAGES = 12
 
 def default_user_map() -> Path:
     """Where learned bindings go unless told otherwise: <user presets>/controllers/user.toml."""
-    from bridge.presets import user_dir
+    from stembridge.bridge.presets import user_dir
 
     return user_dir() / "controllers" / "user.toml"
 

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import mido
-
-from bridge.params import Change, ParamTree, UnknownParam
-from bridge.presets import Binding, ControllerMap
-from engine.live.devices import quiet_stderr
+from stembridge.bridge.params import Change, ParamTree, UnknownParam
+from stembridge.bridge.presets import Binding, ControllerMap
+from stembridge.engine.live.devices import quiet_stderr
 
 log = logging.getLogger(__name__)
 

@@ -39,12 +39,11 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pythonosc.osc_server import BlockingOSCUDPServer
-
-from bridge.osc_codec import OscError, encode_bundle, encode_message, parse_packet, slip_decode, slip_encode
-from bridge.params import BadValue, Change, UnknownParam, has_pattern, normalize_path
+from stembridge.bridge.osc_codec import OscError, encode_bundle, encode_message, parse_packet, slip_decode, slip_encode
+from stembridge.bridge.params import BadValue, Change, UnknownParam, has_pattern, normalize_path
 
 if TYPE_CHECKING:
-    from bridge.control import Controller
+    from stembridge.bridge.control import Controller
 
 log = logging.getLogger(__name__)
 

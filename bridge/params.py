@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from engine.commands import SetParam
-from engine.mixer import MIN_GAIN_DB
+from stembridge.engine.commands import SetParam
+from stembridge.engine.mixer import MIN_GAIN_DB
 
 MAX_GAIN_DB = 12.0
 UNITY_LEVEL = 0.8
@@ -393,7 +393,9 @@ class ParamTree:
         fields} from the chain preset. Values are read from the plugins. Returns the new paths; listeners are told
         each new value. Call it right after pushing the ``SwapChain`` so both reach the engine in order.
         """
-        from bridge.presets import plugin_param_specs  # the table of built-in plugin ranges lives with the loader
+        from stembridge.bridge.presets import (
+            plugin_param_specs,  # the table of built-in plugin ranges lives with the loader
+        )
 
         overrides = overrides or {}
         bypassed = set(bypassed)

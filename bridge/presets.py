@@ -15,6 +15,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from bridge.params import ParamSpec
+from stembridge.bridge.params import ParamSpec
 
 SCHEMA_VERSION = 1
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "presets"
+# the presets shipped inside the package (importlib.resources), wherever it is installed
+SHIPPED_DIR = Path(str(files("stembridge.presets")))
 KINDS = ("chains", "controllers", "scenes")
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -810,7 +812,7 @@ def load_scene(path: str | Path) -> ScenePreset:
 
 
 def _scene_levels(ctx: _Ctx, table: dict, where: tuple, base: str, scene: ScenePreset) -> None:
-    from bridge.params import MAX_GAIN_DB, MIN_GAIN_DB, level_to_gain_db
+    from stembridge.bridge.params import MAX_GAIN_DB, MIN_GAIN_DB, level_to_gain_db
 
     if "gain_db" in table and "level" in table:
         raise ctx.error(where + ("level",), f"give either gain_db or level in {_where(where)}, not both")
@@ -890,8 +892,8 @@ def check_preset(path: str | Path, stems: tuple[str, ...] = ("vocals", "drums", 
     kind = kind_of(path)
     preset = LOADERS[kind](path)
     if isinstance(preset, ChainPreset):
-        from engine.commands import SwapChain
-        from engine.mixer import StemMixer
+        from stembridge.engine.commands import SwapChain
+        from stembridge.engine.mixer import StemMixer
 
         built = build_chain(preset)
         mixer = StemMixer(stems, sample_rate=44100, max_block_size=512)

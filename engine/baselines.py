@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.ndimage import median_filter
 from scipy.signal import istft, stft
-
-from engine.stft import StreamingSTFT
+from stembridge.engine.stft import StreamingSTFT
 
 STEMS = ("vocals", "drums", "bass", "other")
 

@@ -35,9 +35,8 @@ from typing import Any, Protocol
 
 import numpy as np
 from scipy.signal import resample_poly, stft
-
-from engine.audio_io import read_audio
-from engine.baselines import STEMS, ClassicalSeparator, ideal_ratio_mask, mixture_fraction
+from stembridge.engine.audio_io import read_audio
+from stembridge.engine.baselines import STEMS, ClassicalSeparator, ideal_ratio_mask, mixture_fraction
 
 WINDOW_S = 1.0
 LEAKAGE_FLOOR_DB = -100.0
@@ -347,8 +346,8 @@ class ModelMethod:
         threads: int = 1,
         spatial_filter: bool | dict[str, float] | None = None,
     ) -> None:
-        from engine.separator import StreamingSeparator
-        from engine.stream import BlockAdapter
+        from stembridge.engine.separator import StreamingSeparator
+        from stembridge.engine.stream import BlockAdapter
 
         separator = StreamingSeparator(
             model_path,
@@ -384,7 +383,7 @@ class ModelMethod:
         }
 
     def separate(self, song: Song) -> np.ndarray:
-        from engine.separate import separate_audio
+        from stembridge.engine.separate import separate_audio
 
         rate = self.card.sample_rate
         mixture = _resample(song.mixture, song.sample_rate, rate)

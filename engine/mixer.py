@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from engine.commands import SetParam, SwapChain
-from engine.rt import multiply_rows
+from stembridge.engine.commands import SetParam, SwapChain
+from stembridge.engine.rt import multiply_rows
 
 MIN_GAIN_DB = -120.0
 

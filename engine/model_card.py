@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.stft import WINDOWS, ola_constant, window
+from stembridge.engine.stft import WINDOWS, ola_constant, window
 
 SCHEMA_VERSION = 1
 SUPPORTED_FEATURES = ("magnitude",)

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy.signal import resample_poly
-
-from engine.audio_io import AtomicStemWriter, read_audio
-from engine.separator import StreamingSeparator
-from engine.stream import BlockAdapter
+from stembridge.engine.audio_io import AtomicStemWriter, read_audio
+from stembridge.engine.separator import StreamingSeparator
+from stembridge.engine.stream import BlockAdapter
 
 
 @dataclass

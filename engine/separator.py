@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
-
-from engine.model_card import ModelCard, ModelError, check_card_against_graph, load_card, resolve_model_path
-from engine.spatial import SpatialWiener
-from engine.stft import StreamingSTFT
+from stembridge.engine.model_card import ModelCard, ModelError, check_card_against_graph, load_card, resolve_model_path
+from stembridge.engine.spatial import SpatialWiener
+from stembridge.engine.stft import StreamingSTFT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
+# found through the package (importlib.resources), wherever it is installed
+DEFAULT_MODEL = Path(str(files("stembridge.engine").joinpath("models", "default.onnx")))
 DEVICES = ("auto", "cpu", "cuda")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from engine.separator import StreamingSeparator
+from stembridge.engine.separator import StreamingSeparator
 
 
 class BlockAdapter:

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from engine.model_card import ModelError, load_card
-from engine.separate import separate_audio
-from engine.separator import StreamingSeparator
-from engine.stft import StreamingSTFT, ola_constant
-from engine.stream import BlockAdapter
+from stembridge.engine.model_card import ModelError, load_card
+from stembridge.engine.separate import separate_audio
+from stembridge.engine.separator import StreamingSeparator
+from stembridge.engine.stft import StreamingSTFT, ola_constant
+from stembridge.engine.stream import BlockAdapter
 
 
 def run_blocks(adapter: BlockAdapter, audio: np.ndarray, block_size: int) -> np.ndarray:
@@ -220,7 +219,7 @@ def test_corrupt_graph_and_missing_card_are_rejected(tmp_path, tiny_model):
 
 
 def test_cuda_request_fails_clearly_without_a_gpu(tiny_model):
-    from engine.separator import _gpu_present
+    from stembridge.engine.separator import _gpu_present
 
     if _gpu_present():
         pytest.skip("a GPU is present here")

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-
-from bridge.cli import main
-from engine import separator as separator_module
-from engine.baselines import STEMS, ClassicalSeparator, ideal_ratio_mask, mixture_fraction
-from engine.evaluate import (
+from stembridge.bridge.cli import main
+from stembridge.engine import separator as separator_module
+from stembridge.engine.baselines import STEMS, ClassicalSeparator, ideal_ratio_mask, mixture_fraction
+from stembridge.engine.evaluate import (
     EvaluationError,
     comparison_markdown,
     find_songs,
@@ -48,7 +47,7 @@ def tones(freqs_hz, seconds, sr=SR, channels=2):
 
 def test_window_sdr_matches_museval_including_silent_windows():
     pytest.importorskip("museval")
-    from engine.evaluate import museval_sdr
+    from stembridge.engine.evaluate import museval_sdr
 
     rng = np.random.default_rng(1)
     ref = (0.1 * rng.standard_normal((2, 4 * SR))).astype(np.float32)

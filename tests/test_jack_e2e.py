@@ -124,7 +124,7 @@ def test_live_on_jack_mutes_the_vocal_bus_over_osc(jack_server, tmp_path, tiny_m
     osc_port = _free_udp_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     live = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "live", "--backend", "jack", "--deck", str(song), "--loop",
+        [sys.executable, "-m", "stembridge.bridge.cli", "live", "--backend", "jack", "--deck", str(song), "--loop",
          "--model", str(tiny_model), "--client-name", name, "--osc-port", str(osc_port), "--osc-tcp-port", "-1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
     )  # fmt: skip

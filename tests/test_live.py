@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-
-from engine.commands import SetParam
-from engine.live import FileDeck, InputDeck, LiveEngine
-from engine.live.backends import DummyBackend
-from engine.live.monitor import Monitor, Recorder
-from engine.separator import StreamingSeparator
+from stembridge.engine.commands import SetParam
+from stembridge.engine.live import FileDeck, InputDeck, LiveEngine
+from stembridge.engine.live.backends import DummyBackend
+from stembridge.engine.live.monitor import Monitor, Recorder
+from stembridge.engine.separator import StreamingSeparator
 
 SR = 44100
 P = 256  # host period
@@ -260,7 +259,7 @@ def test_worker_process_separates_in_real_time_on_the_dummy_backend(tiny_model, 
 
 
 def test_live_cli_runs_on_the_dummy_backend_and_writes_stats(tiny_model, tmp_path):
-    from bridge.cli import main
+    from stembridge.bridge.cli import main
 
     wav = tmp_path / "song.wav"
     sf.write(wav, song(2.0).T, SR)
@@ -277,7 +276,7 @@ def test_live_cli_runs_on_the_dummy_backend_and_writes_stats(tiny_model, tmp_pat
 
 
 def test_live_cli_reports_a_missing_jack_server_or_bad_file(tiny_model, tmp_path):
-    from bridge.cli import main
+    from stembridge.bridge.cli import main
 
     result = CliRunner().invoke(main, ["live", "--backend", "dummy", "--deck", str(tmp_path / "nope.wav"),
                                        "--model", str(tiny_model), "--no-osc"])  # fmt: skip
@@ -285,7 +284,7 @@ def test_live_cli_reports_a_missing_jack_server_or_bad_file(tiny_model, tmp_path
 
 
 def test_devices_lists_every_section():
-    from bridge.cli import main
+    from stembridge.bridge.cli import main
 
     result = CliRunner().invoke(main, ["devices", "--json"])
     assert result.exit_code == 0, result.output
@@ -303,9 +302,8 @@ def test_osc_reaches_deck_transport_and_the_stem_mixer(tiny_model):
     import time
 
     from pythonosc.udp_client import SimpleUDPClient
-
-    from bridge.cli_live import route_deck_commands
-    from bridge.control import Controller
+    from stembridge.bridge.cli_live import route_deck_commands
+    from stembridge.bridge.control import Controller
 
     engine = make_engine(tiny_model, [FileDeck(song(2.0), "a")])
     control = Controller(engine.stems, 1)

@@ -12,11 +12,10 @@ import uuid
 import mido
 import pytest
 from click.testing import CliRunner
-
-from bridge.control import Controller
-from bridge.midi_learn import infer_binding
-from bridge.midi_map import MidiMapper, MidiUnavailable, midi_backend, open_ports, relative_delta
-from bridge.presets import Binding, ControllerMap, ShiftSpec, load_controller_map
+from stembridge.bridge.control import Controller
+from stembridge.bridge.midi_learn import infer_binding
+from stembridge.bridge.midi_map import MidiMapper, MidiUnavailable, midi_backend, open_ports, relative_delta
+from stembridge.bridge.presets import Binding, ControllerMap, ShiftSpec, load_controller_map
 
 STEMS = ("vocals", "drums", "bass", "other")
 
@@ -338,8 +337,8 @@ def test_no_midi_backend_gives_one_clear_message(monkeypatch):
 
 
 def test_cli_midi_learn_saves_into_the_map(monkeypatch, tmp_path):
-    from bridge import midi_map
-    from bridge.cli_control import midi_learn
+    from stembridge.bridge import midi_map
+    from stembridge.bridge.cli_control import midi_learn
 
     inp = FakeInput(name="Fake Controller")
     inp.feed(cc(70, 100), cc(70, 101), cc(70, 103))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pedalboard
 import pytest
-
-from engine.commands import CommandQueue, SetParam, SwapChain
-from engine.mixer import StemMixer
+from stembridge.engine.commands import CommandQueue, SetParam, SwapChain
+from stembridge.engine.mixer import StemMixer
 
 STEMS = ("vocals", "drums", "bass", "other")
 SR = 44100

@@ -22,11 +22,10 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 from pythonosc.tcp_client import SimpleTCPClient
-
-from bridge.control import Controller
-from bridge.osc_codec import encode_message
-from bridge.osc_server import MAX_PACKET_BYTES, OscServer
-from engine.commands import CommandQueue, SetParam
+from stembridge.bridge.control import Controller
+from stembridge.bridge.osc_codec import encode_message
+from stembridge.bridge.osc_server import MAX_PACKET_BYTES, OscServer
+from stembridge.engine.commands import CommandQueue, SetParam
 
 STEMS = ("vocals", "drums", "bass", "other")
 

@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pedalboard
 import pytest
-
-from bridge.control import Controller
-from bridge.params import (
+from stembridge.bridge.control import Controller
+from stembridge.bridge.params import (
     BadValue,
     ParamSpec,
     ParamTree,
@@ -18,8 +17,8 @@ from bridge.params import (
     gain_db_to_level,
     level_to_gain_db,
 )
-from engine.commands import CommandQueue, SetParam, SwapChain
-from engine.mixer import StemMixer
+from stembridge.engine.commands import CommandQueue, SetParam, SwapChain
+from stembridge.engine.mixer import StemMixer
 
 STEMS = ("vocals", "drums", "bass", "other")
 

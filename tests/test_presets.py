@@ -7,10 +7,9 @@ from pathlib import Path
 import mido
 import pytest
 from click.testing import CliRunner
-
-from bridge.cli_control import presets
-from bridge.control import Controller
-from bridge.presets import (
+from stembridge.bridge.cli_control import presets
+from stembridge.bridge.control import Controller
+from stembridge.bridge.presets import (
     ChainPreset,
     PresetError,
     build_chain,
@@ -21,7 +20,7 @@ from bridge.presets import (
     load_scene,
     shipped_files,
 )
-from engine.commands import CommandQueue
+from stembridge.engine.commands import CommandQueue
 
 STEMS = ("vocals", "drums", "bass", "other")
 ALL = shipped_files()

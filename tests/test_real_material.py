@@ -7,9 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import soundfile as sf
-
-from engine.training import dataset, real_material
-from engine.training.real_material import RealPool, gather, phrase, recording_ok, trimmed
+from stembridge.engine.training import dataset, real_material
+from stembridge.engine.training.real_material import RealPool, gather, phrase, recording_ok, trimmed
 
 RATE = 44100
 
@@ -173,7 +172,7 @@ def test_sampler_mixes_real_segments_into_their_stems_only(tmp_path):
 
 
 def test_training_refuses_a_p_real_that_is_not_a_probability(capsys):
-    train = pytest.importorskip("engine.training.train", reason="torch is not installed")
+    train = pytest.importorskip("stembridge.engine.training.train", reason="torch is not installed")
     with pytest.raises(SystemExit):
         train.parse_args(["--real", "data/real/train", "--p-real", "1.5"])
     assert "--p-real is a probability between 0 and 1, got 1.5" in capsys.readouterr().err

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-
-from bridge.cli import main
-from engine import separator as separator_module
+from stembridge.bridge.cli import main
+from stembridge.engine import separator as separator_module
 
 SR = 44100
 
@@ -93,7 +92,7 @@ def test_existing_outputs_are_kept_without_overwrite(tmp_path, tiny_model):
 
 
 def test_a_failure_while_writing_leaves_no_partial_file(tmp_path, tiny_model, monkeypatch):
-    from engine import audio_io
+    from stembridge.engine import audio_io
 
     write_tone(tmp_path / "song.wav", seconds=0.3)
     calls = []

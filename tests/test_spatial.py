@@ -8,12 +8,11 @@ import warnings
 
 import numpy as np
 import pytest
-
-from engine.model_card import ModelError
-from engine.separate import separate_audio
-from engine.separator import StreamingSeparator
-from engine.spatial import SpatialWiener
-from engine.stream import BlockAdapter
+from stembridge.engine.model_card import ModelError
+from stembridge.engine.separate import separate_audio
+from stembridge.engine.separator import StreamingSeparator
+from stembridge.engine.spatial import SpatialWiener
+from stembridge.engine.stream import BlockAdapter
 
 BINS, HOP, RATE = 65, 64, 8000
 

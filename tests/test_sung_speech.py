@@ -7,11 +7,10 @@ import random
 import numpy as np
 import pytest
 import soundfile as sf
-
-from engine.training import sung_speech, synth_vocals
-from engine.training.real_material import RealPool
-from engine.training.sung_speech import clip_syllables
-from engine.training.synth_vocals import FRAME_PERIOD_MS, voiced_regions
+from stembridge.engine.training import sung_speech, synth_vocals
+from stembridge.engine.training.real_material import RealPool
+from stembridge.engine.training.sung_speech import clip_syllables
+from stembridge.engine.training.synth_vocals import FRAME_PERIOD_MS, voiced_regions
 
 RATE = 44100
 DT = FRAME_PERIOD_MS / 1000

@@ -10,11 +10,10 @@ import mido
 import numpy as np
 import pytest
 import soundfile as sf
-
-from engine.training import synth
-from engine.training import synth_music as music
-from engine.training import synth_produce as produce
-from engine.training import synth_vocals as vocals
+from stembridge.engine.training import synth
+from stembridge.engine.training import synth_music as music
+from stembridge.engine.training import synth_produce as produce
+from stembridge.engine.training import synth_vocals as vocals
 
 SR = music.SAMPLE_RATE
 

@@ -21,11 +21,11 @@ import soundfile as sf
 torch = pytest.importorskip("torch", reason="torch is not installed (install the `train` extra to test training)")
 pytest.importorskip("onnx", reason="onnx is not installed (needed by torch.onnx.export)")
 
-from engine.model_card import load_card  # noqa: E402
-from engine.separator import StreamingSeparator  # noqa: E402
-from engine.stft import StreamingSTFT  # noqa: E402
-from engine.training import dataset, export, train  # noqa: E402
-from engine.training.model import (  # noqa: E402
+from stembridge.engine.model_card import load_card  # noqa: E402
+from stembridge.engine.separator import StreamingSeparator  # noqa: E402
+from stembridge.engine.stft import StreamingSTFT  # noqa: E402
+from stembridge.engine.training import dataset, export, train  # noqa: E402
+from stembridge.engine.training.model import (  # noqa: E402
     ModelConfig,
     SeparatorModel,
     band_centers,
@@ -505,7 +505,15 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     for i in range(2):
         write_song(tmp_path / "data", "train", f"song{i:06d}", 1.2, i)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "engine.training.train", "--data", str(tmp_path / "data"), "--run", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stembridge.engine.training.train",
+        "--data",
+        str(tmp_path / "data"),
+        "--run",
+        str(run),
+    ]
     cmd += ["--hidden", "16", "--batch", "2", "--segment-seconds", "0.5", "--init", str(tmp_path / "none.pt")]
     cmd += ["--log-every", "1", "--checkpoint-minutes", "100"]
     root = Path(__file__).resolve().parents[1]
@@ -542,8 +550,8 @@ def panned_spectra(rng: np.random.Generator, frames: int, bins: int) -> tuple[np
 
 
 def test_torch_spatial_filter_matches_the_engine_and_has_finite_gradients():
-    from engine.spatial import SpatialWiener
-    from engine.training.spatial_filter import frame_decay, spatial_estimates
+    from stembridge.engine.spatial import SpatialWiener
+    from stembridge.engine.training.spatial_filter import frame_decay, spatial_estimates
 
     rng = np.random.default_rng(3)
     frames, bins = 400, 33  # more frames than one closed-form run (159 at 0.5 s)

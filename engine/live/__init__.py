@@ -5,8 +5,8 @@ its fixed latency, ``engine.live.deck`` for file and input decks, ``engine.live.
 dummy clock.
 """
 
-from engine.live.deck import FileDeck, InputDeck, load_deck_audio
-from engine.live.engine import LiveEngine
-from engine.live.worker import SeparationWorker
+from stembridge.engine.live.deck import FileDeck, InputDeck, load_deck_audio
+from stembridge.engine.live.engine import LiveEngine
+from stembridge.engine.live.worker import SeparationWorker
 
 __all__ = ["FileDeck", "InputDeck", "LiveEngine", "SeparationWorker", "load_deck_audio"]

@@ -26,10 +26,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-
-from engine.commands import SetParam
-from engine.mixer import Ramp, db_to_gain
-from engine.rt import add_rows_scaled, multiply_rows
+from stembridge.engine.commands import SetParam
+from stembridge.engine.mixer import Ramp, db_to_gain
+from stembridge.engine.rt import add_rows_scaled, multiply_rows
 
 # Deck parameters (SetParam paths on a deck's queue, besides the StemMixer's "stem/..." and "master/...").
 TRANSPORT_PATHS = {
@@ -356,7 +355,7 @@ class FileDeck(Deck):
 def load_deck_audio(path: str | Path, sample_rate: int, num_channels: int = 2) -> np.ndarray:
     """Read a file for a deck: float32 (num_channels, num_frames) at ``sample_rate`` (mono is doubled, other rates
     are resampled with a polyphase filter). Raises ``engine.audio_io.AudioFileError`` naming the file."""
-    from engine.audio_io import read_audio
+    from stembridge.engine.audio_io import read_audio
 
     audio, rate = read_audio(path)
     if audio.shape[0] == 1 and num_channels == 2:

@@ -25,12 +25,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from engine.commands import CommandQueue
-from engine.live.deck import Deck, InputDeck
-from engine.live.worker import HIST_BIN_NS, HIST_BINS, SeparationWorker
-from engine.mixer import StemMixer
-from engine.rt import add_rows_scaled, multiply_rows
+from stembridge.engine.commands import CommandQueue
+from stembridge.engine.live.deck import Deck, InputDeck
+from stembridge.engine.live.worker import HIST_BIN_NS, HIST_BINS, SeparationWorker
+from stembridge.engine.mixer import StemMixer
+from stembridge.engine.rt import add_rows_scaled, multiply_rows
 
 CHANNEL_NAMES = ("L", "R")
 

@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
-_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the engine package (for the worker process)
 _CHILD_CODE = (
-    "import json, sys; from engine.live.worker import _child_main; sys.exit(_child_main(json.loads(sys.argv[1])))"
+    "import json, sys; from stembridge.engine.live.worker import _child_main; "
+    "sys.exit(_child_main(json.loads(sys.argv[1])))"
 )
 
 HIST_BINS = 5000  # duration histograms: 10 us bins up to 50 ms, the last bin holds everything beyond
@@ -229,8 +229,8 @@ def _child_main(config: dict) -> int:
     import mmap
     import select
 
-    from engine.rt import freeze_heap
-    from engine.separator import StreamingSeparator
+    from stembridge.engine.rt import freeze_heap
+    from stembridge.engine.separator import StreamingSeparator
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s worker: %(message)s")
     layout = [(name, tuple(shape), dtype) for name, shape, dtype in config["layout"]]
@@ -495,7 +495,7 @@ class SeparationWorker:
                 "rt_priority": self.rt_priority,
             }
             env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in [str(_ROOT), *sys.path] if p)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the worker imports what we import
             self._c[STOP] = 0
             self._process = subprocess.Popen(
                 [sys.executable, "-c", _CHILD_CODE, json.dumps(config)],

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 import soundfile as sf
-
-from engine.training.real_material import RealPool
+from stembridge.engine.training.real_material import RealPool
 
 STEMS = ("vocals", "drums", "bass", "other")
 

@@ -1,6 +1,6 @@
 """Export a trained model to the model contract: ``<name>.onnx`` + ``<name>.json`` card, verified and timed.
 
-    python -m engine.training.export --checkpoint runs/default/last.pt --out engine/models/default.onnx \\
+    python -m stembridge.engine.training.export --checkpoint runs/default/last.pt --out engine/models/default.onnx \\
         --fp16 engine/models/checkpoint/default_fp16.pt
 
 Export uses the legacy exporter (``dynamo=False``, opset 17: native GRU op, state as real graph I/O, dynamic batch;
@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from engine.evaluate import CARD_QUALITY_KEYS
-from engine.spatial import DEFAULT_SETTINGS
-from engine.training.model import (
+from stembridge.engine.evaluate import CARD_QUALITY_KEYS
+from stembridge.engine.spatial import DEFAULT_SETTINGS
+from stembridge.engine.training.model import (
     RESIDUAL_STEM,
     ModelConfig,
     SeparatorModel,
@@ -202,7 +201,7 @@ def export_model(
     The graph is written to a temporary file and moved into place only after it passed verification, so a failed
     export never replaces a working model.
     """
-    from engine.model_card import check_card_against_graph, load_card
+    from stembridge.engine.model_card import check_card_against_graph, load_card
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -290,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     ckpt["provenance"] = {**ckpt.get("provenance", {})}
     ckpt["provenance"]["history"] = [*ckpt["provenance"].get("history", []), *args.history]
     if args.fp16 is not None:
-        from engine.training.train import save_fp16
+        from stembridge.engine.training.train import save_fp16
 
         save_fp16(ckpt, args.fp16)
         checkpoint = args.fp16

@@ -13,4 +13,4 @@ python3 -m pip install -q pyworld "setuptools<81" soundfile numpy scipy mido ped
 mkdir -p /usr/share/mma/plugins   # silences MMA's "PLUGIN ... does not exist" warning
 # Optional one-off (~30 s, 490 MB in ~/.cache/stembridge): decompressed MuseScore soundfont, 3x faster to load.
 # `batch` does this itself on first use.
-#   python -m engine.training.synth sf3to2
+#   python -m stembridge.engine.training.synth sf3to2

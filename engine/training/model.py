@@ -28,9 +28,8 @@ from fractions import Fraction
 
 import numpy as np
 import torch
+from stembridge.engine.stft import window as host_window
 from torch import nn
-
-from engine.stft import window as host_window
 
 STEMS = ("vocals", "drums", "bass", "other")
 RESIDUAL_STEM = "other"  # the stem that takes what the others leave (the card's residual_stem), when a model has it

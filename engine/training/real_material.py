@@ -12,7 +12,8 @@ Recordings of 4 s and more (a lead guitar track) are sampled at random offsets, 
 to the synthesized stem, or half of the time in its place, at a random level relative to it. The mixture stays the
 sum of the stems.
 
-``python -m engine.training.real_material gather --out data/real`` builds pools from recordings that Debian ships
+``python3 -m stembridge.engine.training.real_material gather --out data/real`` builds pools from recordings that
+Debian ships
 (nothing is downloaded at run time; ``apt-get install fretsonfire-songs-muldjord fretsonfire-songs-sectoid
 klettres-data``), split by song and by speaker so that the benchmarks measure material training never heard:
 
@@ -40,8 +41,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
-
-from engine.baselines import STEMS
+from stembridge.engine.baselines import STEMS
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus")
 CLIP_SECONDS = 4.0  # recordings shorter than this are clips, strung into phrases

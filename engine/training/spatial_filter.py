@@ -20,8 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
-
-from engine.spatial import AMPLITUDE_FLOOR, POWER_FLOOR
+from stembridge.engine.spatial import AMPLITUDE_FLOOR, POWER_FLOOR
 
 
 def frame_decay(time_constant_s: float, hop_size: int, sample_rate: int, stride: int = 1) -> float:

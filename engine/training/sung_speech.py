@@ -17,7 +17,8 @@ portamento, vibrato and drift of a random singer (``pitch_contour``). Two method
   (benchmarks/results/vocal_contexts/): the model keys partly on the vocoder's sound, which WORLD-sung training
   material would only teach it further.
 
-``python -m engine.training.sung_speech data/real/train --method psola --out DIR`` writes, for every vocal source of
+``python3 -m stembridge.engine.training.sung_speech data/real/train --method psola --out DIR`` writes, for every
+vocal source of
 the pool, a source ``<source>_sung`` of sung tracks (24-bit WAV, stereo, most with reverb) into ``DIR`` and links the
 pool's own sources beside them, so ``DIR`` is the pool plus its sung speakers (without ``--out`` the sung sources
 join the pool itself). ``RealPool`` samples a sung track as it samples a guitar track. Deterministic from
@@ -34,10 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-from engine.training.real_material import AUDIO_SUFFIXES, CLIP_SECONDS, load_audio, trimmed
-from engine.training.synth_music import SAMPLE_RATE, make_progression
-from engine.training.synth_vocals import (
+from stembridge.engine.training.real_material import AUDIO_SUFFIXES, CLIP_SECONDS, load_audio, trimmed
+from stembridge.engine.training.synth_music import SAMPLE_RATE, make_progression
+from stembridge.engine.training.synth_vocals import (
     FRAME_PERIOD_MS,
     melody_for_speech,
     pitch_contour,

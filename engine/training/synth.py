@@ -10,7 +10,8 @@ Layout: OUT/<split>/<song_id>/{vocals,drums,bass,other}.wav (44.1 kHz stereo PCM
 sum of the 16-bit stems: read as float, mixture == vocals + drums + bass + other bit for bit) + meta.json.
 song_id = f"song{seed:06d}". Split rule (fixed): seed % 20 == 0 -> test, seed % 20 == 1 -> validation, else train.
 
-    python -m engine.training.synth batch --first-seed 0 --num-songs 400 --jobs 1 --out data/synth --duration 20
+    python3 -m stembridge.engine.training.synth batch --first-seed 0 --num-songs 400 --jobs 1 --out data/synth \
+        --duration 20
 
 Held-out timbres: `--timbres heldout` renders a song with a soundfont and festival voices that no training song uses
 (synth_music.HELDOUT_SOUNDFONTS, synth_vocals.HELDOUT_VOICE_WEIGHTS) and no AVL drum kit. Everything else is drawn
@@ -18,7 +19,7 @@ as for the same seed with training timbres (style, groove, chords, melody, produ
 a test seed is the same song played by unheard instruments and sung by an unheard voice. Such songs are always test
 songs, with the same names as their training-timbre twins (so reports pair them song by song), in their own folder:
 
-    python -m engine.training.synth batch --timbres heldout --first-seed 0 --step 20 --num-songs 60 \
+    python -m stembridge.engine.training.synth batch --timbres heldout --first-seed 0 --step 20 --num-songs 60 \
         --out data/heldout_synth
 
 Completed songs are skipped (a song is written to a hidden temporary folder and renamed when complete), so a batch
@@ -42,11 +43,10 @@ from pathlib import Path
 import click
 import numpy as np
 import soundfile as sf
-
-from engine.evaluate import song_timbres
-from engine.training import synth_music as music
-from engine.training.synth_produce import STEMS, active_rms, db_to_gain, produce, silent_sections
-from engine.training.synth_vocals import installed_voices, make_vocals
+from stembridge.engine.evaluate import song_timbres
+from stembridge.engine.training import synth_music as music
+from stembridge.engine.training.synth_produce import STEMS, active_rms, db_to_gain, produce, silent_sections
+from stembridge.engine.training.synth_vocals import installed_voices, make_vocals
 
 GENERATOR_VERSION = 6  # 4: groove tracks with voice patches belong to the vocal stem; 5: half the leads by PSOLA;
 # 6: a mix engineer's vocal EQ (synth_produce.vocal_eq_chain)

@@ -13,8 +13,7 @@ import random
 
 import numpy as np
 from scipy.ndimage import minimum_filter1d
-
-from engine.training.synth_music import SAMPLE_RATE
+from stembridge.engine.training.synth_music import SAMPLE_RATE
 
 STEMS = ("vocals", "drums", "bass", "other")
 # target RMS (dB) of each stem over its active part: (mean, sd)

@@ -29,8 +29,7 @@ from pathlib import Path
 import mido
 import numpy as np
 import soundfile as sf
-
-from engine.training.synth_music import (
+from stembridge.engine.training.synth_music import (
     CHORD_INTERVALS,
     MAJOR,
     MINOR,

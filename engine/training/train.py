@@ -1,6 +1,6 @@
 """Train the causal separation model; resumable, checkpointed, logged.
 
-    python -m engine.training.train --data data/synth --run runs/default [--steps N] [--threads 1]
+    python -m stembridge.engine.training.train --data data/synth --run runs/default [--steps N] [--threads 1]
 
 Resumes by itself: from ``<run>/last.pt`` when it exists (model, optimizer, step, sampler seed), otherwise from the
 committed weights-only checkpoint ``engine/models/checkpoint/default_fp16.pt`` when it exists (a fresh machine:
@@ -36,10 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from engine.spatial import DEFAULT_SETTINGS
-from engine.stft import WINDOWS
-from engine.training.dataset import (
+from stembridge.engine.spatial import DEFAULT_SETTINGS
+from stembridge.engine.stft import WINDOWS
+from stembridge.engine.training.dataset import (
     AUGMENT_PRESETS,
     Augment,
     BatchPrefetcher,
@@ -47,7 +46,7 @@ from engine.training.dataset import (
     SongBank,
     validation_excerpts,
 )
-from engine.training.model import (
+from stembridge.engine.training.model import (
     RESIDUAL_STEM,
     ModelConfig,
     SeparatorModel,
@@ -61,8 +60,8 @@ from engine.training.model import (
     stft_frames,
     widened,
 )
-from engine.training.real_material import RealPool
-from engine.training.spatial_filter import frame_decay, spatial_estimates
+from stembridge.engine.training.real_material import RealPool
+from stembridge.engine.training.spatial_filter import frame_decay, spatial_estimates
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_CHECKPOINT = ROOT / "engine" / "models" / "checkpoint" / "default_fp16.pt"
@@ -375,7 +374,9 @@ class Trainer:
             self.log({"kind": "resume", "step": self.step, "source": source})
         if args.ema_decay > 0:
             self.ema = WeightAverage(self.model, args.ema_decay, state.get("ema") if state is not None else None)
-        self.best = state.get("best_sdr", -1e9) if state is not None else -1e9
+        # a warm start is scored on its own validation songs: the best figure of the weights' earlier run (on other
+        # songs) does not carry over
+        self.best = state.get("best_sdr", -1e9) if state is not None and not warm_start else -1e9
         self.model.train()
         self.augment = replace(Augment.preset(args.augment), p_real=args.p_real if args.real else 0.0)
         self.real = RealPool(args.real, config.sample_rate, config.stems) if args.real else None
