@@ -108,7 +108,8 @@ class HighQualitySeparator:
         for k0 in range(0, num_tiles, TILES_PER_CALL):
             k1 = min(num_tiles, k0 + TILES_PER_CALL)
             vmask[:, k0 * kept : k1 * kept] = la.tile_masks(mix, k0, k1, gain)[self.vocal_index]
-            done = self._report(progress, done, (k1 - k0) * kept * la.card.hop_size // 3)
+            covered = min(k1 * kept * la.card.hop_size, n) - min(k0 * kept * la.card.hop_size, n)
+            done = self._report(progress, done, covered // 3)
         vocals = np.zeros_like(mix)
         for s0, s1, f0, f1 in self._chunks(n):
             spec = la.stft(mix, f0, f1)
