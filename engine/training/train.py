@@ -304,8 +304,8 @@ def data_description(train: SongBank, augment: Augment, real: RealPool | None = 
             "seeds)"
         )
     text = (
-        f"{songs}, random segments with stems remixed across songs, resampling (pitch+tempo), EQ, saturation, gain, channel "
-        f"swap, polarity, mono and silence augmentations ({json.dumps(augment.__dict__)})"
+        f"{songs}, random segments with stems remixed across songs, resampling (pitch+tempo), EQ, saturation, gain, "
+        f"channel swap, polarity, mono and silence augmentations ({json.dumps(augment.__dict__)})"
     )
     if real is not None and augment.p_real > 0:
         text += f"; with probability {augment.p_real} per stem, {real.describe()} (engine/training/real_material.py)"
