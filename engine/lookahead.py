@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.fft
 from stembridge.engine.model_card import ModelError
 
 KIND = "lookahead"
@@ -233,7 +234,7 @@ class LookaheadModel:
         if hi > lo:
             seg[:, lo - start : hi - start] = audio[:, lo:hi]
         frames = np.lib.stride_tricks.sliding_window_view(seg, c.n_fft, axis=1)[:, :: c.hop_size]
-        return np.fft.rfft(frames * self.window, axis=-1).astype(np.complex64)
+        return scipy.fft.rfft(frames * self.window, axis=-1)  # float32 in, complex64 out (numpy's would be 64-bit)
 
     # ------------------------------------------------------------------------------------------------ masks
 
@@ -289,7 +290,7 @@ class LookaheadModel:
         c = self.card
         half = c.n_fft // 2
         num = spec.shape[-2]
-        frames = np.fft.irfft(spec, n=c.n_fft, axis=-1).astype(np.float32) * self.window
+        frames = scipy.fft.irfft(spec, n=c.n_fft, axis=-1) * self.window
         base = first * c.hop_size - half
         length = (num - 1) * c.hop_size + c.n_fft
         out = np.zeros(spec.shape[:-2] + (length,), dtype=np.float32)
