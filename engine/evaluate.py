@@ -40,6 +40,7 @@ from stembridge.engine.baselines import STEMS, ClassicalSeparator, ideal_ratio_m
 
 WINDOW_S = 1.0
 LEAKAGE_FLOOR_DB = -100.0
+KARAOKE_HIGH_BAND_HZ = (11000.0, 16000.0)  # a vocal's sibilants and breaths (and where Spleeter's band ends)
 REPORT_SCHEMA_VERSION = 1
 TARGET_OVER_CLASSICAL_DB = 5.0  # every stem at least this far above the classical separator
 TARGET_BELOW_IRM_DB = 3.0  # the mean at most this far below the ideal ratio mask
@@ -199,7 +200,11 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 
 def vocal_leakage_db(
-    instrumental: np.ndarray, vocals: np.ndarray, accompaniment: np.ndarray, sample_rate: int
+    instrumental: np.ndarray,
+    vocals: np.ndarray,
+    accompaniment: np.ndarray,
+    sample_rate: int,
+    band_hz: tuple[float, float] | None = None,
 ) -> float:
     """Karaoke figure: how much of the true vocal is left when the vocal stem is muted, in dB (lower is better).
 
@@ -211,10 +216,15 @@ def vocal_leakage_db(
     ``10 log10(sum |alpha V|^2 / sum |V|^2)``, the leaked vocal's energy relative to the vocal's energy in the mix.
     Fitting A jointly keeps the accompaniment from being counted as vocal. Mixture/4 gives 20 log10(3/4) = -2.5 dB,
     the true accompaniment -inf (reported as ``LEAKAGE_FLOOR_DB``). NaN for a song without vocals.
+    ``band_hz``: the same figure over the bins of that band only (e.g. (11000, 16000): sibilants and breaths).
     """
     n_fft = int(2 ** round(np.log2(0.046 * sample_rate)))
     args = dict(fs=sample_rate, window="hann", nperseg=n_fft, noverlap=n_fft - n_fft // 4, boundary="zeros")
     y, v, a = (stft(x.astype(np.float64), **args)[2] for x in (instrumental, vocals, accompaniment))
+    if band_hz is not None:
+        freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+        keep = (freqs >= band_hz[0]) & (freqs < band_hz[1])
+        y, v, a = y[:, keep], v[:, keep], a[:, keep]
     vocal_energy = np.sum(np.abs(v) ** 2, axis=-1)  # (channels, bins)
     if vocal_energy.sum() == 0:
         return math.nan
@@ -256,6 +266,11 @@ def score(song: Song, estimates: np.ndarray) -> dict[str, Any]:
     instrumental = estimates.sum(axis=0) - estimates[v]
     accompaniment = song.references.sum(axis=0) - song.references[v]
     result["vocal_leakage_db"] = vocal_leakage_db(instrumental, song.references[v], accompaniment, song.sample_rate)
+    result["vocal_leakage_db_11_16k"] = (
+        vocal_leakage_db(instrumental, song.references[v], accompaniment, song.sample_rate, KARAOKE_HIGH_BAND_HZ)
+        if song.sample_rate >= 2 * KARAOKE_HIGH_BAND_HZ[1]
+        else math.nan
+    )
     return result
 
 
@@ -584,6 +599,7 @@ def summarize(songs: dict[str, dict[str, dict]], method: str) -> dict[str, Any]:
     out["sdr_song_mean"] = means
     out["vocal_leakage_db"] = _nanmedian([r["vocal_leakage_db"] for r in rows])
     out["vocal_leakage_db_song_mean"] = _nanmean([r["vocal_leakage_db"] for r in rows])
+    out["vocal_leakage_db_11_16k"] = _nanmedian([r.get("vocal_leakage_db_11_16k", math.nan) for r in rows])
     out["num_songs"] = {stem: sum(not math.isnan(r["sdr"][stem]) for r in rows) for stem in STEMS}
     return out
 
@@ -784,12 +800,13 @@ def markdown(report: dict[str, Any]) -> str:
     if all("sdr_song_mean" in summary for summary in report["summary"].values()):
         lines += ["", "The same SDR with the mean over songs instead of the median (the figure papers quote), dB:", ""]
         lines += [
-            "| method | vocals | drums | bass | other | mean | vocal leakage dB |",
-            "|---|---|---|---|---|---|---|",
+            "| method | vocals | drums | bass | other | mean | vocal leakage dB | leakage 11-16 kHz (median) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, summary in report["summary"].items():
             cells = [_fmt(summary["sdr_song_mean"][s]) for s in (*STEMS, "mean")]
-            lines.append(f"| {name} | {' | '.join(cells)} | {_fmt(summary['vocal_leakage_db_song_mean'])} |")
+            high = _fmt(summary.get("vocal_leakage_db_11_16k", math.nan))
+            lines.append(f"| {name} | {' | '.join(cells)} | {_fmt(summary['vocal_leakage_db_song_mean'])} | {high} |")
     lines += ["", "Whole-track SDR / SI-SDR (secondary), dB:", "", "| method | " + " | ".join(STEMS) + " | mean |"]
     lines.append("|---|" + "---|" * (len(STEMS) + 1))
     for name, summary in report["summary"].items():
