@@ -8,6 +8,7 @@ three stems):
 
 - ``hq``: the high-quality path ``separate`` uses by default (engine/hq.py);
 - ``model``: the causal live model, through the live streaming path;
+- ``previous`` (with ``--baseline-model``): an earlier causal model, e.g. the one this release replaces;
 - ``mixture/4`` and ``irm`` (the ideal ratio mask with the live model's STFT): floor and ceiling.
 
 Run twice: as the songs are, and as loud masters (``--loud 10``: each mix driven 10 dB into a peak limiter, the same
@@ -15,6 +16,7 @@ gain on every stem), since DJs play loud, limited masters. Writes benchmarks/res
 (JSON, markdown, plot).
 
     python3 benchmarks/quality_real.py [--data data/musdb/validation] [--model PATH] [--hq-model PATH]
+        [--baseline-model PATH]
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def main() -> None:
     p.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "musdb18-7-train")
     p.add_argument("--model", type=Path, default=None, help="causal model (default: the built-in one)")
     p.add_argument("--hq-model", type=Path, default=None, help="look-ahead model (default: the built-in one)")
+    p.add_argument(
+        "--baseline-model", type=Path, default=None, help="an earlier causal model, scored beside as 'previous'"
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--loud-db", type=float, default=10.0)
     args = p.parse_args()
@@ -44,12 +49,12 @@ def main() -> None:
         musdb.prepare(args.src, args.data.parent)
     songs = quality.find_songs(args.data)
     model = quality.ModelMethod(args.model)
-    methods = [
-        quality.HighQualityMethod(args.hq_model, args.model),
-        model,
-        quality.MixtureFractionMethod(),
-        quality.irm_for(model),
-    ]
+    methods = [quality.HighQualityMethod(args.hq_model, args.model), model]
+    if args.baseline_model is not None:
+        previous = quality.ModelMethod(args.baseline_model)
+        previous.name = "previous"
+        methods.append(previous)
+    methods += [quality.MixtureFractionMethod(), quality.irm_for(model)]
     for name, loud in (("quality", None), ("loud", args.loud_db)):
         print(f"{name}: {len(songs)} songs from {args.data}", file=sys.stderr, flush=True)
         source = f"MUSDB18-7 validation split ({len(songs)} real songs, engine/training/musdb.py)"
