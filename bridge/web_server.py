@@ -62,6 +62,7 @@ MAX_MESSAGE_BYTES = 4096  # a bigger text frame gets an error; one over 64 KiB c
 MAX_CLIENTS = 32
 RATE_PER_S = 400.0  # messages a client may send per second on average...
 RATE_BURST = 800.0  # ...and in one burst
+KICK_FACTOR = 10.0  # a client sending over 10x its rate for a second is disconnected (the page reconnects)
 MAX_ACTIONS = 64  # scene and OSC actions waiting for the applier
 METER_POLL_S = 1.0 / 60.0  # the controller sends meters at <= 30 Hz; this picks every frame up
 DECK_POLL_S = 0.1
@@ -74,7 +75,7 @@ _SCENE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _OSC_PASS = re.compile(r"^/stembridge/(?:deck/[0-9]{1,3}/(?:load|load_next|load_prev|eject)|crate(?:/[a-z_]+)?)$")
 COUNTERS = (
     "clients", "connections", "refused", "messages", "applied", "errors", "malformed", "unknown", "bad_values",
-    "clamped", "rate_limited", "oversized", "busy", "sent", "send_timeouts",
+    "clamped", "rate_limited", "kicked", "oversized", "busy", "sent", "send_timeouts",
 )  # fmt: skip
 KEYMAP = (
     ("1 2 3 4", "mute deck 1's stems (in order)"),
@@ -150,6 +151,9 @@ class _Client:
         self.frames: dict[str, str] = {}  # latest meters / status / decks frame (pre-encoded), by type
         self.wake = asyncio.Event()
         self.last_limit_notice = 0.0
+        self.window_start = 0.0  # rate-limited messages counted per second: a flood far past the limit is cut off
+        self.window_dropped = 0
+        self.kicked = False
 
     def post(self, message: dict) -> None:
         self.events.append(message)
@@ -338,6 +342,17 @@ class WebSurface:
             self._applier.join(timeout=2.0)
             self._applier = None
 
+    def disconnect_all(self, reason: str = "server asked") -> int:
+        """Close every browser's socket (the pages reconnect by themselves and get the full state again).
+        Returns how many were open."""
+        loop, clients = self._loop, list(self._clients)
+        if loop is None or loop.is_closed():
+            return 0
+        for client in clients:
+            coro = client.ws.close(code=1012, message=reason.encode()[:100])
+            asyncio.run_coroutine_threadsafe(coro, loop)
+        return len(clients)
+
     def __enter__(self) -> WebSurface:
         return self.start()
 
@@ -368,7 +383,7 @@ class WebSurface:
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/api/schema", self._http_schema)
         app.router.add_static("/static/", _static_dir(), show_index=False, follow_symlinks=False)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         ssl_context = None
         if self.tls:
@@ -378,7 +393,7 @@ class WebSurface:
                 None, ensure_certificate, [self.host], self.tls_dir
             )
             ssl_context = server_context(cert, key)
-        site = web.TCPSite(runner, self.host, self.port, ssl_context=ssl_context, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=ssl_context)
         try:
             await site.start()
         except BaseException:
@@ -531,6 +546,14 @@ class WebSurface:
         if not client.bucket.take():
             self.count("rate_limited")
             now = time.monotonic()
+            if now - client.window_start > 1.0:
+                client.window_start, client.window_dropped = now, 0
+            client.window_dropped += 1
+            if client.window_dropped > KICK_FACTOR * self.rate_per_s and not client.kicked:
+                client.kicked = True  # parsing even dropped frames costs CPU: a flood this big ends the connection
+                self.count("kicked")
+                asyncio.ensure_future(client.ws.close(code=1008, message=b"flooding: too many messages"))
+                return
             if now - client.last_limit_notice > 1.0:
                 client.last_limit_notice = now
                 self._error(client, "rate_limited", f"more than {self.rate_per_s:.0f} messages a second; dropping")
