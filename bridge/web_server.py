@@ -26,8 +26,10 @@ checked on the web loop, per-client rate limited (a token bucket), and handed to
 bounded inbox that keeps only the latest value per parameter (a flooding fader costs one ``set`` per pass, never
 a growing queue). Outgoing changes are coalesced per parameter and per client, so a slow client never grows memory
 and never delays the others. Garbage (bad JSON, unknown types, unknown paths, out-of-range or non-finite values,
-oversized frames) gets an ``error`` reply and is counted in ``stats`` and in the status the page shows. The web
-threads drop real-time scheduling that ``stembridge live --thread-rt-priority`` gives the process's threads.
+oversized frames) gets an ``error`` reply and is counted in ``stats`` and in the status the page shows; a client
+sending more than ten times its rate within a second is disconnected (its page reconnects after a back-off). The
+web threads are ordinary Python threads: like the OSC and control threads they take the GIL only briefly, and
+``stembridge live --thread-rt-priority`` promotes them with the others.
 
 Access. The default bind is 127.0.0.1. Another address needs an allowlist of client networks (the OSC rule,
 ``allow=[...]``), and then non-loopback clients need the access token printed at start (a cookie once the page
@@ -43,7 +45,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import re
 import secrets
 import threading
@@ -54,20 +55,27 @@ from pathlib import Path
 from typing import Any
 
 from stembridge.bridge.osc_server import host_allowed, is_loopback_host, parse_allowlist
-from stembridge.bridge.params import UNITY_LEVEL, BadValue, Change, UnknownParam
+from stembridge.bridge.params import BadValue, Change, UnknownParam
+from stembridge.bridge.web_clients import Client, Inbox, osc_call
+from stembridge.bridge.web_state import (
+    StatusView,
+    all_values,
+    build_schema,
+    deck_states,
+    schema_key,
+    waveform_overview,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4096  # a bigger text frame gets an error; one over 64 KiB closes the connection
 MAX_CLIENTS = 32
-RATE_PER_S = 400.0  # messages a client may send per second on average...
-RATE_BURST = 800.0  # ...and in one burst
+RATE_PER_S = 1000.0  # messages a client may send per second on average (four fingers on a 120 Hz screen: ~500)
+RATE_BURST = 2000.0  # ...and in one burst
 KICK_FACTOR = 10.0  # a client sending over 10x its rate for a second is disconnected (the page reconnects)
-MAX_ACTIONS = 64  # scene and OSC actions waiting for the applier
 METER_POLL_S = 1.0 / 60.0  # the controller sends meters at <= 30 Hz; this picks every frame up
 DECK_POLL_S = 0.1
 SEND_TIMEOUT_S = 5.0
-OVERVIEW_BINS = 1000
 COOKIE = "stembridge_token"
 _PATH = re.compile(r"^[A-Za-z0-9_\-/]{1,200}$")
 _SCENE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -77,16 +85,6 @@ COUNTERS = (
     "clients", "connections", "refused", "messages", "applied", "errors", "malformed", "unknown", "bad_values",
     "clamped", "rate_limited", "kicked", "oversized", "busy", "sent", "send_timeouts",
 )  # fmt: skip
-KEYMAP = (
-    ("1 2 3 4", "mute deck 1's stems (in order)"),
-    ("5 6 7 8", "mute deck 2's stems"),
-    ("Q W E R", "solo deck 1's stems"),
-    ("T Y U I", "solo deck 2's stems"),
-    ("Z / X", "deck 1 play-pause / cue"),
-    ("N / M", "deck 2 play-pause / cue"),
-    ("F1 ... F8", "recall scene 1-8 of the list (with the fade set)"),
-    ("Esc", "clear every solo"),
-)
 
 
 def parse_web_address(text: str) -> tuple[str, int]:
@@ -105,112 +103,8 @@ def parse_web_address(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def waveform_overview(audio: Any, num_bins: int = OVERVIEW_BINS) -> tuple[list[int], list[int]]:
-    """Peak and RMS per bin, 0..255, of ``audio``: float32 (num_channels, num_frames). Runs on a worker thread."""
-    import numpy as np
-
-    n = int(audio.shape[-1])
-    if n == 0:
-        return [], []
-    bins = min(num_bins, n)
-    edges = np.linspace(0, n, bins + 1).astype(np.int64)
-    mono = np.abs(audio).max(axis=0) if audio.ndim == 2 else np.abs(audio)
-    peak = np.maximum.reduceat(mono, edges[:-1])
-    sq = np.add.reduceat((mono.astype(np.float64)) ** 2, edges[:-1])
-    rms = np.sqrt(sq / np.maximum(np.diff(edges), 1))
-    scale = 255.0 / max(float(peak.max()), 1e-9)
-    return (np.minimum(255, peak * scale).astype(int).tolist(), np.minimum(255, rms * scale).astype(int).tolist())
-
-
-class _Bucket:
-    """A token bucket: ``take()`` is False once a client has spent its burst faster than the rate refills it."""
-
-    __slots__ = ("rate", "burst", "tokens", "t")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst, self.tokens, self.t = rate, burst, burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
-
-class _Client:
-    """One browser: its socket and what is waiting to go to it (coalesced; bounded by the parameter count)."""
-
-    def __init__(self, ws: Any, host: str, rate_per_s: float, burst: float) -> None:
-        self.ws, self.host = ws, host
-        self.bucket = _Bucket(rate_per_s, burst)
-        self.values: dict[str, Any] = {}
-        self.events: collections.deque = collections.deque(maxlen=64)
-        self.frames: dict[str, str] = {}  # latest meters / status / decks frame (pre-encoded), by type
-        self.wake = asyncio.Event()
-        self.last_limit_notice = 0.0
-        self.window_start = 0.0  # rate-limited messages counted per second: a flood far past the limit is cut off
-        self.window_dropped = 0
-        self.kicked = False
-
-    def post(self, message: dict) -> None:
-        self.events.append(message)
-        self.wake.set()
-
-
-class _Inbox:
-    """What the web loop hands the applier thread: the latest value per parameter, plus a few actions in order."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.sets: dict[str, tuple[str, Any, _Client, float]] = {}
-        self.actions: collections.deque = collections.deque()
-        self.closed = False
-
-    def put_set(self, path: str, kind: str, value: Any, client: _Client) -> None:
-        with self.cond:
-            self.sets.pop(path, None)  # re-insert: keeps the order of the latest moves
-            self.sets[path] = (kind, value, client, time.monotonic())
-            self.cond.notify()
-
-    def put_action(self, action: tuple) -> bool:
-        with self.cond:
-            if len(self.actions) >= MAX_ACTIONS:
-                return False
-            self.actions.append(action)
-            self.cond.notify()
-            return True
-
-    def take(self, timeout: float) -> tuple[dict, list] | None:
-        with self.cond:
-            if not self.sets and not self.actions and not self.closed:
-                self.cond.wait(timeout)
-            if self.closed:
-                return None
-            sets, self.sets = self.sets, {}
-            actions = list(self.actions)
-            self.actions.clear()
-            return sets, actions
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
-
 def _static_dir() -> Path:
     return Path(str(files("stembridge.bridge.web") / "static"))
-
-
-def _ordinary_thread() -> None:
-    """Leave real-time scheduling (inherited from a promoted thread): a busy web thread must never preempt audio."""
-    try:
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except (AttributeError, OSError):
-        pass
 
 
 class WebSurface:
@@ -260,8 +154,8 @@ class WebSurface:
         self.crate: list[str] = []
         self.apply_latency_ms: collections.deque = collections.deque(maxlen=1024)  # inbox -> applied, for status
         self._stats_lock = threading.Lock()
-        self._clients: set[_Client] = set()
-        self._inbox = _Inbox()
+        self._clients: set[Client] = set()
+        self._inbox = Inbox()
         self._out_lock = threading.Lock()
         self._changes: dict[str, Any] = {}
         self._wake_scheduled = False
@@ -273,7 +167,7 @@ class WebSurface:
         self._decks_json = ""
         self._overviews: dict[int, tuple[Any, str]] = {}
         self._overview_pending: set[int] = set()
-        self._last_dry: tuple[float, int] | None = None
+        self._status_view = StatusView()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._applier: threading.Thread | None = None
@@ -360,7 +254,6 @@ class WebSurface:
         self.close()
 
     def _serve(self) -> None:
-        _ordinary_thread()
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
@@ -443,6 +336,14 @@ class WebSurface:
                 self.count("refused")
                 return web.Response(status=403, text=f"stembridge: {why}\n")
             response = await handler(request)
+            host = request.host
+            response.headers.setdefault(
+                "Content-Security-Policy",
+                f"default-src 'self'; connect-src 'self' ws://{host} wss://{host}; img-src 'self' data:; "
+                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            )
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            response.headers.setdefault("Referrer-Policy", "no-referrer")
             token = request.query.get("token")
             if token and hmac.compare_digest(token.encode(), self.token.encode()):
                 response.set_cookie(COOKIE, token, httponly=True, secure=self.tls, samesite="Strict")
@@ -476,7 +377,7 @@ class WebSurface:
             return web.Response(status=503, text=f"stembridge: at most {MAX_CLIENTS} web clients\n")
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024, compress=False)
         await ws.prepare(request)
-        client = _Client(ws, request.remote or "", self.rate_per_s, self.burst)
+        client = Client(ws, request.remote or "", self.rate_per_s, self.burst)
         self._clients.add(client)
         self.count("connections")
         client.frames["schema"] = self._schema()
@@ -504,7 +405,7 @@ class WebSurface:
             sender.cancel()
         return ws
 
-    async def _sender(self, client: _Client) -> None:
+    async def _sender(self, client: Client) -> None:
         ws = client.ws
         while not ws.closed:
             await client.wake.wait()
@@ -534,13 +435,13 @@ class WebSurface:
             except (ConnectionError, RuntimeError):
                 return
 
-    def _error(self, client: _Client, code: str, message: str, ref: Any = None, kind: str = "error") -> None:
+    def _error(self, client: Client, code: str, message: str, ref: Any = None, kind: str = "error") -> None:
         reply: dict[str, Any] = {"t": kind, "code": code, "message": message}
         if ref is not None:
             reply["ref"] = ref
         client.post(reply)
 
-    def _receive(self, client: _Client, data: str) -> None:
+    def _receive(self, client: Client, data: str) -> None:
         """Check one message from a page and hand it on. On the web loop; never blocks."""
         self.count("messages")
         if not client.bucket.take():
@@ -591,7 +492,7 @@ class WebSurface:
             kinds = "set, setn, scene, osc, ping, get"
             self._error(client, "unknown_type", f"unknown message type {kind[:40]!r} ({kinds})", ref)
 
-    def _receive_set(self, client: _Client, kind: str, msg: dict, ref: Any) -> None:
+    def _receive_set(self, client: Client, kind: str, msg: dict, ref: Any) -> None:
         path = msg.get("path")
         if not isinstance(path, str) or not _PATH.match(path):
             self.count("malformed")
@@ -615,7 +516,7 @@ class WebSurface:
             self._error(client, "clamped", f"{path}: x must be 0..1; clamped", ref, kind="warning")
         self._inbox.put_set(path, kind, value, client)
 
-    def _receive_scene(self, client: _Client, msg: dict, ref: Any) -> None:
+    def _receive_scene(self, client: Client, msg: dict, ref: Any) -> None:
         name, action, fade = msg.get("name"), msg.get("action"), msg.get("fade_s", None)
         if not isinstance(name, str) or not _SCENE.match(name) or action not in ("recall", "store"):
             self.count("malformed")
@@ -634,7 +535,7 @@ class WebSurface:
             self.count("busy")
             self._error(client, "busy", "too many actions waiting; try again", ref)
 
-    def _receive_osc(self, client: _Client, msg: dict, ref: Any) -> None:
+    def _receive_osc(self, client: Client, msg: dict, ref: Any) -> None:
         address, args = msg.get("address"), msg.get("args", [])
         if not isinstance(address, str) or not _OSC_PASS.match(address):
             self.count("unknown")
@@ -656,7 +557,6 @@ class WebSurface:
 
     # -- the applier thread --
     def _apply_loop(self) -> None:
-        _ordinary_thread()
         while True:
             batch = self._inbox.take(0.5)
             if batch is None:
@@ -675,7 +575,7 @@ class WebSurface:
                     log.exception("web action %s failed", action[0])
                     self.count("errors")
 
-    def _reply(self, client: _Client, message: dict) -> None:
+    def _reply(self, client: Client, message: dict) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
@@ -683,7 +583,7 @@ class WebSurface:
             except RuntimeError:
                 pass
 
-    def _apply_set(self, path: str, kind: str, value: Any, client: _Client) -> None:
+    def _apply_set(self, path: str, kind: str, value: Any, client: Client) -> None:
         try:
             if kind == "setn":
                 result = self.tree.set_normalized(path, float(value), source="web")
@@ -702,7 +602,7 @@ class WebSurface:
                  f"{result.value}", "path": path},
             )  # fmt: skip
 
-    def _apply_scene(self, client: _Client, ref: Any, name: str, action: str, fade: Any, deck: Any) -> None:
+    def _apply_scene(self, client: Client, ref: Any, name: str, action: str, fade: Any, deck: Any) -> None:
         if action == "store":
             self.controller.store_scene(name, deck=deck)
             self.count("applied")
@@ -719,19 +619,8 @@ class WebSurface:
         self.count("applied")
         self._reply(client, {"t": "scene", "action": "recalled", "name": name, "problems": problems[:4], "id": ref})
 
-    def _apply_osc(self, client: _Client, ref: Any, address: str, args: list) -> None:
-        from stembridge.bridge.osc_codec import OscError, encode_message, parse_packet
-
-        router = self.osc_router
-        replies: list = []
-
-        def reply(packet: bytes) -> None:
-            try:
-                replies.extend(parse_packet(packet))
-            except OscError:
-                pass
-
-        router.handle_packet(encode_message(address, list(args)), ("web", 0), reply, self)
+    def _apply_osc(self, client: Client, ref: Any, address: str, args: list) -> None:
+        replies = osc_call(self.osc_router, address, args, self)
         out = [
             {"address": a, "args": [x if isinstance(x, (str, int, float)) else str(x) for x in xs]} for a, xs in replies
         ]
@@ -752,33 +641,18 @@ class WebSurface:
     def _probe_features(self) -> None:
         """Deck loading and the crate show on the page only when the OSC router answers ``/stembridge/crate/list``
         with something other than 'unknown address' (read-only, so probing it changes nothing)."""
-        router = self.osc_router
-        if router is None:
+        if self.osc_router is None:
             return
-        from stembridge.bridge.osc_codec import OscError, encode_message, parse_packet
-
-        replies: list = []
-
-        def reply(packet: bytes) -> None:
-            try:
-                replies.extend(parse_packet(packet))
-            except OscError:
-                pass
-
-        osc_log = logging.getLogger("stembridge.bridge.osc_server")
-        quiet, osc_log.disabled = osc_log.disabled, True  # an engine without a crate answers 'unknown': not news
         try:
-            router.handle_packet(encode_message("/stembridge/crate/list", []), ("web", 0), reply, self)
+            replies = osc_call(self.osc_router, "/stembridge/crate/list", [], self, quiet=True)
         except Exception:
             log.exception("probing the OSC router for a crate failed")
             return
-        finally:
-            osc_log.disabled = quiet
         unknown = any(a == "/stembridge/warning" and "no such parameter" in " ".join(map(str, x)) for a, x in replies)
         has = bool(replies) and not unknown
         self.features = {"load": has, "crate": has}
         if has:
-            self._take_crate([{"address": a, "args": list(x)} for a, x in replies])
+            self._take_crate([{"address": a, "args": x} for a, x in replies])
 
     # -- outgoing --
     def _on_change(self, change: Change) -> None:
@@ -819,18 +693,22 @@ class WebSurface:
         seq, status_seq = -1, -1
         while True:
             await asyncio.sleep(METER_POLL_S)
-            if self._meter_seq != seq and self._clients:
-                seq = self._meter_seq
-                frame = json.dumps({"t": "meters", "seq": seq, "m": self._meters}, separators=(",", ":"))
-                for client in self._clients:
-                    client.frames["meters"] = frame
-                    client.wake.set()
-            if self._status_seq != status_seq and self._clients:
-                status_seq = self._status_seq
-                frame = self._status_json()
-                for client in self._clients:
-                    client.frames["status"] = frame
-                    client.wake.set()
+            try:
+                if self._meter_seq != seq and self._clients:
+                    seq = self._meter_seq
+                    meters = {d: dict(levels) for d, levels in list(self._meters.items())}  # written meanwhile
+                    frame = json.dumps({"t": "meters", "seq": seq, "m": meters}, separators=(",", ":"))
+                    for client in self._clients:
+                        client.frames["meters"] = frame
+                        client.wake.set()
+                if self._status_seq != status_seq and self._clients:
+                    status_seq = self._status_seq
+                    frame = self._status_json()
+                    for client in self._clients:
+                        client.frames["status"] = frame
+                        client.wake.set()
+            except Exception:
+                log.exception("web surface meter push failed")
 
     async def _deck_task(self) -> None:
         loop = asyncio.get_running_loop()
@@ -864,92 +742,25 @@ class WebSurface:
 
     # -- state --
     def _all_values(self) -> dict[str, Any]:
-        tree = self.tree
-        out = {}
-        for path in tree.paths():
-            try:
-                out[path] = tree.get(path)
-            except UnknownParam:
-                continue
-        return out
+        return all_values(self.tree)
 
     def _schema_state(self) -> Any:
-        chains = tuple(sorted((k, v[0]) for k, v in self.controller.chains.items()))
-        decks = tuple(getattr(d, "name", "") for d in (self.engine.decks if self.engine is not None else ()))
-        return (chains, tuple(sorted(self.controller.scenes)), decks, tuple(self.crate), len(self.tree.paths()))
+        return schema_key(self.controller, self.engine, self.crate)
 
     def _schema(self) -> str:
         if self._schema_json and self._schema_key == self._schema_state():
             return self._schema_json
         self._schema_key = self._schema_state()
-        tree = self.tree
-        params = {}
-        for path in tree.paths():
-            try:
-                p = tree.param(path)
-            except UnknownParam:
-                continue
-            s = p.spec
-            params[path] = {
-                "kind": s.kind, "min": s.minimum, "max": s.maximum, "default": s.default, "unit": s.unit,
-                "scale": s.scale, "stateful": s.stateful,
-            }  # fmt: skip
-        macros, chains = {}, {}
-        for (deck, stem), (name, built) in self.controller.chains.items():
-            chains[f"{deck}/{stem}"] = name
-            targets = [f"deck/{deck}/stem/{stem}/{t}" for t in getattr(built, "macro", ())]
-            targets = [t for t in targets if t in params]
-            if targets:
-                macros[f"{deck}/{stem}"] = {"label": getattr(built, "macro_label", "") or "macro", "targets": targets}
-        decks = []
-        for n in range(1, tree.num_decks + 1):
-            d = self.engine.decks[n - 1] if self.engine is not None and n <= len(self.engine.decks) else None
-            decks.append({"n": n, "name": getattr(d, "name", f"deck {n}"), "kind": getattr(d, "kind", "deck")})
-        schema = {
-            "t": "schema",
-            "stems": list(tree.stems),
-            "decks": decks,
-            "params": params,
-            "macros": macros,
-            "chains": chains,
-            "scenes": self._scene_names(),
-            "features": self.features,
-            "crate": self.crate,
-            "fader": {"unity_level": UNITY_LEVEL, "db_per_decade": 60.0, "silence_db": -120.0},
-            "keymap": [list(k) for k in KEYMAP],
-            "limits": {"rate_per_s": self.rate_per_s, "max_message_bytes": MAX_MESSAGE_BYTES},
-        }
+        limits = {"rate_per_s": self.rate_per_s, "max_message_bytes": MAX_MESSAGE_BYTES}
+        schema = build_schema(self.controller, self.engine, features=self.features, crate=self.crate, limits=limits)
         self._schema_json = json.dumps(schema, separators=(",", ":"))
         return self._schema_json
 
-    def _scene_names(self) -> list[str]:
-        from stembridge.bridge.presets import SHIPPED_DIR, user_dir
-
-        names = set(self.controller.scenes)
-        for folder in (user_dir() / "scenes", SHIPPED_DIR / "scenes"):
-            try:
-                names |= {p.stem for p in folder.glob("*.toml")}
-            except OSError:
-                continue
-        return sorted(names)
-
     def _deck_states(self) -> list[dict]:
-        if self.engine is None:
-            return []
-        out = []
-        for n, deck in enumerate(self.engine.decks, start=1):
-            try:
-                status = dict(deck.status())
-            except Exception:
-                status = {"name": getattr(deck, "name", f"deck {n}")}
-            for key in ("position_s", "duration_s", "cue_s", "loop_start_s", "loop_end_s"):
-                if isinstance(status.get(key), float):
-                    status[key] = round(status[key], 2)
-            status["n"] = n
-            out.append({k: v for k, v in status.items() if isinstance(v, (str, int, float, bool)) or v is None})
-        return out
+        return deck_states(self.engine)
 
     def _refresh_overviews(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a waveform overview on a worker thread for each deck whose audio is new (a load swaps it)."""
         if self.engine is None:
             return
         for n, deck in enumerate(self.engine.decks, start=1):
@@ -980,26 +791,9 @@ class WebSurface:
             client.post(frame)
 
     def _status_json(self) -> str:
-        s = self.engine_status
-        status: dict[str, Any] = {}
-        for key in (
-            "xruns", "deadline_misses", "dry_blocks", "skipped_blocks", "backend_errors", "commands_dropped",
-            "callback_ms_p99", "worker_ms_p99", "cpu_pct", "latency_ms", "blocks", "period_ms", "worker_failures",
-        ):  # fmt: skip
-            value = s.get(key)
-            if isinstance(value, (int, float)):
-                status[key] = round(value, 3) if isinstance(value, float) else value
-        dry_now = None
-        if "dry_blocks" in status:
-            now = time.monotonic()
-            last = self._last_dry
-            if last is not None and status["dry_blocks"] > last[1]:
-                dry_now = status["dry_blocks"] - last[1]
-            if last is None or now - last[0] >= 1.0:
-                self._last_dry = (now, status["dry_blocks"])
-        status["dry_now"] = dry_now or 0
-        lat = list(self.apply_latency_ms)
-        status["web"] = self.snapshot_stats() | {"apply_ms_p50": round(sorted(lat)[len(lat) // 2], 3) if lat else None}
+        status = self._status_view.build(self.engine_status, getattr(self.engine, "dry_stem", None))
+        lat = sorted(self.apply_latency_ms)
+        status["web"] = self.snapshot_stats() | {"apply_ms_p50": round(lat[len(lat) // 2], 3) if lat else None}
         if self.osc_router is not None:
             status["osc"] = {k: v for k, v in self.osc_router.snapshot_stats().items() if v}
         return json.dumps({"t": "status", "s": status}, separators=(",", ":"))

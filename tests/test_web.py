@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from stembridge.bridge.control import Controller
-from stembridge.bridge.web_server import WebSurface, parse_web_address, waveform_overview
+from stembridge.bridge.web_server import WebSurface, parse_web_address
+from stembridge.bridge.web_state import waveform_overview
 from stembridge.engine.commands import CommandQueue, SetParam
 
 aiohttp = pytest.importorskip("aiohttp")
@@ -113,6 +114,47 @@ def test_the_page_gets_schema_and_state_then_sets_the_parameters_osc_would(rig):
     assert any(c.path == "stem/vocals/fx/delay/mix" and c.value == pytest.approx(0.25) for c in cmds)
 
 
+def test_a_fader_moved_in_the_page_keeps_midi_soft_takeover_working(rig):
+    import mido
+    from stembridge.bridge.presets import Binding, ControllerMap
+
+    control, surface, _q = rig
+    mapper = control.add_midi(ControllerMap("knob", bindings=[Binding("cc", 1, 7, "deck/1/stem/vocals/level")]))
+
+    def knob(value: int) -> None:
+        mapper.handle(mido.Message("control_change", channel=0, control=7, value=value))
+
+    knob(102)  # 0.8 * 127: the knob catches the fader
+    knob(90)
+    assert control.get("deck/1/stem/vocals/level") == pytest.approx(90 / 127)
+
+    async def body(page: Page):
+        await page.until(lambda m: m["t"] == "values")
+        await page.send({"t": "set", "path": "deck/1/stem/vocals/level", "value": 0.2})
+        await page.until(lambda m: page.values.get("deck/1/stem/vocals/level") == 0.2)
+
+    asyncio.run(with_page(surface.url, body))
+    knob(127)  # the knob is far from where the page left the fader: it must not jump
+    assert control.get("deck/1/stem/vocals/level") == 0.2
+    knob(30)
+    knob(20)  # crossing 0.2 * 127 = 25.4 takes over again
+    assert control.get("deck/1/stem/vocals/level") == pytest.approx(20 / 127)
+
+
+def test_deadline_misses_raise_the_dry_fallback_warning_in_the_status(rig):
+    _control, surface, _q = rig
+    surface.publish_status({"deadline_misses": 3, "xruns": 0, "cpu_pct": 40.0, "latency_ms": 40.6})
+
+    async def body(page: Page):
+        first = await page.until(lambda m: m["t"] == "status")
+        assert first["s"]["misses_now"] == 0 and first["s"]["latency_ms"] == 40.6
+        surface.publish_status({"deadline_misses": 11, "xruns": 0, "cpu_pct": 40.0, "latency_ms": 40.6})
+        late = await page.until(lambda m: m["t"] == "status" and m["s"]["deadline_misses"] == 11)
+        assert late["s"]["misses_now"] == 8 and late["s"]["web"]["clients"] == 1
+
+    asyncio.run(with_page(surface.url, body))
+
+
 def test_fuzz_of_10000_messages_gets_error_replies_is_counted_and_the_server_still_answers(rig):
     control, surface, _q = rig
     rng = random.Random(3)
@@ -155,7 +197,7 @@ def test_fuzz_of_10000_messages_gets_error_replies_is_counted_and_the_server_sti
     assert control.get("deck/1/stem/vocals/level") <= 1.0 and control.get("deck/1/stem/bass/mute") is True
 
 
-def test_a_flooding_client_is_rate_limited_and_others_keep_working():
+def test_a_flooding_client_is_rate_limited_then_cut_off_and_others_keep_working():
     control = Controller(STEMS, 1, queues={1: CommandQueue(10_000)})
     control.start()
     surface = WebSurface(control, "127.0.0.1", 0, rate_per_s=100, burst=50).start()
@@ -163,9 +205,17 @@ def test_a_flooding_client_is_rate_limited_and_others_keep_working():
 
         async def flood(page: Page):
             await page.until(lambda m: m["t"] == "schema")
-            for i in range(2000):
+            for i in range(300):  # 3x the rate in a burst: dropped with a notice, the connection stays
                 await page.send({"t": "set", "path": "deck/1/stem/vocals/level", "value": (i % 100) / 100})
-            return await page.until(lambda m: m["t"] == "error" and m["code"] == "rate_limited")
+            notice = await page.until(lambda m: m["t"] == "error" and m["code"] == "rate_limited")
+            assert "100 messages a second" in notice["message"]
+            with pytest.raises((ConnectionError, aiohttp.ClientError)):
+                for i in range(5000):  # over 10x the rate within a second: the server closes the socket
+                    await page.send({"t": "set", "path": "deck/1/stem/vocals/level", "value": (i % 100) / 100})
+                    if i % 100 == 0:
+                        await asyncio.sleep(0)
+                while True:
+                    await page.recv()
 
         async def other(page: Page):
             await page.until(lambda m: m["t"] == "schema")
@@ -174,7 +224,8 @@ def test_a_flooding_client_is_rate_limited_and_others_keep_working():
 
         asyncio.run(with_page(surface.url, flood))
         asyncio.run(with_page(surface.url, other))
-        assert surface.snapshot_stats()["rate_limited"] >= 1900
+        stats = surface.snapshot_stats()
+        assert stats["rate_limited"] >= 1000 and stats["kicked"] == 1
     finally:
         surface.close()
         control.close()

@@ -74,8 +74,10 @@ const HANDLERS = {
     const same = S.schema && JSON.stringify(S.schema.stems) === JSON.stringify(m.stems) &&
       JSON.stringify(S.schema.decks) === JSON.stringify(m.decks) && JSON.stringify(S.schema.macros) === JSON.stringify(m.macros) &&
       JSON.stringify(S.schema.features) === JSON.stringify(m.features);
+    const first = !S.schema;
     S.schema = m;
     if (!same) build(); else { buildScenes(); fillCrates(); }
+    if (first && m.features && m.features.crate) send({ t: "osc", address: "/stembridge/crate/list", args: [] });
     for (const p in S.values) update(p);
   },
   values(m) {
@@ -294,8 +296,12 @@ function drawStatus(s) {
   if (s.web) item("web", `${s.web.clients} client(s)`, s.web.rate_limited > 0);
   $("#status").innerHTML = parts.join(" &middot; ");
   const b = $("#banner");
-  if (s.dry_now > 0) {
-    b.textContent = `Separation fell back to the dry mix (${s.dry_now} blocks just now): the worker is not keeping up. Stems are not separated while this shows.`;
+  if (s.worker_failures > 0) {
+    b.textContent = `The separation worker failed (${s.worker_failures} time(s)): the dry mix plays; restart stembridge live.`;
+    b.className = "error"; b.dataset.kind = "dry"; b.hidden = false;
+  } else if (s.misses_now > 0) {
+    b.textContent = `Separation fell back to the dry mix: ${s.misses_now} deadline miss(es) just now (the worker is ` +
+      `late; the dry signal plays on the ${s.dry_stem || "dry"} bus until separation fades back in).`;
     b.className = ""; b.dataset.kind = "dry"; b.hidden = false;
   } else if (b.dataset.kind === "dry") { b.dataset.kind = ""; b.hidden = true; }
 }
