@@ -22,10 +22,11 @@ counters), ``osc`` (replies of passed-through OSC commands), ``error`` and ``war
 message naming the problem).
 
 Reliability. Nothing a browser sends runs on the audio thread or holds the control thread: messages are parsed and
-checked on the web loop, per-client rate limited (a token bucket), and handed to one applier thread through a
+checked on the web loop, per-client rate limited (a token bucket), and handed to an applier thread through a
 bounded inbox that keeps only the latest value per parameter (a flooding fader costs one ``set`` per pass, never
-a growing queue). Outgoing changes are coalesced per parameter and per client, so a slow client never grows memory
-and never delays the others. Garbage (bad JSON, unknown types, unknown paths, out-of-range or non-finite values,
+a growing queue); scenes and deck-load commands go to a second thread, so a slow load never holds a fader.
+Outgoing changes are coalesced per parameter and per client, so a slow client never grows memory and never delays
+the others. Garbage (bad JSON, unknown types, unknown paths, out-of-range or non-finite values,
 oversized frames) gets an ``error`` reply and is counted in ``stats`` and in the status the page shows; a client
 sending more than ten times its rate within a second is disconnected (its page reconnects after a back-off). The
 web threads are ordinary Python threads: like the OSC and control threads they take the GIL only briefly, and
@@ -155,7 +156,9 @@ class WebSurface:
         self.apply_latency_ms: collections.deque = collections.deque(maxlen=1024)  # inbox -> applied, for status
         self._stats_lock = threading.Lock()
         self._clients: set[Client] = set()
-        self._inbox = Inbox()
+        self._inbox = Inbox()  # parameter sets: the latest per parameter
+        self._action_inbox = Inbox()  # scenes and OSC actions (a deck load can take a while): their own thread
+        self._appliers: list[threading.Thread] = []
         self._out_lock = threading.Lock()
         self._changes: dict[str, Any] = {}
         self._wake_scheduled = False
@@ -170,7 +173,6 @@ class WebSurface:
         self._status_view = StatusView()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._applier: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._stop_event: asyncio.Event | None = None
@@ -204,8 +206,10 @@ class WebSurface:
         """Bind and serve (raises OSError when the port is taken). Also hooks into the tree and the meters."""
         self.tree.add_listener(self._on_change)
         self.controller.meter_listeners.append(self._on_meter)
-        self._applier = threading.Thread(target=self._apply_loop, name="stembridge-web-apply", daemon=True)
-        self._applier.start()
+        for name, inbox in (("stembridge-web-apply", self._inbox), ("stembridge-web-actions", self._action_inbox)):
+            thread = threading.Thread(target=self._apply_loop, args=(inbox,), name=name, daemon=True)
+            thread.start()
+            self._appliers.append(thread)
         self._thread = threading.Thread(target=self._serve, name="stembridge-web", daemon=True)
         self._thread.start()
         self._ready.wait(15.0)
@@ -232,9 +236,10 @@ class WebSurface:
             self._thread.join(timeout=5.0)
             self._thread = None
         self._inbox.close()
-        if self._applier is not None:
-            self._applier.join(timeout=2.0)
-            self._applier = None
+        self._action_inbox.close()
+        for thread in self._appliers:
+            thread.join(timeout=2.0)
+        self._appliers.clear()
 
     def disconnect_all(self, reason: str = "server asked") -> int:
         """Close every browser's socket (the pages reconnect by themselves and get the full state again).
@@ -531,7 +536,7 @@ class WebSurface:
             self.count("bad_values")
             self._error(client, "bad_value", f"deck must be 1..{self.tree.num_decks}", ref)
             return
-        if not self._inbox.put_action(("scene", client, ref, name, action, fade, deck)):
+        if not self._action_inbox.put_action(("scene", client, ref, name, action, fade, deck)):
             self.count("busy")
             self._error(client, "busy", "too many actions waiting; try again", ref)
 
@@ -551,14 +556,14 @@ class WebSurface:
         if self.osc_router is None:
             self._error(client, "unavailable", "no OSC router in this engine", ref)
             return
-        if not self._inbox.put_action(("osc", client, ref, address, args)):
+        if not self._action_inbox.put_action(("osc", client, ref, address, args)):
             self.count("busy")
             self._error(client, "busy", "too many actions waiting; try again", ref)
 
-    # -- the applier thread --
-    def _apply_loop(self) -> None:
+    # -- the applier threads --
+    def _apply_loop(self, inbox: Inbox) -> None:
         while True:
-            batch = self._inbox.take(0.5)
+            batch = inbox.take(0.5)
             if batch is None:
                 return
             sets, actions = batch
