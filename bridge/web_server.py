@@ -217,7 +217,8 @@ class WebSurface:
             self.close()
             error = self._start_error
             if isinstance(error, OSError):
-                raise OSError(error.errno, f"cannot serve the web surface on {self.host}:{self.port}: {error.strerror}")
+                reason = (error.strerror or str(error)).rsplit(": ", 1)[-1]  # asyncio repeats the address
+                raise OSError(f"cannot serve the web surface on {self.host}:{self.port}: {reason}")
             raise RuntimeError(f"the web surface did not start: {error!r}")
         return self
 
@@ -815,9 +816,19 @@ def web_option(func: Callable) -> Callable:
         help="Client addresses or networks allowed when --web is not loopback (repeatable); those clients also "
         "need the access token printed at start, and get HTTPS (a self-signed certificate made on first use).",
     )(func)
+
+    def check(_ctx: Any, _param: Any, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_web_address(value)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc)) from None
+        return value
+
     func = click.option(
         "--web",
         metavar="[HOST:]PORT",
+        callback=check,
         help="Serve the browser control surface (decks, stem faders, mutes, meters, scenes) on this port, "
         "127.0.0.1 unless a host is given, e.g. --web 8080 or --web 0.0.0.0:8443 --web-allow 192.168.1.0/24.",
     )(func)

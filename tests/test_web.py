@@ -250,6 +250,24 @@ def test_network_binds_need_an_allowlist_and_a_foreign_origin_is_refused(rig):
     assert surface.snapshot_stats()["refused"] == 1
 
 
+def test_a_bad_web_address_or_a_taken_port_is_a_clear_error():
+    import socket
+
+    from click.testing import CliRunner
+    from stembridge.bridge.cli_live import live
+
+    result = CliRunner().invoke(live, ["--backend", "dummy", "--web", "80x"])
+    assert result.exit_code == 2 and "give [HOST:]PORT" in result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        control = Controller(STEMS, 1)
+        with pytest.raises(OSError, match=f"cannot serve the web surface on 127.0.0.1:{port}: .*in use"):
+            WebSurface(control, "127.0.0.1", port).start()
+        assert control.tree._listeners == []  # nothing left hooked into the tree
+
+
 def _lan_address() -> str | None:
     import socket
 
