@@ -155,6 +155,22 @@ def test_deadline_misses_raise_the_dry_fallback_warning_in_the_status(rig):
     asyncio.run(with_page(surface.url, body))
 
 
+def test_a_change_from_one_browser_shows_on_another_at_once(rig):
+    control, surface, _q = rig
+
+    async def body():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(surface.url + "ws") as a, session.ws_connect(surface.url + "ws") as b:
+                one, two = Page(a), Page(b)
+                await one.until(lambda m: m["t"] == "values")
+                await two.until(lambda m: m["t"] == "values")
+                await one.send({"t": "set", "path": "deck/2/stem/vocals/mute", "value": True})
+                await two.until(lambda m: two.values.get("deck/2/stem/vocals/mute") is True)
+
+    asyncio.run(body())
+    assert control.get("deck/2/stem/vocals/mute") is True
+
+
 def test_fuzz_of_10000_messages_gets_error_replies_is_counted_and_the_server_still_answers(rig):
     control, surface, _q = rig
     rng = random.Random(3)
@@ -412,6 +428,10 @@ def test_in_chromium_fader_and_mute_reach_the_engine_and_osc_lights_the_page(liv
             timeout=10000,
         )
         assert session.web.snapshot_stats()["connections"] == 2
+        # the keyboard map: listed on the page, and "2" mutes deck 1's second stem (drums)
+        assert page.locator("#keymap tr").count() >= 8
+        page.keyboard.press("2")
+        assert wait_for(lambda: mixer.state("drums")["mute"] is True)
         page.wait_for_function("() => window.__stembridge.stats.meterFrames > 5", timeout=5000)
         page.screenshot(path=str(tmp_path / "web-surface.png"))
         if os.environ.get("STEMBRIDGE_UPDATE_SCREENSHOT"):
