@@ -198,8 +198,9 @@ def _register_commands() -> None:
     from stembridge.bridge.cli_control import midi_learn, presets
     from stembridge.bridge.cli_evaluate import evaluate
     from stembridge.bridge.cli_live import devices, live
+    from stembridge.bridge.layout_osc import layout_command
 
-    for command in (live, devices, evaluate, midi_learn, presets):
+    for command in (live, devices, evaluate, midi_learn, presets, layout_command()):
         main.add_command(command)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 from stembridge.bridge.cli_options import device_option, model_option, spatial_filter_option
+from stembridge.bridge.web_server import web_option
 
 log = logging.getLogger("stembridge.live")
 
@@ -127,6 +128,7 @@ STATUS_KEYS = (
     help="Client addresses or networks allowed when --osc-host is not loopback (repeatable).",
 )
 @click.option("--no-osc", is_flag=True, help="Do not start the OSC server.")
+@web_option
 @click.option("--midi-in", help="MIDI input port (exact or partial name) for a controller.")
 @click.option("--midi-out", help="MIDI output port for LED feedback.")
 @click.option(
@@ -202,6 +204,7 @@ class LiveSession:
         self.control = None
         self.monitor = None
         self.recorder = None
+        self.web = None
         self.failed: str | None = None
         self._stop = threading.Event()
         self._started = 0.0
@@ -258,6 +261,7 @@ class LiveSession:
             self.recorder = Recorder(o["record"], self.engine.num_outputs, rate, period)
             self.engine.taps.append(self.recorder)
         self._open_control(num_decks)
+        self._open_web()
         self.engine.start()
         freeze_heap()  # from here on a garbage collection cannot stall the audio thread for a full heap scan
         try:
@@ -312,6 +316,14 @@ class LiveSession:
         self.control.start()
         self.monitor.meter_listeners.append(self.control.publish_meters)
         self.monitor.stats_listeners.append(self._push_stats)
+
+    def _open_web(self) -> None:
+        from stembridge.bridge.web_server import open_for_live
+
+        try:
+            self.web = open_for_live(self)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise LiveError(str(exc)) from exc
 
     def _open_midi(self) -> None:
         o = self.opts
@@ -432,6 +444,8 @@ class LiveSession:
             self.engine.close()
         if self.recorder is not None:
             self.recorder.close()
+        if self.web is not None:
+            self.web.close()
         if self.control is not None:
             self.control.close()
         if stats is not None:

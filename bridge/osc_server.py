@@ -92,6 +92,21 @@ def parse_allowlist(allow: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddr
     return nets
 
 
+def host_allowed(host: str, allow: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """The allowlist rule (OSC and the web surface): loopback clients always, others only inside ``allow``."""
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if ip.is_loopback:
+        return True
+    if getattr(ip, "ipv4_mapped", None) is not None:
+        ip = ip.ipv4_mapped
+        if ip.is_loopback:
+            return True
+    return any(ip in net for net in allow if ip.version == net.version)
+
+
 class _RateLimitedLog:
     """At most one warning per kind every ``interval_s``, with a count of the ones held back."""
 
@@ -297,17 +312,7 @@ class OscRouter:
         return cached
 
     def _check_allowed(self, host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            return False
-        if ip.is_loopback:
-            return True
-        if getattr(ip, "ipv4_mapped", None) is not None:
-            ip = ip.ipv4_mapped
-            if ip.is_loopback:
-                return True
-        return any(ip in net for net in self.allow if ip.version == net.version)
+        return host_allowed(host, self.allow)
 
     # -- python-osc dispatcher interface (UDP) --
     def call_handlers_for_packet(self, data: bytes, client_address: tuple[str, int]) -> list:

@@ -350,6 +350,8 @@ class ChainPreset:
     description: str = ""
     stem: str | None = None  # the stem it is written for (a suggestion; any stem can load it)
     plugins: list[PluginPreset] = field(default_factory=list)
+    macro: tuple[str, ...] = ()  # parameters the stem's macro control drives, relative to the stem: "fx/delay/mix"
+    macro_label: str = ""
 
 
 @dataclass
@@ -360,12 +362,17 @@ class BuiltChain:
     names: tuple[str, ...]
     overrides: dict[tuple[str, str], dict[str, Any]]
     bypassed: tuple[str, ...]
+    macro: tuple[str, ...] = ()
+    macro_label: str = ""
 
 
 def load_chain(path: str | Path) -> ChainPreset:
     """Load and validate an effect-chain preset. Raises PresetError."""
     data, ctx = _read(path)
-    _check_keys(ctx, data, (), {"schema_version", "name", "description", "stem", "plugin"}, ("name", "plugin"))
+    _check_keys(
+        ctx, data, (), {"schema_version", "name", "description", "stem", "plugin", "macro", "macro_label"},
+        ("name", "plugin"),
+    )  # fmt: skip
     preset = ChainPreset(
         name=_name(ctx, data, (), "name"),
         file=ctx.file,
@@ -426,7 +433,47 @@ def load_chain(path: str | Path) -> ChainPreset:
             if isinstance(v, float) and not lo <= v <= hi:
                 raise ctx.error(where + ("params", pname), f"{pname} = {v} is outside its range [{lo}, {hi}]")
         preset.plugins.append(plugin)
+    preset.macro = _macro(ctx, data, preset.plugins)
+    preset.macro_label = _get(ctx, data, (), "macro_label", str, "")
+    if preset.macro_label and not preset.macro:
+        raise ctx.error(("macro_label",), "'macro_label' needs a 'macro'")
+    if len(preset.macro_label) > 32:
+        raise ctx.error(("macro_label",), "'macro_label' must be at most 32 characters")
     return preset
+
+
+_MACRO_TARGET = re.compile(r"^fx/([A-Za-z0-9_\-]+)/([A-Za-z0-9_\-]+)$")
+
+
+def _macro(ctx: _Ctx, data: dict, plugins: list[PluginPreset]) -> tuple[str, ...]:
+    """The ``macro`` key: one parameter path ("fx/delay/mix") or a list of them, each naming a plugin of this
+    chain and one of its continuous parameters (not ``bypass``)."""
+    raw = data.get("macro")
+    if raw is None:
+        return ()
+    entries = [raw] if isinstance(raw, str) else raw
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, str) for e in entries):
+        raise ctx.error(("macro",), "'macro' must be a parameter path like \"fx/delay/mix\" or a list of them")
+    by_name = {p.name: p for p in plugins}
+    seen: list[str] = []
+    for entry in entries:
+        m = _MACRO_TARGET.match(entry)
+        if m is None:
+            raise ctx.error(("macro",), f'macro target {entry!r} must look like "fx/<plugin name>/<parameter>"')
+        name, pname = m.groups()
+        plugin = by_name.get(name)
+        if plugin is None:
+            raise ctx.error(
+                ("macro",), f"macro target {entry!r}: no plugin named {name!r} in this chain ({', '.join(by_name)})"
+            )
+        known = BUILTIN_PARAMS.get(plugin.type)
+        if pname == "bypass" or (known is not None and pname not in known):
+            choices = ", ".join(known) if known is not None else "the plugin's own parameters"
+            raise ctx.error(("macro",), f"macro target {entry!r}: {plugin.type} has no parameter {pname!r} ({choices})")
+        if entry in seen:
+            raise ctx.error(("macro",), f"macro target {entry!r} is listed twice")
+        seen.append(entry)
+    return tuple(seen)
 
 
 def _number(ctx: _Ctx, path: tuple, value: Any) -> float:
@@ -486,7 +533,8 @@ def build_chain(preset: ChainPreset) -> BuiltChain:
             overrides[(p.name, pname)] = fields
     board = pedalboard.Pedalboard(plugins)
     names = tuple(p.name for p in preset.plugins)
-    return BuiltChain(board, names, overrides, tuple(p.name for p in preset.plugins if p.bypass))
+    bypassed = tuple(p.name for p in preset.plugins if p.bypass)
+    return BuiltChain(board, names, overrides, bypassed, preset.macro, preset.macro_label)
 
 
 # ---------------------------------------------------------------------------------------------------------------

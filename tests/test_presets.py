@@ -194,3 +194,44 @@ def test_cli_presets_check_and_list(tmp_path, monkeypatch):
     assert result.exit_code == 1 and f"{bad}:4: unknown key 'muted'" in result.output
     listing = CliRunner().invoke(presets, ["list"])
     assert listing.exit_code == 0 and "vocal_echo_out" in listing.output and "karaoke" in listing.output
+
+
+@pytest.mark.parametrize("path", shipped_files("chains"), ids=lambda p: p.name)
+def test_every_shipped_chain_declares_a_macro_that_names_a_real_parameter(path: Path, loaded):
+    chain = load_chain(path)
+    assert chain.macro and chain.macro_label
+    stem = chain.stem
+    for target in chain.macro:
+        assert f"deck/1/stem/{stem}/{target}" in loaded.tree
+
+
+@pytest.mark.parametrize(
+    ("macro", "message"),
+    [
+        ('"fx/nope/mix"', "no plugin named 'nope'"),
+        ('"fx/delay/cutoff_hz"', "Delay has no parameter 'cutoff_hz'"),
+        ('"fx/delay/bypass"', "has no parameter 'bypass'"),
+        ('"delay.mix"', "must look like"),
+        ("3", "must be a parameter path"),
+        ('["fx/delay/mix", "fx/delay/mix"]', "listed twice"),
+    ],
+)
+def test_a_bad_macro_is_rejected_naming_the_file_and_the_problem(tmp_path: Path, macro: str, message: str):
+    path = tmp_path / "chains" / "bad.toml"
+    path.parent.mkdir()
+    path.write_text(
+        f'schema_version = 1\nname = "bad"\nmacro = {macro}\n\n[[plugin]]\ntype = "Delay"\nname = "delay"\n'
+    )
+    with pytest.raises(PresetError, match=message) as info:
+        load_chain(path)
+    assert "bad.toml:3" in str(info.value)
+
+
+def test_a_macro_list_drives_every_target(tmp_path: Path):
+    path = tmp_path / "two.toml"
+    path.write_text(
+        'schema_version = 1\nname = "two"\nmacro = ["fx/lpf/cutoff_frequency_hz", "fx/delay/mix"]\n'
+        'macro_label = "wash"\n\n[[plugin]]\ntype = "LowpassFilter"\nname = "lpf"\n\n[[plugin]]\ntype = "Delay"\n'
+    )
+    built = build_chain(load_chain(path))
+    assert built.macro == ("fx/lpf/cutoff_frequency_hz", "fx/delay/mix") and built.macro_label == "wash"
