@@ -42,6 +42,11 @@ def main() -> None:
         "--baseline-model", type=Path, default=None, help="an earlier causal model, scored beside as 'previous'"
     )
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--update-cards",
+        action="store_true",
+        help="write each path's figures into its model's card (provenance.quality_real / quality_real_loud)",
+    )
     p.add_argument("--loud-db", type=float, default=10.0)
     args = p.parse_args()
 
@@ -60,6 +65,11 @@ def main() -> None:
         source = f"MUSDB18-7 validation split ({len(songs)} real songs, engine/training/musdb.py)"
         report = quality.evaluate(songs, methods, source=source, loud_db=loud)
         paths = quality.write_report(report, args.out, stem=name)
+        if args.update_cards:
+            key = "quality_real" if loud is None else "quality_real_loud"
+            quality.update_card(model.card.path.with_suffix(".json"), quality.card_quality(report, "model"), key)
+            hq_card = methods[0].separator.vocal_model.card.path.with_suffix(".json")
+            quality.update_card(hq_card, quality.card_quality(report, "hq"), key)
         print(paths["md"].read_text().split("\n\nWhole-track")[0])
 
 

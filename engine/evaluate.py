@@ -904,6 +904,8 @@ def card_quality(report: dict[str, Any], method: str = "model") -> dict[str, Any
         "metric": "BSS Eval v4 SDR dB, median over 1 s windows then over songs",
         "spatial_filter": report["methods"].get(method, {}).get("params", {}).get("spatial_filter"),
         "sdr_db": summary[method]["sdr"],
+        "sdr_db_song_mean": summary[method].get("sdr_song_mean"),
+        "vocal_leakage_db_11_16k": summary[method].get("vocal_leakage_db_11_16k"),
         "vocal_leakage_db": summary[method]["vocal_leakage_db"],
         "baselines_sdr_db": {name: s["sdr"] for name, s in summary.items() if name not in (method, "hq")},
     }
