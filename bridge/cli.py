@@ -172,8 +172,9 @@ def _register_commands() -> None:
     from stembridge.bridge.cli_control import midi_learn, presets
     from stembridge.bridge.cli_evaluate import evaluate
     from stembridge.bridge.cli_live import devices, live
+    from stembridge.bridge.doctor import doctor
 
-    for command in (live, devices, evaluate, midi_learn, presets):
+    for command in (live, devices, evaluate, midi_learn, presets, doctor):
         main.add_command(command)
 
 
