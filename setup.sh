@@ -34,7 +34,7 @@ fi
 # What the engine needs from Debian, one package a line:
 packages=(
     python3 python3-venv # the interpreter, and venv with pip for .venv (PEP 668 keeps pip out of Debian's Python)
-    libsndfile1          # soundfile: reading and writing WAV/FLAC/OGG
+    libsndfile1          # soundfile: WAV/FLAC/OGG (its x86-64 wheel carries a copy; other machines use this one)
     libportaudio2        # sounddevice: the PortAudio backend (a sound card without JACK)
     ffmpeg               # decoding MP3/AAC/M4A and .stem.mp4 files
 )
