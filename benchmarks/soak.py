@@ -224,9 +224,10 @@ def idle_client_baseline(minutes: float, load_pct: float = 0.0) -> dict:
 def model_path(arg: str | None, workdir: Path) -> tuple[Path, str]:
     if arg:
         return Path(arg), f"{arg} (given)"
-    default = ROOT / "engine" / "models" / "default.onnx"
-    if default.exists():
-        return default, "the shipped default model (engine/models/default.onnx)"
+    from stembridge.engine.separator import DEFAULT_MODEL  # the installed package's, wherever it is
+
+    if DEFAULT_MODEL.exists():
+        return DEFAULT_MODEL, "the shipped default model (engine/models/default.onnx)"
     sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
     import make_fixture_model
 

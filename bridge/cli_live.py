@@ -275,6 +275,8 @@ class LiveSession:
             from stembridge.engine.live.worker import promote_threads
 
             self._promoted = promote_threads(o["thread_rt_priority"])
+        for sig in (signal.SIGINT, signal.SIGTERM):  # from here on Ctrl-C stops cleanly, with the closing summary
+            signal.signal(sig, self._on_signal)
         self._announce(card, made)
 
     def _make_decks(self, files: list[Path], num_inputs: int, rate: int) -> list:
@@ -372,8 +374,6 @@ class LiveSession:
         from stembridge.engine.live.monitor import engine_cpu_s
 
         o = self.opts
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
         self._started, self._cpu0 = time.monotonic(), engine_cpu_s(self.engine)
         deadline = self._started + o["duration"] if o["duration"] else None
         next_status = self._started + (o["status_every"] or 1e18)
