@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs stembridge on Debian 12 / Ubuntu 22.04+ into a virtual environment .venv beside this file.
+# Installs stembridge on Debian 12 (other apt-based systems likely work) into a virtual environment .venv here.
 #
 #   ./setup.sh            the Debian packages the engine needs, then .venv with stembridge (not editable)
 #   ./setup.sh --test     the same plus the test extra and the tools the tests talk to (jackd2, liblo-tools)
