@@ -36,7 +36,7 @@ packages=(
     python3 python3-venv # the interpreter, and venv with pip for .venv (PEP 668 keeps pip out of Debian's Python)
     libsndfile1          # soundfile: WAV/FLAC/OGG (its x86-64 wheel carries a copy; other machines use this one)
     libportaudio2        # sounddevice: the PortAudio backend (a sound card without JACK)
-    ffmpeg               # decoding MP3/AAC/M4A and .stem.mp4 files
+    ffmpeg               # what libsndfile cannot decode: AAC/M4A, .stem.mp4 (and museval's stempeg in the tests)
 )
 if [ "$jack" -eq 1 ]; then
     packages+=(jackd2 libjack-jackd2-0) # the JACK backend (stem busses as ports; tests run it on its dummy driver)
