@@ -53,7 +53,21 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     help="Output folder (made if missing; default: stems/ in the current folder); each input gets "
     "OUTDIR/<input name>/<stem>.wav.",
 )
-@model_option()
+@click.option(
+    "--mode",
+    type=click.Choice(["hq", "live"]),
+    default="hq",
+    show_default=True,
+    help="hq: the high-quality path (a look-ahead vocal model with the causal model, for files); live: the "
+    "causal live model alone, exactly as `stembridge live` plays it.",
+)
+@model_option(help="Causal model .onnx (with its .json card) or a folder holding one. Default: the built-in model.")
+@click.option(
+    "--hq-model",
+    "hq_model_path",
+    type=click.Path(path_type=Path),
+    help="Look-ahead model .onnx for --mode hq (card kind 'lookahead'). Default: the built-in one.",
+)
 @device_option()
 @spatial_filter_option()
 @click.option(
@@ -78,46 +92,46 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="ONNX Runtime intra-op threads for the model.",
+    help="ONNX Runtime intra-op threads for each model.",
 )
 def separate(
-    inputs, out_dir, model_path, device, spatial_filter, block_size, stems_arg, fmt, overwrite, threads
+    inputs,
+    out_dir,
+    mode,
+    model_path,
+    hq_model_path,
+    device,
+    spatial_filter,
+    block_size,
+    stems_arg,
+    fmt,
+    overwrite,
+    threads,
 ) -> None:
-    """Separate INPUT audio files into stems through the live streaming path.
+    """Separate INPUT audio files into vocals, drums, bass and other.
 
     Writes OUTDIR/<input name>/{vocals,drums,bass,other}.wav as 24-bit files at each input's sample rate and
-    channel count. A bad input is reported and skipped; the others still complete; the exit status is 1 if any
-    input failed.
+    channel count; the stems sum back to the input. By default the high-quality path runs (it reads the whole
+    file: not for live input); --mode live runs the causal model that `stembridge live` plays. A bad input is
+    reported and skipped; the others still complete; the exit status is 1 if any input failed.
 
     Example: stembridge separate song.wav -o stems/  (writes stems/song/vocals.wav, ...)
     """
     from stembridge.engine.audio_io import AudioFileError
     from stembridge.engine.model_card import ModelError
     from stembridge.engine.separate import separate_file
-    from stembridge.engine.separator import StreamingSeparator
-    from stembridge.engine.stream import BlockAdapter
     from tqdm import tqdm
 
+    if mode == "hq" and spatial_filter is not None:
+        raise click.BadParameter("the spatial filter is a setting of --mode live", param_hint="--spatial-filter")
+    if mode == "live" and hq_model_path is not None:
+        raise click.BadParameter("a look-ahead model is used by --mode hq only", param_hint="--hq-model")
     try:
-        separator = StreamingSeparator(
-            model_path,
-            device=device,
-            intra_op_threads=threads,
-            max_hops=max(1, block_size // 64 + 2),
-            spatial_filter=spatial_filter,
-        )
+        separator = _file_separator(mode, model_path, hq_model_path, device, spatial_filter, block_size, threads)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
-    card = separator.card
-    stems = _parse_stems(stems_arg, card.stems)
-    adapter = BlockAdapter(separator, max_block_size=block_size, block_size=block_size)
-    latency_ms = 1000.0 * adapter.latency_samples / card.sample_rate
-    click.echo(
-        f"model {card.name} ({card.path}){' + spatial filter' if separator.spatial else ''} on "
-        f"{separator.active_provider}; "
-        f"latency {adapter.latency_samples} samples ({latency_ms:.1f} ms) at {card.sample_rate} Hz",
-        err=True,
-    )
+    stems = _parse_stems(stems_arg, separator.stems)
+    click.echo(separator.description, err=True)
 
     results, failures, seen = [], [], {}
     for path in inputs:
@@ -130,11 +144,10 @@ def separate(
         bar = tqdm(total=0, desc=path.name, unit="frame", unit_scale=True, leave=False, file=sys.stderr, disable=None)
         try:
             result = separate_file(
-                adapter,
+                separator,
                 path,
                 out_dir / name,
                 stems=stems,
-                block_size=block_size,
                 fmt=fmt,
                 overwrite=overwrite,
                 progress=bar.update,
@@ -148,8 +161,9 @@ def separate(
             bar.close()
         results.append(result)
         clipped = f", {result.num_clipped} samples clipped" if result.num_clipped else ""
+        count = len(result.outputs)
         click.echo(
-            f"{path}: {plural(len(result.outputs), 'stem')} -> {out_dir / name} "
+            f"{path}: {plural(count, 'stem')} -> {out_dir / name} "
             f"({result.duration_s:.1f} s of audio in {result.elapsed_s:.2f} s, "
             f"{result.realtime_factor:.1f}x real time{clipped})"
         )
@@ -159,12 +173,31 @@ def separate(
     if results:
         click.echo(
             f"done: {plural(len(results), 'file')}, {total_audio:.1f} s of audio in {total_time:.2f} s "
-            f"= {total_audio / max(total_time, 1e-9):.1f}x real time; latency {latency_ms:.1f} ms "
-            f"({adapter.latency_samples} samples, removed from the outputs)"
+            f"= {total_audio / max(total_time, 1e-9):.1f}x real time ({mode} mode)"
         )
     if failures:
         click.echo(f"failed: {len(failures)} of {plural(len(inputs), 'input')}", err=True)
         sys.exit(1)
+
+
+def _file_separator(mode, model_path, hq_model_path, device, spatial_filter, block_size, threads):
+    """The separator ``separate`` runs: the high-quality path or the causal live model (raises ModelError)."""
+    if mode == "hq":
+        from stembridge.engine.hq import HighQualitySeparator
+
+        return HighQualitySeparator(hq_model_path, model_path, device=device, threads=threads, block_size=block_size)
+    from stembridge.engine.separate import CausalFileSeparator
+    from stembridge.engine.separator import StreamingSeparator
+    from stembridge.engine.stream import BlockAdapter
+
+    causal = StreamingSeparator(
+        model_path,
+        device=device,
+        intra_op_threads=threads,
+        max_hops=max(1, block_size // 64 + 2),
+        spatial_filter=spatial_filter,
+    )
+    return CausalFileSeparator(BlockAdapter(causal, max_block_size=block_size, block_size=block_size), block_size)
 
 
 def _register_commands() -> None:
