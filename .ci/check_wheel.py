@@ -4,7 +4,7 @@
 
 Fails (exit 1) when the wheel puts anything but ``stembridge`` into site-packages, when a committed model, card,
 checkpoint or preset (git ls-files) is missing from it, or when it is larger than BUDGET_MB (see the README's
-"Wheel size": the default model is 3 MB, its training checkpoint 3 MB, a high-quality model 20-40 MB to come).
+"Wheel size": the causal default model 3 MB, its training checkpoint 3 MB, the high-quality vocal model 20 MB).
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def main(wheel: str) -> int:
         for path in committed(f"{package}/**/*.py"):
             if f"stembridge/{path}" not in names:
                 problems.append(f"{path} is not in the wheel (a subpackage missing from [tool.setuptools] packages?)")
+    if (ROOT / "NOTICE").exists() and not any(n.endswith(".dist-info/licenses/NOTICE") for n in names):
+        problems.append("NOTICE (the third-party licences of the shipped weights) is not in the wheel's dist-info")
     size_mb = Path(wheel).stat().st_size / 1e6
     print(f"{Path(wheel).name}: {size_mb:.1f} MB (budget {BUDGET_MB:.0f} MB), {len(names)} files; "
           f"{num_files} committed models, cards, checkpoints and presets checked")  # fmt: skip

@@ -61,6 +61,7 @@ def good_wheel(tmp_path):
         for f in files:
             z.writestr(f"stembridge/{f}", b"")
         z.writestr("stembridge-0.1.0.dist-info/METADATA", b"")
+        z.writestr("stembridge-0.1.0.dist-info/licenses/NOTICE", b"")
     return path, files
 
 
@@ -84,6 +85,9 @@ def test_check_wheel_passes_a_whole_wheel_and_names_what_is_missing_or_stray(goo
     assert f"{preset} is committed but not in the wheel" in capsys.readouterr().out
     assert check.main(str(rewrite(path, add="engine/__init__.py"))) == 1
     assert "top-level entries besides stembridge: engine" in capsys.readouterr().out
+    if (REPO / "NOTICE").exists():
+        assert check.main(str(rewrite(path, drop="stembridge-0.1.0.dist-info/licenses/NOTICE"))) == 1
+        assert "NOTICE" in capsys.readouterr().out
 
 
 def test_check_platforms_runs_as_a_script_with_its_help():
