@@ -12,7 +12,7 @@ OSC messages come from a separate process (like a tablet or another program woul
    thread (none may be lost), and whether the audio path was disturbed: block start lateness and processing
    time against an idle baseline, and blocks that finished after their deadline.
 
-    python benchmarks/control_latency.py [--quick]
+    python3 benchmarks/control_latency.py [--quick]
 
 Writes benchmarks/results/control_latency.json and control_latency.md. Timings on shared 2-core machines drift
 30-100% between runs: compare numbers from one run.
@@ -421,7 +421,7 @@ def write_markdown(res: dict) -> str:
         "to its latest value once per 5 ms control tick (a single change is sent at once). The audio thread here "
         "is a Python thread sharing the interpreter (and 2 cores) with the OSC server and the sending process; "
         "`missed deadlines` counts blocks that finished after the next block was due. Regenerate with "
-        "`python benchmarks/control_latency.py`.",
+        "`python3 benchmarks/control_latency.py`.",
     ]
     return "\n".join(lines) + "\n"
 

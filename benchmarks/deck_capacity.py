@@ -5,7 +5,7 @@ of decks (1, 2, 4, 8, ...) and times that per-hop call, one hop per call as in l
 the p99 stays within ``--budget`` of the hop's duration (default 50 %: the other half is the margin for the device
 callback, the control thread and the scheduler). The sweep stops at the first count over budget.
 
-    python benchmarks/deck_capacity.py [--device auto|cpu|cuda] [--threads 1] [--blocks 1000] [--budget 50]
+    python3 benchmarks/deck_capacity.py [--device auto|cpu|cuda] [--threads 1] [--blocks 1000] [--budget 50]
 
 ``--device cuda`` needs onnxruntime-gpu and an NVIDIA GPU; asked for without them, it stops with an error instead of
 timing the CPU. Writes benchmarks/results/deck_capacity_cpu.* or deck_capacity_gpu.* (JSON and a markdown table).

@@ -10,7 +10,7 @@ Models: the shipped default model when present (as its card says, with the spati
 tests/fixtures/make_fixture_model.py at realistic sizes (hop 256: n_fft 1024; hop 512: n_fft 2048; GRU hidden 256)
 so hop 256 and 512 can be compared in the same run. Stand-ins have random weights: they time, they do not separate.
 
-    python benchmarks/engine_speed.py [--blocks 2000] [--seconds 60] [--model NAME=PATH ...]
+    python3 benchmarks/engine_speed.py [--blocks 2000] [--seconds 60] [--model NAME=PATH ...]
 
 ``--model`` adds any model-contract model to the same run (e.g. an earlier default, as a baseline).
 

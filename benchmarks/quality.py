@@ -5,15 +5,15 @@ mixture/4, the classical DSP separator and the ideal ratio mask with the model's
 (median over 1 s windows, then over songs) and the karaoke figure. It also checks on the first song that the fast
 SDR equals museval's own and times both.
 
-    python benchmarks/quality.py [--data data/synth] [--model PATH] [--max-songs N] [--max-seconds S] [--update-card]
+    python3 benchmarks/quality.py [--data data/synth] [--model PATH] [--max-songs N] [--max-seconds S] [--update-card]
         [--out DIR] [--compare-to EARLIER_quality.json ...]
 
 Test songs come from the synthesizer; seeds with seed % 20 == 0 are the test split. ``synth batch`` renders them
 with the training songs into data/synth/test. The committed results use the test seeds 0-1180 (60 songs of 20 s;
 the first 20 are bit-identical to the batch's test songs, the rest lie beyond the training seeds), rendered alone::
 
-    for s in $(seq 0 20 1180); do python -m stembridge.engine.training.synth song --seed $s --out data/eval_synth; done
-    python benchmarks/quality.py --data data/eval_synth
+    for s in $(seq 0 20 1180); do python3 -m stembridge.engine.training.synth song --seed $s --out data/eval_synth; done
+    python3 benchmarks/quality.py --data data/eval_synth
 
 Writes benchmarks/results/quality.json, quality.md and quality.png (the plot needs matplotlib).
 
@@ -21,9 +21,9 @@ The same 60 songs with held-out timbres (a soundfont and singers no training son
 measure how much of the model's quality depends on having heard the instruments and voices. Their songs are named
 like their twins, so ``--compare-to`` pairs each song with itself in the training timbres::
 
-    python -m stembridge.engine.training.synth batch --timbres heldout --first-seed 0 --step 20 --num-songs 60 \
+    python3 -m stembridge.engine.training.synth batch --timbres heldout --first-seed 0 --step 20 --num-songs 60 \
         --jobs 2 --out data/heldout_synth
-    python benchmarks/quality.py --data data/heldout_synth --out benchmarks/results/heldout_timbres \
+    python3 benchmarks/quality.py --data data/heldout_synth --out benchmarks/results/heldout_timbres \
         --compare-to benchmarks/results/quality.json
 """
 

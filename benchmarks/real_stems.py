@@ -6,8 +6,8 @@ from this project's machines is the 6-second MUSDB18 excerpt that the ``stempeg`
 song and six 1 s windows per stem, so its figures are an anecdote, not a measurement. Anyone with MUSDB18 (or other
 ``.stem.mp4`` files) on disk passes them instead::
 
-    python benchmarks/real_stems.py                              # stempeg's example excerpt
-    python benchmarks/real_stems.py ~/musdb18/test/*.stem.mp4 --out /tmp/musdb_test
+    python3 benchmarks/real_stems.py                              # stempeg's example excerpt
+    python3 benchmarks/real_stems.py ~/musdb18/test/*.stem.mp4 --out /tmp/musdb_test
 
 Each file's audio streams are decoded with ffmpeg in MUSDB18's order (mixture, drums, bass, other, vocals). The
 mixture scored against is the sum of the decoded stems, not the file's own mixture stream: in MUSDB18 each stream is

@@ -7,7 +7,7 @@ stembridge (audio process + worker process) and of jackd, and the machine's stea
 other guests). Two reference runs of an idle JACK client (its callback writes zeros, nothing else), alone and beside
 a process that keeps as much CPU busy as stembridge did, measure the xruns the machine itself causes.
 
-    python benchmarks/soak.py [--minutes 10] [--decks 1 4] [--period 256] [--model PATH] [--baseline-minutes 2]
+    python3 benchmarks/soak.py [--minutes 10] [--decks 1 4] [--period 256] [--model PATH] [--baseline-minutes 2]
 
 Model: the shipped default model when present; otherwise a stand-in of realistic size built by
 tests/fixtures/make_fixture_model.py (n_fft 1024, hop 256, GRU 256, random weights: it times, it does not separate).
@@ -224,9 +224,10 @@ def idle_client_baseline(minutes: float, load_pct: float = 0.0) -> dict:
 def model_path(arg: str | None, workdir: Path) -> tuple[Path, str]:
     if arg:
         return Path(arg), f"{arg} (given)"
-    default = ROOT / "engine" / "models" / "default.onnx"
-    if default.exists():
-        return default, "the shipped default model (engine/models/default.onnx)"
+    from stembridge.engine.separator import DEFAULT_MODEL  # the installed package's, wherever it is
+
+    if DEFAULT_MODEL.exists():
+        return DEFAULT_MODEL, "the shipped default model (engine/models/default.onnx)"
     sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
     import make_fixture_model
 

@@ -23,6 +23,11 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 stem``, ``4 stems``, ``0 files``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     if not value:
         return list(available)
@@ -42,9 +47,11 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     "-o",
     "--out",
     "out_dir",
-    required=True,
+    default=Path("stems"),
+    show_default=True,
     type=click.Path(path_type=Path, file_okay=False),
-    help="Output folder; each input gets OUTDIR/<input name>/<stem>.wav.",
+    help="Output folder (made if missing; default: stems/ in the current folder); each input gets "
+    "OUTDIR/<input name>/<stem>.wav.",
 )
 @click.option(
     "--mode",
@@ -108,7 +115,7 @@ def separate(
     file: not for live input); --mode live runs the causal model that `stembridge live` plays. A bad input is
     reported and skipped; the others still complete; the exit status is 1 if any input failed.
 
-    Example: stembridge separate song.wav -o stems/
+    Example: stembridge separate song.wav -o stems/  (writes stems/song/vocals.wav, ...)
     """
     from stembridge.engine.audio_io import AudioFileError
     from stembridge.engine.model_card import ModelError
@@ -156,7 +163,7 @@ def separate(
         clipped = f", {result.num_clipped} samples clipped" if result.num_clipped else ""
         count = len(result.outputs)
         click.echo(
-            f"{path}: {count} stem{'s' if count != 1 else ''} -> {out_dir / name} "
+            f"{path}: {plural(count, 'stem')} -> {out_dir / name} "
             f"({result.duration_s:.1f} s of audio in {result.elapsed_s:.2f} s, "
             f"{result.realtime_factor:.1f}x real time{clipped})"
         )
@@ -165,11 +172,11 @@ def separate(
     total_time = sum(r.elapsed_s for r in results)
     if results:
         click.echo(
-            f"done: {len(results)} file(s), {total_audio:.1f} s of audio in {total_time:.2f} s "
+            f"done: {plural(len(results), 'file')}, {total_audio:.1f} s of audio in {total_time:.2f} s "
             f"= {total_audio / max(total_time, 1e-9):.1f}x real time ({mode} mode)"
         )
     if failures:
-        click.echo(f"failed: {len(failures)} of {len(inputs)} input(s)", err=True)
+        click.echo(f"failed: {len(failures)} of {plural(len(inputs), 'input')}", err=True)
         sys.exit(1)
 
 
@@ -198,9 +205,10 @@ def _register_commands() -> None:
     from stembridge.bridge.cli_control import midi_learn, presets
     from stembridge.bridge.cli_evaluate import evaluate
     from stembridge.bridge.cli_live import devices, live
+    from stembridge.bridge.doctor import doctor
     from stembridge.bridge.layout_osc import layout_command
 
-    for command in (live, devices, evaluate, midi_learn, presets, layout_command()):
+    for command in (live, devices, evaluate, midi_learn, presets, doctor, layout_command()):
         main.add_command(command)
 
 

@@ -207,6 +207,7 @@ class LiveSession:
         self.web = None
         self.failed: str | None = None
         self._stop = threading.Event()
+        self.stop_reason = ""  # what stopped the run, for the closing summary
         self._started = 0.0
         self._cpu0 = 0.0
         self._promoted: list[int] = []
@@ -278,6 +279,8 @@ class LiveSession:
             from stembridge.engine.live.worker import promote_threads
 
             self._promoted = promote_threads(o["thread_rt_priority"])
+        for sig in (signal.SIGINT, signal.SIGTERM):  # from here on Ctrl-C stops cleanly, with the closing summary
+            signal.signal(sig, self._on_signal)
         self._announce(card, made)
 
     def _make_decks(self, files: list[Path], num_inputs: int, rate: int) -> list:
@@ -383,8 +386,6 @@ class LiveSession:
         from stembridge.engine.live.monitor import engine_cpu_s
 
         o = self.opts
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self._stop.set())
         self._started, self._cpu0 = time.monotonic(), engine_cpu_s(self.engine)
         deadline = self._started + o["duration"] if o["duration"] else None
         next_status = self._started + (o["status_every"] or 1e18)
@@ -394,10 +395,21 @@ class LiveSession:
                 self.failed = self.backend.failed
                 break
             if deadline is not None and now >= deadline:
+                self.stop_reason = f"--duration {o['duration']:g} s"
                 break
             if now >= next_status:
                 self._status_line(self.monitor.check())
                 next_status = now + o["status_every"]
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        self.stop_reason = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self._stop.set()
+
+    def _summary(self, s: dict) -> None:
+        """The closing lines: why and after how long it stopped, then the run's counters."""
+        how = f" ({self.stop_reason})" if self.stop_reason else ""
+        click.echo(f"stopped after {s.get('duration_s', 0.0):.1f} s{how}; the whole run:", err=True)
+        self._status_line(s)
 
     def _status_line(self, s: dict) -> None:
         click.echo(
@@ -449,7 +461,7 @@ class LiveSession:
         if self.control is not None:
             self.control.close()
         if stats is not None:
-            self._status_line(stats)
+            self._summary(stats)
             if self.opts.get("stats_json"):
                 path = Path(self.opts["stats_json"])
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -119,14 +119,15 @@ class Controller:
         self._last_meter_send = now
         for deck, levels in list(self._meters.items()):
             for stem, (peak, rms) in list(levels.items()):
+                peak, rms = float(peak) + 0.0, float(rms) + 0.0  # + 0.0 turns -0.0 (silence) into 0.0
                 address = (
                     f"/stembridge/deck/{deck}/master/meter" if stem == "master"
                     else f"/stembridge/deck/{deck}/stem/{stem}/meter"
                 )  # fmt: skip
                 if self.osc is not None:
-                    self.osc.broadcast(address, [float(peak), float(rms)])
+                    self.osc.broadcast(address, [peak, rms])
                 for listener in self.meter_listeners:
-                    listener(deck, stem, float(peak), float(rms))
+                    listener(deck, stem, peak, rms)
 
     # -- parameters --
     def set(self, path: str, value: Any, source: str = "api", *, fade_s: float = 0.0) -> SetResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,18 @@ import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY_MODEL = FIXTURES / "tiny.onnx"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionstart(session) -> None:
+    """With STEMBRIDGE_TEST_INSTALLED set (.ci/run), refuse to test anything but an installed, non-editable copy."""
+    if not os.environ.get("STEMBRIDGE_TEST_INSTALLED"):
+        return
+    import stembridge.engine
+
+    where = Path(stembridge.engine.__file__).resolve()
+    if REPO in where.parents:
+        raise pytest.UsageError(f"STEMBRIDGE_TEST_INSTALLED: stembridge.engine comes from the checkout ({where})")
 
 
 @pytest.fixture

@@ -323,7 +323,11 @@ def test_paired_comparison_pairs_the_same_songs_and_stems():
 
 
 def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    """A benchmark script as a module: from benchmarks/, else from benchmarks/research/."""
+    path = ROOT / "benchmarks" / f"{name}.py"
+    if not path.exists():
+        path = ROOT / "benchmarks" / "research" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,6 @@ if shutil.which("jackd") is None:
 pytestmark = pytest.mark.jack
 
 SR = 44100
-ROOT = Path(__file__).resolve().parents[1]
 BUSSES = ["master_L", "master_R", "vocals_L", "vocals_R", "drums_L", "drums_R", "bass_L", "bass_R", "other_L",
           "other_R"]  # fmt: skip
 RAMP = int(0.010 * SR)  # the stem mixer's gain ramp
@@ -122,11 +120,10 @@ def test_live_on_jack_mutes_the_vocal_bus_over_osc(jack_server, tmp_path, tiny_m
     sf.write(song, np.stack([x, 0.8 * x], axis=1).astype(np.float32), SR)
     name = f"sbe2e{os.getpid()}"
     osc_port = _free_udp_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     live = subprocess.Popen(
         [sys.executable, "-m", "stembridge.bridge.cli", "live", "--backend", "jack", "--deck", str(song), "--loop",
          "--model", str(tiny_model), "--client-name", name, "--osc-port", str(osc_port), "--osc-tcp-port", "-1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
     )  # fmt: skip
     recorder = None
     try:

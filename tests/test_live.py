@@ -7,6 +7,9 @@ worker's), so timing never decides the outcome; a late worker is simulated by no
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -83,6 +86,14 @@ def test_file_deck_plays_the_file_at_the_playhead_and_reads_separation_ahead(tin
     levels = engine.meter_levels()  # per deck, over the last ~2048 frames: what the control side pushes as meters
     peak, rms = levels[0]["master"]
     assert abs(peak - np.abs(a[:, n - 2048 : n]).max()) < 1e-4 and 0 < rms < peak  # deck 1 plays file a
+
+
+def test_meters_of_a_silent_stem_read_zero_not_minus_zero(tiny_model):
+    engine = make_engine(tiny_model, [InputDeck("mic")])
+    engine.meters[...] = -0.0  # what a silent stem's samples can be
+    engine.meters[0, 1, 0, 5] = -0.25
+    peaks = np.array([[peak for peak, _rms in deck.values()] for deck in engine.meter_levels()])
+    assert peaks[0, 1] == 0.25 and not np.signbit(np.delete(peaks, 1, axis=1)).any()
 
 
 def test_live_input_latency_is_model_latency_plus_fifo_periods(tiny_model):
@@ -273,6 +284,7 @@ def test_live_cli_runs_on_the_dummy_backend_and_writes_stats(tiny_model, tmp_pat
     stats = json.loads(stats_path.read_text())
     assert stats["blocks"] > 100 and stats["decks"] == 1 and stats["backend"] == "dummy"
     assert stats["latency_samples"] == 192 + 4 * P  # file decks only: four periods of FIFO
+    assert "stopped after 1." in result.output and "(--duration 1 s)" in result.output  # the closing summary
 
 
 def test_live_cli_reports_a_missing_jack_server_or_bad_file(tiny_model, tmp_path):
@@ -327,3 +339,20 @@ def test_osc_reaches_deck_transport_and_the_stem_mixer(tiny_model):
     assert engine.mixers[0].state("drums")["mute"] is True
     assert not deck.playing and deck.playhead == SR  # seek and pause arrived before the first block: paused there
     assert server.stats["unknown"] == 1
+
+
+def test_live_stopped_with_ctrl_c_prints_a_summary_of_the_run(tiny_model, tmp_path):
+    cmd = [sys.executable, "-m", "stembridge.bridge.cli", "live", "--backend", "dummy", "--model", str(tiny_model),
+           "--worker", "thread", "--osc-port", "0", "--osc-tcp-port", "-1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stderr:
+            if "Ctrl-C stops" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(30) == 0, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "(Ctrl-C); the whole run:" in rest and "xruns" in rest.splitlines()[-1]

@@ -4,6 +4,7 @@ feedback, meters, scenes, error reporting, the allowlist, and a fuzz of 10,000+ 
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import signal
@@ -183,10 +184,13 @@ def test_subscribers_get_every_change_from_any_source_and_meters_at_most_30_hz(r
         control.start()
         stop = time.monotonic() + 0.6
         while time.monotonic() < stop:  # the engine publishes meters far faster than 30 Hz
-            control.publish_meters(1, {s: (0.5, 0.25) for s in STEMS})
+            control.publish_meters(1, {**{s: (0.5, 0.25) for s in STEMS}, "bass": (-0.0, -0.0)})  # a silent stem
             time.sleep(0.001)
-        meters = [a for a, args in client.drain() if a == "/stembridge/deck/1/stem/vocals/meter"]
+        drained = client.drain()
+        meters = [a for a, args in drained if a == "/stembridge/deck/1/stem/vocals/meter"]
         assert 5 <= len(meters) <= 0.6 * 30 + 2
+        silent = [args for a, args in drained if a == "/stembridge/deck/1/stem/bass/meter"]
+        assert silent and all(math.copysign(1.0, x) == 1.0 for args in silent for x in args)  # 0.0, never -0.0
         client.send("/stembridge/unsubscribe")
         client.get("/stembridge/deck/1/stem/bass/mute")
         client.drain()

@@ -148,3 +148,14 @@ def test_any_block_size_gives_the_same_stems(tmp_path, tiny_model, block_size):
     a = sf.read(tmp_path / "ref" / "song" / "vocals.wav")[0]
     b = sf.read(tmp_path / "out" / "song" / "vocals.wav")[0]
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_without_o_the_stems_go_to_stems_in_the_current_folder_and_one_stem_is_singular(
+    tmp_path, tiny_model, monkeypatch
+):
+    write_tone(tmp_path / "song.wav", seconds=0.5)
+    monkeypatch.chdir(tmp_path)
+    result = separate("song.wav", "--model", tiny_model, "--stems", "vocals")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "stems" / "song").iterdir()) == ["vocals.wav"]
+    assert "song.wav: 1 stem -> stems/song" in result.output and "done: 1 file," in result.output

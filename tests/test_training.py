@@ -516,8 +516,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     ]
     cmd += ["--hidden", "16", "--batch", "2", "--segment-seconds", "0.5", "--init", str(tmp_path / "none.pt")]
     cmd += ["--log-every", "1", "--checkpoint-minutes", "100"]
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         log = run / "log.jsonl"

@@ -302,7 +302,7 @@ class LiveEngine:
     def meter_levels(self) -> list[dict[str, tuple[float, float]]]:
         """Per deck {stem or "master": (peak, rms)} over the last ~2048 frames (linear). Not real-time."""
         m = self.meters  # read while the audio thread writes: a meter may mix two blocks, which is fine
-        peak = np.maximum(m.max(axis=3), -m.min(axis=3)).max(axis=2)
+        peak = np.abs(m).max(axis=(2, 3))  # abs, not max(max, -min): a silent stem reads 0.0, never -0.0
         rms = np.sqrt(np.einsum("dscn,dscn->ds", m, m) / (m.shape[2] * m.shape[3]))
         names = [*self.stems, "master"]
         return [{name: (float(peak[d, k]), float(rms[d, k])) for k, name in enumerate(names)} for d in range(len(peak))]

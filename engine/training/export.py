@@ -1,6 +1,6 @@
 """Export a trained model to the model contract: ``<name>.onnx`` + ``<name>.json`` card, verified and timed.
 
-    python -m stembridge.engine.training.export --checkpoint runs/default/last.pt --out engine/models/default.onnx \\
+    python3 -m stembridge.engine.training.export --checkpoint runs/default/last.pt --out engine/models/default.onnx \\
         --fp16 engine/models/checkpoint/default_fp16.pt
 
 Export uses the legacy exporter (``dynamo=False``, opset 17: native GRU op, state as real graph I/O, dynamic batch;

@@ -8,9 +8,11 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
     festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-italp16k festvox-itapc16k sox \
     csound-soundfont festvox-ca-ona-hts festvox-ru festvox-czech-machac festvox-czech-dita
 # (the last line: the held-out timbres, a soundfont and four voices that no training song uses; --timbres heldout)
-# pyworld 0.3.5 has no cp311 wheel: pip builds it from the sdist (needs gcc/g++, ~30 s)
-python3 -m pip install -q pyworld "setuptools<81" soundfile numpy scipy mido pedalboard click   # pyworld imports pkg_resources (setuptools<81)
+# The Python side (pyworld, torch, ...) is the train extra, installed into a virtual environment, never into
+# Debian's Python (PEP 668): .venv/bin/pip install ".[train]" torch==2.13.0. pyworld 0.3.5 has no cp311 wheel:
+# pip builds it from the sdist (~30 s) with a compiler and Python's headers:
+DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends build-essential python3-dev
 mkdir -p /usr/share/mma/plugins   # silences MMA's "PLUGIN ... does not exist" warning
 # Optional one-off (~30 s, 490 MB in ~/.cache/stembridge): decompressed MuseScore soundfont, 3x faster to load.
 # `batch` does this itself on first use.
-#   python -m stembridge.engine.training.synth sf3to2
+#   python3 -m stembridge.engine.training.synth sf3to2

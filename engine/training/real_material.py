@@ -18,10 +18,10 @@ Debian ships
 klettres-data``), split by song and by speaker so that the benchmarks measure material training never heard:
 
 * other: the lead guitar tracks (``guitar.ogg``) of four of the eight Frets on Fire songs (``GUITAR_TRAIN``); the
-  other four are held out for benchmarks/real_guitar.py.
+  other four are held out for benchmarks/research/real_guitar.py.
 * vocals: KLettres' letters and syllables spoken by native speakers of 20 languages, one speaker per language
   folder. Recordings with hiss (under 30 dB between their loud and quiet frames) or clipping are left out. Five
-  languages (``VOICE_TEST``) are held out for benchmarks/real_voice.py.
+  languages (``VOICE_TEST``) are held out for benchmarks/research/real_voice.py.
 * vocals, more speakers (optional: ``apt-get install ktuberling-data`` and ``gather --ktuberling``): KTuberling's
   words spoken in 25 languages, one source per language folder, with the same checks, and only recordings made at
   32 kHz or more (the 8 and 22 kHz ones lack a voice's upper band): 14 more sources, 25.6 min of speech in all

@@ -19,7 +19,7 @@ as for the same seed with training timbres (style, groove, chords, melody, produ
 a test seed is the same song played by unheard instruments and sung by an unheard voice. Such songs are always test
 songs, with the same names as their training-timbre twins (so reports pair them song by song), in their own folder:
 
-    python -m stembridge.engine.training.synth batch --timbres heldout --first-seed 0 --step 20 --num-songs 60 \
+    python3 -m stembridge.engine.training.synth batch --timbres heldout --first-seed 0 --step 20 --num-songs 60 \
         --out data/heldout_synth
 
 Completed songs are skipped (a song is written to a hidden temporary folder and renamed when complete), so a batch

@@ -1,11 +1,12 @@
 """Train the causal separation model; resumable, checkpointed, logged.
 
-    python -m stembridge.engine.training.train --data data/synth --run runs/default [--steps N] [--threads 1]
+    python3 -m stembridge.engine.training.train --data data/synth --run runs/default [--steps N] [--threads 1]
 
 Resumes by itself: from ``<run>/last.pt`` when it exists (model, optimizer, step, sampler seed), otherwise from the
-committed weights-only checkpoint ``engine/models/checkpoint/default_fp16.pt`` when it exists (a fresh machine:
-weights and step carry over, the optimizer starts anew), otherwise from scratch. A full checkpoint is written every
-``--checkpoint-minutes`` and on SIGTERM/SIGINT (at the end of the current step), atomically (temp file + rename).
+committed weights-only checkpoint ``engine/models/checkpoint/default_fp16.pt`` (shipped in the package) when it
+exists (a fresh machine: weights and step carry over, the optimizer starts anew), otherwise from scratch. A full
+checkpoint is written every ``--checkpoint-minutes`` and on SIGTERM/SIGINT (at the end of the current step),
+atomically (temp file + rename).
 
 Each step draws a batch of random segments from the train split with augmentations (``dataset.py``), runs the model
 on the mixture's host-framed STFT magnitude, applies the masks to the complex mixture STFT and compares the result
@@ -32,6 +33,7 @@ import os
 import signal
 import time
 from dataclasses import replace
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +65,8 @@ from stembridge.engine.training.model import (
 from stembridge.engine.training.real_material import RealPool
 from stembridge.engine.training.spatial_filter import frame_decay, spatial_estimates
 
-ROOT = Path(__file__).resolve().parents[2]
-COMMITTED_CHECKPOINT = ROOT / "engine" / "models" / "checkpoint" / "default_fp16.pt"
+# the shipped model's weights-only checkpoint, inside the package (importlib.resources), wherever it is installed
+COMMITTED_CHECKPOINT = Path(str(files("stembridge.engine").joinpath("models", "checkpoint", "default_fp16.pt")))
 
 
 def spectra(audio: torch.Tensor, config: ModelConfig) -> torch.Tensor:
@@ -620,9 +622,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def shown_path(path: Path) -> str:
-    """``path`` relative to the repository when it lies inside it (histories should not name one machine's folders)."""
+    """``path`` relative to the working folder when it lies inside it (histories should not name one machine's
+    folders); the shipped checkpoint by its place in the package."""
+    resolved = Path(path).resolve()
+    if resolved == COMMITTED_CHECKPOINT.resolve():
+        return "engine/models/checkpoint/default_fp16.pt"
     try:
-        return str(Path(path).resolve().relative_to(ROOT))
+        return str(resolved.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
 

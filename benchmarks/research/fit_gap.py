@@ -12,7 +12,7 @@ on the test songs (positive: the model does better, relative to what any mask co
 90 % bootstrap interval over songs. Training hears the training songs' stems augmented and mostly remixed across
 songs, seldom as these exact mixtures. Writes benchmarks/results/fit_gap/::
 
-    python benchmarks/fit_gap.py [--train data/synth6/train] [--test data/eval_synth] [--songs 60]
+    python3 benchmarks/research/fit_gap.py [--train data/synth6/train] [--test data/eval_synth] [--songs 60]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from stembridge.engine import evaluate as quality  # noqa: E402

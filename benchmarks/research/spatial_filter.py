@@ -10,7 +10,7 @@ SDR as ``engine.evaluate`` computes it):
 
 The settings are chosen on these validation songs (seed % 20 == 1), never on the test songs.
 
-    python benchmarks/spatial_filter.py [--data data/synth/validation] [--model PATH]
+    python3 benchmarks/research/spatial_filter.py [--data data/synth/validation] [--model PATH]
 
 Writes benchmarks/results/spatial_filter.json and spatial_filter.md.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from stembridge.engine import evaluate as quality  # noqa: E402

@@ -8,7 +8,7 @@ and singers no training song uses, every other draw the same). From them:
 * per pair of models (a later one against an earlier one), the paired gain on the training timbres beside the paired
   gain on the held-out timbres: a gain that appears only on the first set was learnt from the training sounds.
 
-    python benchmarks/timbre_transfer.py [--model NAME TRAIN.json HELDOUT.json ...] [--pair LATER EARLIER ...]
+    python3 benchmarks/research/timbre_transfer.py [--model NAME TRAIN.json HELDOUT.json ...] [--pair LATER EARLIER ...]
 
 Without options it reads the committed reports of the shipped default and the candidates before it. Writes
 benchmarks/results/heldout_timbres/transfer.json and transfer.md.
@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from stembridge.engine import evaluate as quality  # noqa: E402

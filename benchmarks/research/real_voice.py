@@ -7,7 +7,7 @@ hears (``engine.training.real_material.VOICE_TEST``) into phrases, lays each ove
 asks where the voice ends up::
 
     apt-get install klettres-data fretsonfire-songs-muldjord fretsonfire-songs-sectoid
-    python benchmarks/real_voice.py [--model M.onnx] [--seconds 30] [--voice-db -3] [--sung {world,psola}]
+    python3 benchmarks/research/real_voice.py [--model M.onnx] [--seconds 30] [--voice-db -3] [--sung {world,psola}]
 
 Speech is not singing, so this measures whether the model knows a real voice's sound (formants, consonants, breath,
 a real microphone), not how it treats a sung melody. The band tracks may hold sung or growled vocals of their own;
@@ -38,9 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # real_stems
+sys.path.insert(0, str(ROOT / "benchmarks" / "research"))  # vocal_contexts
 
 from stembridge.engine import evaluate as quality  # noqa: E402
 from stembridge.engine.baselines import STEMS  # noqa: E402
