@@ -30,6 +30,7 @@ from stembridge.engine.model_card import ModelError
 
 DEFAULT_HQ_MODEL = Path(str(files("stembridge.engine").joinpath("models", "hq_vocals.onnx")))
 STEMS = ("vocals", "drums", "bass", "other")
+PIPELINE_VERSION = 1  # raise when the pipeline's maths changes: cached stems (engine/stem_cache.py) are keyed by it
 LEVEL_DB = -16.0  # RMS (dBFS) of the track as the look-ahead model sees it
 CHUNK_FRAMES = 512  # STFT frames per chunk of the joint mask (bounded memory on long tracks)
 TILES_PER_CALL = 8  # look-ahead tiles computed together (the model batches them)
@@ -92,6 +93,12 @@ class HighQualitySeparator:
             f"{la.context_frames * la.hop_size / la.sample_rate:.1f} s of context either side), drums and bass "
             f"from causal model {card.name}, joint ratio mask, other = residual; on {self.vocal_model.active_provider}"
         )
+
+    @property
+    def model_files(self) -> list[Path]:
+        """Both models' graphs and cards: what the stems depend on besides the audio and ``PIPELINE_VERSION``."""
+        la, card = self.vocal_model.card.path, self.causal.card.path
+        return [la, la.with_suffix(".json"), card, card.with_suffix(".json")]
 
     def separate(self, audio: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
         from stembridge.engine.separate import separate_audio
