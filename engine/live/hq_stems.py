@@ -163,6 +163,13 @@ class HqTrackStems:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to finish (everything ready, or stopped, or failed); returns ``complete``. Not
+        real-time."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return self.complete
+
     @property
     def running(self) -> bool:
         return self._thread.is_alive()
