@@ -167,14 +167,22 @@ class HighQualitySeparator:
         return mix, TrackVocalMasks(self.vocal_model, mix, gain, self.vocal_index)
 
     def open_range(
-        self, mix: np.ndarray, masks: TrackVocalMasks, start: int, warmup_samples: int | None = None
+        self,
+        mix: np.ndarray,
+        masks: TrackVocalMasks,
+        start: int,
+        warmup_samples: int | None = None,
+        *,
+        warmup_tiles: bool = True,
     ) -> RangeStems:
         """A ``RangeStems`` producing the stems of ``mix`` (from ``prepare``) from sample ``start`` on, range after
-        range. The causal model is warmed up on ``warmup_samples`` (default ``WARMUP_S``) before ``start``. Only one
-        range of a separator may be open at a time: they share its causal model's stream."""
+        range. The causal model is warmed up on ``warmup_samples`` (default ``WARMUP_S``) before ``start``.
+        ``warmup_tiles`` False: shorten the warm-up rather than compute a look-ahead tile for it alone (a tile is
+        one model call of 8.9 s of audio: what a file deck's seek waits for). Only one range of a separator may be
+        open at a time: they share its causal model's stream."""
         if warmup_samples is None:
             warmup_samples = int(round(WARMUP_S * self.sample_rate))
-        return RangeStems(self, mix, masks, start, warmup_samples)
+        return RangeStems(self, mix, masks, start, warmup_samples, warmup_tiles=warmup_tiles)
 
     def separate_range(
         self,
@@ -258,7 +266,14 @@ class RangeStems:
     Made by ``HighQualitySeparator.open_range``. Not real-time code."""
 
     def __init__(
-        self, hq: HighQualitySeparator, mix: np.ndarray, masks: TrackVocalMasks, start: int, warmup_samples: int
+        self,
+        hq: HighQualitySeparator,
+        mix: np.ndarray,
+        masks: TrackVocalMasks,
+        start: int,
+        warmup_samples: int,
+        *,
+        warmup_tiles: bool = True,
     ) -> None:
         la = hq.vocal_model
         n = mix.shape[1]
@@ -272,6 +287,14 @@ class RangeStems:
         first = la.frame_range(start, start + 1, n)[0] if start < n else la.num_frames(n) - 1
         begin = max(0, first * hop - half - warmup_samples)
         begin -= begin % hop  # the causal buffer starts on a frame boundary of the look-ahead STFT
+        if not warmup_tiles:  # start the warm-up where the tiles already computed (or the range's own) begin
+            kept = la.card.kept_frames
+            k = first // kept
+            while k > 0 and masks.done[k - 1]:
+                k -= 1
+            # the frames touching sample b start at (b - half) // hop + 1: keep them at or after tile k
+            earliest = (k * kept - 1) * hop + half if k > 0 else 0
+            begin = max(begin, min(earliest, first * hop - half))
         hq.adapter.reset()
         self._fed = begin  # next sample of (mix - vocals) to go into the causal model
         self._drop = hq.adapter.latency_samples  # stream samples still to drop (the causal model's latency)

@@ -309,7 +309,8 @@ class HqTrackStems:
     def _start_run(self, mix: np.ndarray, masks: TrackVocalMasks, c: int) -> RangeStems:
         s = c * self.chunk_samples
         need_head = c > 0 and not self._ready[c - 1]
-        run = self.separator.open_range(mix, masks, s - self.join_samples if need_head else s, self.warmup_samples)
+        begin = s - self.join_samples if need_head else s
+        run = self.separator.open_range(mix, masks, begin, self.warmup_samples, warmup_tiles=False)
         if need_head:
             self._heads[c] = run.next(s)[:3]
         self.num_runs += 1
