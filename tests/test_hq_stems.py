@@ -319,3 +319,44 @@ def test_cache_settings_are_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("STEMBRIDGE_CACHE_MAX_GB", "1.5")
     cache = StemCache()
     assert cache.directory == tmp_path / "x" and cache.max_bytes == 1_500_000_000
+
+
+# ------------------------------------------------------------------------------------------ the child process
+
+
+@pytest.fixture(scope="module")
+def process():
+    from stembridge.engine.live.hq_stems import HqAnalysisProcess
+
+    proc = HqAnalysisProcess(DEFAULT_HQ_MODEL, TINY_MODEL)
+    yield proc
+    proc.close()
+    assert not proc.alive
+
+
+def test_a_child_process_analyses_into_shared_memory(process, audio, whole, tmp_path):
+    cache = StemCache(tmp_path)
+    a = HqTrackStems(audio, process, chunk_samples=CHUNK, join_samples=JOIN, cache=cache, start=4 * CHUNK)
+    assert a.wait(timeout=60) and a.error is None and a.source == "analysis"
+    np.testing.assert_allclose(a.stems.sum(axis=0), audio, atol=2e-6)
+    # the runs started at chunk 4, then wrapped to 0 with a 3 s warm-up, which here reaches the start: the whole
+    # track's stems, at the join too (blended between two equal estimates)
+    np.testing.assert_allclose(a.stems, whole, atol=1e-5)
+    dst = np.zeros((4, 2, 256), dtype=np.float32)
+    assert a.read(5000, dst)
+    np.testing.assert_array_equal(dst, whole[..., 5000:5256])
+    b = HqTrackStems(audio, process, chunk_samples=CHUNK, join_samples=JOIN, cache=cache)
+    assert b.wait(timeout=60) and b.source == "cache" and b.num_runs == 0
+    a.close()
+    b.close()
+    assert a.stems is None  # its shared memory is gone
+
+
+def test_a_new_track_on_the_process_stops_the_previous_one(process, audio):
+    long_audio = track(30.0, seed=4)
+    first = HqTrackStems(long_audio, process, chunk_samples=CHUNK, join_samples=JOIN)
+    second = HqTrackStems(audio, process, chunk_samples=CHUNK, join_samples=JOIN)
+    assert second.wait(timeout=60) and second.error is None
+    assert first.wait(timeout=10) is False and not first.running  # stopped part way
+    first.close()
+    second.close()

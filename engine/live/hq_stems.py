@@ -40,6 +40,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 from stembridge.engine.hq import PIPELINE_VERSION, HighQualitySeparator, RangeStems, TrackVocalMasks
@@ -77,21 +78,31 @@ def join_ramp(num_samples: int) -> np.ndarray:
     return (np.sin(0.5 * np.pi * (np.arange(num_samples) + 0.5) / num_samples) ** 2).astype(np.float32)
 
 
-class HqTrackStems:
-    """The high-quality stems of one loaded track, computed ahead of the playhead by a worker thread.
+# the control words shared by a track's front (audio and control threads) and its analyser (thread or process)
+POS, COUNT, STOP, DONE, RUNS, SOURCE = range(6)
+SOURCES = (None, "cache", "analysis")
 
-    audio: float32 (num_channels, n) at ``separator.sample_rate``, the deck's own array (not copied; it must not
-    change while this object lives). separator: a ``HighQualitySeparator`` used by this object alone until ``stop``
-    (its causal model carries one stream). start: the first position to analyse (0 or the cue point). cache: a
-    ``StemCache``, or None for none. The thread starts at once unless ``autostart`` is False (then ``start()``).
+
+class HqTrackStems:
+    """The high-quality stems of one loaded track, computed ahead of the playhead off the audio thread.
+
+    audio: float32 (num_channels, n) at the models' sample rate. analyser: where the work runs, either
+    - an ``HqAnalysisProcess`` (one per deck, made once; what a live engine should use): the analysis runs in that
+      child process and shares the stems with this one through shared memory, so it never holds this process's
+      GIL (a thread doing it here made an audio-callback stand-in late by up to 9 ms p99:
+      benchmarks/results/hq_stems/); the audio is copied into shared memory once; or
+    - a ``HighQualitySeparator`` (one per deck): a thread of this process (tests, tools).
+    Either serves one track at a time: a new ``HqTrackStems`` on the same process stops the previous one's job.
+    start: the first position to analyse (0 or the cue point). cache: a ``StemCache`` or None. The work starts at
+    once unless ``autostart`` is False (then ``start()``, or ``step()`` to drive a thread analyser by hand).
     """
 
-    stems_names = ("vocals", "drums", "bass", "other")
+    stem_names = ("vocals", "drums", "bass", "other")
 
     def __init__(
         self,
         audio: np.ndarray,
-        separator: HighQualitySeparator,
+        analyser: HighQualitySeparator | HqAnalysisProcess,
         *,
         start: int = 0,
         cache: StemCache | None = None,
@@ -102,96 +113,165 @@ class HqTrackStems:
         name: str = "deck",
         autostart: bool = True,
     ) -> None:
-        if audio.ndim != 2 or audio.shape[0] != separator.num_channels or audio.dtype != np.float32:
-            raise ValueError(
-                f"audio must be float32 ({separator.num_channels}, frames), got {audio.dtype} {audio.shape}"
-            )
+        num_channels = analyser.num_channels
+        if audio.ndim != 2 or audio.shape[0] != num_channels or audio.dtype != np.float32:
+            raise ValueError(f"audio must be float32 ({num_channels}, frames), got {audio.dtype} {audio.shape}")
         if audio.shape[1] < 1:
             raise ValueError("audio holds no samples")
         if join_samples < 1 or chunk_samples < 4 * join_samples:
             raise ValueError(f"chunk_samples {chunk_samples} must be at least 4 x join_samples {join_samples}")
-        self.audio = audio
-        self.separator = separator
+        self.name = name
         self.cache = cache
         self.chunk_samples = int(chunk_samples)
         self.join_samples = int(join_samples)
-        self.warmup_samples = warmup_samples
-        self.nice = nice
-        self.name = name
         self.num_channels, self.num_samples = audio.shape
         self.num_chunks = -(-self.num_samples // self.chunk_samples)
-        self.stems = np.zeros((4, self.num_channels, self.num_samples), dtype=np.float32)
-        self._ready = bytearray(self.num_chunks)  # 1 once a chunk's stems are written; never back to 0
-        self._ramp = join_ramp(self.join_samples)
-        self._heads: dict[int, np.ndarray] = {}
-        self._tails: dict[int, np.ndarray] = {}
-        self._request_pos = min(max(int(start), 0), self.num_samples - 1)
-        self._request_count = 1
-        self._stopping = False
-        self._seen = -1  # the request count the worker last acted on
-        self._run: RangeStems | None = None  # the run in hand and the chunk it computes next
-        self._next = 0
-        self._mix: np.ndarray | None = None
-        self._masks: TrackVocalMasks | None = None
-        self.source: str | None = None  # "cache" or "analysis" once known
-        self.cache_path: str | None = None
-        self.error: str | None = None
-        self.priority = ""
-        self.num_runs = 0
+        self.process = analyser if isinstance(analyser, HqAnalysisProcess) else None
+        self._shm: list = []
+        if self.process is None:
+            self.audio = audio
+            self.stems = np.zeros((4, self.num_channels, self.num_samples), dtype=np.float32)
+            self._ready_buf = bytearray(self.num_chunks)
+            self.control = np.zeros(8, dtype=np.int64)
+        else:
+            self.audio = self._shared(audio.shape, np.float32)
+            self.audio[:] = audio
+            self.stems = self._shared((4, self.num_channels, self.num_samples), np.float32)
+            self._ready_buf = self._shared((self.num_chunks,), np.uint8)
+            self.control = self._shared((8,), np.int64)
+        self._ready = memoryview(self._ready_buf).cast("B")  # 1 once a chunk is written, never back to 0
+        self.control[POS] = min(max(int(start), 0), self.num_samples - 1)
+        self.control[COUNT] = 1
+        self._spec = {"chunk_samples": self.chunk_samples, "join_samples": self.join_samples}
+        self._spec |= {"warmup_samples": warmup_samples, "nice": nice, "name": name}
+        self.result: dict = {}
         self.started_at = 0.0
         self.finished_at: float | None = None
-        self._thread = threading.Thread(target=self._work, name=f"stembridge-hq-{name}", daemon=True)
+        self._finished = threading.Event()
+        self._analyser: _Analyser | None = None
+        self._thread: threading.Thread | None = None
+        if self.process is None:
+            self._analyser = _Analyser(
+                self.audio, analyser, self.stems, self._ready, self.control, cache=cache, **self._spec
+            )
+            self._thread = threading.Thread(target=self._thread_work, name=f"stembridge-hq-{name}", daemon=True)
         if autostart:
             self.start()
+
+    def _shared(self, shape: tuple, dtype) -> np.ndarray:
+        from multiprocessing import shared_memory
+
+        size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        shm = shared_memory.SharedMemory(create=True, size=size)
+        self._shm.append(shm)
+        array = np.ndarray(shape, dtype=dtype, buffer=shm.buf)
+        array.fill(0)
+        return array
 
     # ---------------------------------------------------------------------------------------- control side
 
     def start(self) -> None:
+        """Start the work (once). Not real-time."""
         self.started_at = time.perf_counter()
-        self._thread.start()
+        if self.process is None:
+            self._thread.start()
+        else:
+            cache = self.cache
+            spec = None if cache is None else (str(cache.directory), cache.max_bytes, cache.subtype)
+            self.process.submit(self, [shm.name for shm in self._shm], spec)
+
+    def _thread_work(self) -> None:
+        self._finish(self._analyser.work())
+
+    def _finish(self, result: dict) -> None:
+        """The analyser is done (called on its thread, or by the process's listener). Not real-time."""
+        self.result = result
+        self.finished_at = time.perf_counter()
+        self._finished.set()
+
+    def step(self) -> bool:
+        """Compute one chunk by hand (``autostart=False``, thread analysers only): False once nothing is left."""
+        if self._analyser is None:
+            raise RuntimeError("step() drives an analyser in this process; this one runs in a child process")
+        return self._analyser.step()
 
     def request(self, position: int) -> None:
         """Analyse from ``position`` (samples) forward next: call on load, seek, cue and loop jumps. Non-blocking,
-        from any thread: two attribute writes the worker polls between chunks. Real-time safe."""
-        self._request_pos = position
-        self._request_count += 1
+        from any thread: two integer writes the analyser polls between chunks. Real-time safe."""
+        control = self.control
+        control[POS] = position
+        control[COUNT] += 1
 
     def stop(self, timeout: float | None = 5.0) -> None:
-        """Stop the worker (on eject): it finishes the chunk in hand (a fraction of a second) and exits; nothing is
-        cached unless the whole track was ready. Not real-time: call from the control thread."""
-        self._stopping = True
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        """Stop the work (on eject): the chunk in hand is finished (a fraction of a second), nothing is cached
+        unless the whole track was ready. Not real-time: call from the control thread."""
+        if self.control is not None:
+            self.control[STOP] = 1
+        if self.started_at:
+            self._finished.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the worker to finish (everything ready, or stopped, or failed); returns ``complete``. Not
-        real-time."""
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        """Wait for the work to end (all ready, stopped or failed); returns ``complete``. Not real-time."""
+        if self.started_at:
+            self._finished.wait(timeout)
         return self.complete
+
+    def close(self) -> None:
+        """Stop, then free the shared memory (process analysers). The audio thread must no longer call ``read``.
+        Not real-time."""
+        self.stop()
+        shms, self._shm = self._shm, []
+        if shms:
+            self._ready.release()
+            self.stems = self.audio = self.control = self._ready_buf = None
+            for shm in shms:
+                try:
+                    shm.close()
+                except BufferError:  # a caller still holds a view: the memory goes with it
+                    pass
+                shm.unlink()
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return bool(self.started_at) and not self._finished.is_set()
 
     @property
     def progress(self) -> float:
         """Fraction of the track whose stems are ready, 0..1."""
-        return self._ready.count(1) / self.num_chunks
+        return bytes(self._ready).count(1) / self.num_chunks
 
     @property
     def complete(self) -> bool:
-        return self._ready.count(1) == self.num_chunks
+        return bytes(self._ready).count(1) == self.num_chunks
+
+    @property
+    def source(self) -> str | None:
+        """``"cache"`` or ``"analysis"`` once known."""
+        return SOURCES[int(self.control[SOURCE])]
+
+    @property
+    def num_runs(self) -> int:
+        """How many runs the analysis started (1 for one pass; 0 when the cache had it all)."""
+        return int(self.control[RUNS])
+
+    @property
+    def error(self) -> str | None:
+        return self.result.get("error")
+
+    @property
+    def cache_path(self) -> str | None:
+        return self.result.get("cache_path")
 
     def status(self) -> dict:
         """A snapshot for the control side (not real-time)."""
+        end = self.finished_at or time.perf_counter()
         return {
             "progress": self.progress,
             "source": self.source,
             "running": self.running,
             "error": self.error,
             "runs": self.num_runs,
-            "seconds": (self.finished_at or time.perf_counter()) - self.started_at if self.started_at else 0.0,
+            "seconds": end - self.started_at if self.started_at else 0.0,
         }
 
     # ------------------------------------------------------------------------------------------ audio side
@@ -217,29 +297,74 @@ class HqTrackStems:
         np.copyto(dst, self.stems[:, :, pos : pos + n])
         return True
 
-    # ------------------------------------------------------------------------------------------ the worker
 
-    def _work(self) -> None:
+class _Analyser:
+    """The work on one track: fills ``stems`` (4, C, n) and the ``ready`` map, polling ``control`` between chunks.
+    Runs on a thread of the front's process or in an ``HqAnalysisProcess`` on shared memory."""
+
+    def __init__(
+        self,
+        audio: np.ndarray,
+        separator: HighQualitySeparator,
+        stems: np.ndarray,
+        ready,
+        control: np.ndarray,
+        *,
+        cache: StemCache | None,
+        chunk_samples: int,
+        join_samples: int,
+        warmup_samples: int | None,
+        nice: int,
+        name: str,
+    ) -> None:
+        self.audio, self.separator, self.stems, self._ready, self.control = audio, separator, stems, ready, control
+        self.cache = cache
+        self.chunk_samples, self.join_samples, self.warmup_samples = chunk_samples, join_samples, warmup_samples
+        self.nice, self.name = nice, name
+        self.num_channels, self.num_samples = audio.shape
+        self.num_chunks = len(ready)
+        self._ramp = join_ramp(join_samples)
+        self._heads: dict[int, np.ndarray] = {}
+        self._tails: dict[int, np.ndarray] = {}
+        self._seen = -1  # the request count last acted on
+        self._run: RangeStems | None = None  # the run in hand and the chunk it computes next
+        self._next = 0
+        self._mix: np.ndarray | None = None
+        self._masks: TrackVocalMasks | None = None
+
+    @property
+    def _stopping(self) -> bool:
+        return bool(self.control[STOP])
+
+    @property
+    def complete(self) -> bool:
+        return bytes(self._ready).count(1) == self.num_chunks
+
+    def work(self, lower_priority: bool = True) -> dict:
+        """All of it: the cache, else the analysis, then the cache write. Returns what the front reports."""
+        result: dict = {"error": None, "cache_path": None, "priority": ""}
         try:
-            self.priority = lower_thread_priority(self.nice)
+            if lower_priority:
+                result["priority"] = lower_thread_priority(self.nice)
             sep = self.separator
             key = version = None
             if self.cache is not None:
                 key = audio_hash(self.audio)
                 version = model_version(sep.model_files, PIPELINE_VERSION)
-                if self._fill_from_cache(key, version):
-                    self.source = "cache"
-                    return
-            self.source = "analysis"
+                if self._fill_from_cache(key, version, result):
+                    self.control[SOURCE] = SOURCES.index("cache")
+                    return result
+            self.control[SOURCE] = SOURCES.index("analysis")
             while self.step():
                 pass
             if self.cache is not None and self.complete and not self._stopping:
-                self.cache_path = str(self.cache.store(key, version, self.stems, sep.sample_rate))
+                result["cache_path"] = str(self.cache.store(key, version, self.stems, sep.sample_rate))
         except Exception as exc:  # the deck keeps playing the causal stems; say why the HQ ones never came
-            self.error = f"{type(exc).__name__}: {exc}"
+            result["error"] = f"{type(exc).__name__}: {exc}"
             log.exception("high-quality stems of %s failed; the deck plays the live model's stems", self.name)
         finally:
-            self.finished_at = time.perf_counter()
+            self.control[DONE] = 1
+        return result
 
     def _order(self, first: int):
         """Chunk indices from ``first`` forward, wrapping round, that are not ready yet."""
@@ -248,16 +373,16 @@ class HqTrackStems:
             if not self._ready[c]:
                 yield c
 
-    def _fill_from_cache(self, key: str, version: str) -> bool:
+    def _fill_from_cache(self, key: str, version: str, result: dict) -> bool:
         cached = self.cache.open(key, version, self.num_channels, self.num_samples)
         if cached is None:
             return False
-        self.cache_path = str(cached.path)
+        result["cache_path"] = str(cached.path)
         seen = -1
         try:
             while not self._stopping:
-                if self._request_count != seen:
-                    seen = self._request_count
+                if self.control[COUNT] != seen:
+                    seen = int(self.control[COUNT])
                     order = self._order(self._requested_chunk())
                 c = next(order, None)
                 if c is None:
@@ -274,23 +399,23 @@ class HqTrackStems:
             cached.close()
 
     def _requested_chunk(self) -> int:
-        return min(max(int(self._request_pos), 0), self.num_samples - 1) // self.chunk_samples
+        return min(max(int(self.control[POS]), 0), self.num_samples - 1) // self.chunk_samples
 
     def _bounds(self, c: int) -> tuple[int, int]:
         s = c * self.chunk_samples
         return s, min(self.num_samples, s + self.chunk_samples)
 
     def step(self) -> bool:
-        """Compute one chunk (the worker thread loops on this); returns False once every chunk is ready or the
-        object is stopping. With ``autostart=False`` a caller may drive it instead (tests do). Not real-time."""
+        """Compute one chunk; returns False once every chunk is ready or the work is stopping. Not real-time."""
         if self._stopping:
             return False
         if self._mix is None:
             self._mix, self._masks = self.separator.prepare(self.audio)
         run, c = self._run, self._next
-        asked = self._request_count != self._seen
+        count = int(self.control[COUNT])
+        asked = count != self._seen
         if asked:
-            self._seen = self._request_count
+            self._seen = count
         if run is None or asked or c >= self.num_chunks or self._ready[c]:
             first = self._requested_chunk() if asked else c % self.num_chunks
             nxt = next(self._order(first), None)
@@ -313,7 +438,7 @@ class HqTrackStems:
         run = self.separator.open_range(mix, masks, begin, self.warmup_samples, warmup_tiles=False)
         if need_head:
             self._heads[c] = run.next(s)[:3]
-        self.num_runs += 1
+        self.control[RUNS] += 1
         return run
 
     def _end_run(self, run: RangeStems, c: int) -> None:
@@ -338,6 +463,156 @@ class HqTrackStems:
         out[3] = mix[:, s:e] - out[0] - out[1] - out[2]
         self.stems[:, :, s:e] = out
         self._ready[c] = 1
+
+
+class HqAnalysisProcess:
+    """A child process that analyses one deck's tracks, one at a time, on shared memory (see ``HqTrackStems``).
+
+    Made once per deck (off the audio thread; the child imports and loads both models in a second or two, while the
+    deck already plays the causal stems). The child runs at ``nice`` under SCHED_BATCH on Linux (the whole process),
+    below the live worker. ``close()`` ends it. Not real-time.
+    """
+
+    def __init__(
+        self,
+        lookahead_path: str | Path | None = None,
+        causal_path: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        threads: int = 1,
+        nice: int = NICE,
+    ) -> None:
+        import multiprocessing
+
+        from stembridge.engine.hq import DEFAULT_HQ_MODEL
+        from stembridge.engine.lookahead import load_lookahead_card
+
+        card = load_lookahead_card(lookahead_path if lookahead_path is not None else DEFAULT_HQ_MODEL)
+        self.sample_rate = card.sample_rate
+        self.num_channels = card.num_channels
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs audio threads
+        self._conn, child = ctx.Pipe()
+        args = (child, lookahead_path, causal_path, device, threads, nice)
+        self._proc = ctx.Process(target=_child_main, args=args, name="stembridge-hq", daemon=True)
+        self._proc.start()
+        child.close()
+        self._jobs: dict[int, HqTrackStems] = {}
+        self._next_id = 0
+        self._current: HqTrackStems | None = None
+        self._lock = threading.Lock()
+        self.error: str | None = None
+        self._listener = threading.Thread(target=self._listen, name="stembridge-hq-listen", daemon=True)
+        self._listener.start()
+
+    def submit(self, front: HqTrackStems, shm_names: list[str], cache: tuple | None) -> None:
+        """Queue a track's job (``HqTrackStems.start`` does this); the previous track's job is stopped first."""
+        with self._lock:
+            previous, self._current = self._current, front
+            job = self._next_id
+            self._next_id += 1
+            self._jobs[job] = front
+        if previous is not None and previous.control is not None:
+            previous.control[STOP] = 1
+        shape = (front.num_channels, front.num_samples)
+        self._conn.send((job, shm_names, shape, front.num_chunks, cache, front._spec))
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                job, result = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            if job == -1:  # the child could not start
+                self.error = result.get("error")
+                log.error("the HQ stems process could not start: %s", self.error)
+                continue
+            with self._lock:
+                front = self._jobs.pop(job, None)
+            if front is not None:
+                front._finish(result)
+        with self._lock:  # the child is gone: no job will finish by itself
+            fronts, self._jobs = list(self._jobs.values()), {}
+        for front in fronts:
+            front._finish({"error": self.error or "the HQ stems process ended", "cache_path": None})
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the current job and end the child."""
+        with self._lock:
+            current = self._current
+        if current is not None and current.control is not None:
+            current.control[STOP] = 1
+        try:
+            self._conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout)
+        self._listener.join(timeout)
+        self._conn.close()
+
+
+def _attach(name: str):
+    """Open the parent's shared memory. (A spawned child shares its parent's resource tracker, so the segment stays
+    registered once, to the parent, which unlinks it in ``HqTrackStems.close``.)"""
+    from multiprocessing import shared_memory
+
+    return shared_memory.SharedMemory(name=name)
+
+
+def _child_main(conn, lookahead_path, causal_path, device: str, threads: int, nice: int) -> None:
+    """The HQ stems process: builds the separator, then runs jobs as they come until told to end."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except (AttributeError, PermissionError, OSError):
+            pass
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+        except (AttributeError, PermissionError, OSError):
+            pass
+    try:
+        separator = HighQualitySeparator(lookahead_path, causal_path, device=device, threads=threads)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, whose decks keep the causal stems
+        conn.send((-1, {"error": f"{type(exc).__name__}: {exc}"}))
+        separator = None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        job, names, shape, num_chunks, cache_spec, spec = message
+        shms = [_attach(name) for name in names]
+        try:
+            audio = np.ndarray(shape, dtype=np.float32, buffer=shms[0].buf)
+            stems = np.ndarray((4, *shape), dtype=np.float32, buffer=shms[1].buf)
+            ready = np.ndarray((num_chunks,), dtype=np.uint8, buffer=shms[2].buf)
+            control = np.ndarray((8,), dtype=np.int64, buffer=shms[3].buf)
+            if separator is None:
+                result = {"error": "the HQ stems process has no separator", "cache_path": None}
+                control[DONE] = 1
+            else:
+                cache = None
+                if cache_spec is not None:
+                    cache = StemCache(cache_spec[0], max_bytes=cache_spec[1], subtype=cache_spec[2])
+                analyser = _Analyser(audio, separator, stems, ready, control, cache=cache, **spec)
+                result = analyser.work(lower_priority=False)
+                del analyser
+            del audio, stems, ready, control
+        finally:
+            for shm in shms:
+                try:
+                    shm.close()
+                except BufferError:
+                    pass
+        conn.send((job, result))
 
 
 class StemCrossfade:
