@@ -8,7 +8,10 @@ MUSDB audio), with the shipped models on the CPU, one thread each:
 - ``warmup``: how close a range's stems get to the whole-track pass's after 0 to 8 s of causal warm-up (relative
   error energy in dB per stem), which is what ``engine.hq.WARMUP_S`` rests on;
 - ``separate``: ``HighQualitySeparator.separate`` of the whole track, the reference for every ratio below;
-- ``full``: ``HqTrackStems`` analysing the whole track from 0, alone and with a live-worker stand-in beside it (a
+- ``callback_standin``: a SCHED_FIFO thread woken every 5.8 ms for a mixer's worth of numpy (the audio callback's
+  shape), its lateness alone, beside a thread analyser and beside the child-process analyser (60 s excerpt);
+- ``full``: ``HqTrackStems`` on an ``HqAnalysisProcess`` analysing the whole track from 0, alone and with a
+  live-worker stand-in beside it (a
   thread running the default causal model on 2 streams, one 512-sample block per 11.6 ms as a playing deck does;
   its per-block time and late blocks are reported too);
 - ``seek``: while the analysis runs, jumps to positions not analysed yet; the time from ``request`` to the block at
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from stembridge.engine.hq import PIPELINE_VERSION, HighQualitySeparator
-from stembridge.engine.live.hq_stems import HqTrackStems
+from stembridge.engine.live.hq_stems import HqAnalysisProcess, HqTrackStems
 from stembridge.engine.separator import StreamingSeparator
 from stembridge.engine.stem_cache import StemCache, audio_hash, model_version
 
@@ -62,17 +65,24 @@ def synth_track(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 class LiveStandIn:
-    """A thread running the causal default model like the live worker does for 2 decks: one block per period."""
+    """A thread running the causal default model like the live worker does for 2 decks: one block per period, in
+    SCHED_FIFO at priority 1 where permitted, as ``stembridge live`` runs its worker (``--worker-rt-priority``)."""
 
     def __init__(self) -> None:
         self.sep = StreamingSeparator(device="cpu", num_streams=2, max_hops=4)
         self.block = np.random.default_rng(1).standard_normal((2, 2, BLOCK)).astype(np.float32) * 0.1
         self.times: list[float] = []
         self.late = 0
+        self.rt = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            self.rt = True
+        except (AttributeError, PermissionError, OSError):
+            pass
         period = BLOCK / SR
         deadline = time.perf_counter()
         while not self._stop.is_set():
@@ -98,6 +108,7 @@ class LiveStandIn:
     def summary(self) -> dict:
         ms = np.array(self.times) * 1000
         return {
+            "sched_fifo": self.rt,
             "blocks": len(ms),
             "p50_ms": round(float(np.percentile(ms, 50)), 3),
             "p99_ms": round(float(np.percentile(ms, 99)), 3),
@@ -190,6 +201,15 @@ def main() -> None:
     hq = HighQualitySeparator(device="cpu")
     results: dict = {"track_s": args.seconds, "chunk_samples": None, "warmup_s": None}
 
+    print("one look-ahead tile ...", flush=True)
+    mix, masks = hq.prepare(synth_track(40.0, seed=4))
+    tile_s = []
+    for k in range(3):
+        t0 = time.perf_counter()
+        hq.vocal_model.tile_masks(mix, k, k + 1, masks.gain)
+        tile_s.append(time.perf_counter() - t0)
+    results["tile_call_median_s"] = round(statistics.median(tile_s), 3)
+    del mix, masks
     print("warm-up convergence ...", flush=True)
     results["warmup"] = measure_warmup(hq)
 
@@ -201,25 +221,39 @@ def main() -> None:
     sep_s = time.perf_counter() - t0
     results["separate_s"] = round(sep_s, 2)
 
-    print("callback stand-in alone ...", flush=True)
+    print("callback stand-in: idle, beside a thread analyser, beside a process analyser ...", flush=True)
+    proc = HqAnalysisProcess(device="cpu")
+    excerpt = np.ascontiguousarray(audio[:, : 60 * SR])
+    warm = HqTrackStems(excerpt[:, : 5 * SR], proc)  # the child's imports and model load, before any timing
+    warm.wait()
+    warm.close()
     with CallbackStandIn() as cb_idle:
         time.sleep(5.0)
-    print("full analysis alone ...", flush=True)
-    with CallbackStandIn() as cb_busy:
-        a = HqTrackStems(audio, hq)
-        a.wait()
+    with CallbackStandIn() as cb_thread:
+        HqTrackStems(excerpt, hq).wait()
+    with CallbackStandIn() as cb_process:
+        t = HqTrackStems(excerpt, proc)
+        t.wait()
+        t.close()
+    results["callback_standin"] = {
+        "without_analysis": cb_idle.summary(),
+        "beside_thread_analyser": cb_thread.summary(),
+        "beside_process_analyser": cb_process.summary(),
+    }
+    print("full analysis alone (process) ...", flush=True)
+    a = HqTrackStems(audio, proc)
+    a.wait()
     alone_s = a.finished_at - a.started_at
-    results["callback_standin"] = {"without_analysis": cb_idle.summary(), "with_analysis": cb_busy.summary()}
     results["chunk_samples"] = a.chunk_samples
     results["max_abs_diff_vs_separate"] = float(np.abs(a.stems - reference).max())
     del reference
     print("full analysis beside the live stand-in ...", flush=True)
     with LiveStandIn() as live:
-        time.sleep(2.0)
+        time.sleep(10.0)
         idle = live.summary()
         live.times.clear()
         live.late = 0
-        b = HqTrackStems(audio, hq)
+        b = HqTrackStems(audio, proc)
         b.wait()
         beside_s = b.finished_at - b.started_at
     results["full"] = {
@@ -233,8 +267,9 @@ def main() -> None:
         "live_standin_with_analysis": live.summary(),
         "stems_buffer_mb": round(b.stems.nbytes / 1e6, 1),
     }
-    stems = b.stems
-    del a, b
+    stems = b.stems.copy()
+    a.close()
+    b.close()
 
     print("seeks ...", flush=True)
     rng = np.random.default_rng(3)
@@ -242,7 +277,7 @@ def main() -> None:
     with LiveStandIn():
         for i in range(3):
             cue = int(rng.uniform(0.1, 0.9) * n)
-            c = HqTrackStems(audio, hq, start=cue)
+            c = HqTrackStems(audio, proc, start=cue)
             loads.append(wait_ready(c, cue))
             for _ in range(max(1, args.seeks // 3 + (i < args.seeks % 3))):
                 time.sleep(0.5)
@@ -252,7 +287,7 @@ def main() -> None:
                         break
                 c.request(pos)
                 seeks.append(wait_ready(c, pos))
-            c.stop()
+            c.close()
     results["seek"] = {
         "seek_to_hq_median_s": round(statistics.median(seeks), 3),
         "seek_to_hq_max_s": round(max(seeks), 3),
@@ -275,7 +310,7 @@ def main() -> None:
             path = sc.store(key, version, stems, SR)
             write_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            e = HqTrackStems(audio, hq, cache=sc)
+            e = HqTrackStems(audio, proc, cache=sc)
             first = wait_ready(e, 0)
             e.wait()
             read_s = time.perf_counter() - t0
@@ -288,8 +323,9 @@ def main() -> None:
                 "mb_per_minute": round(path.stat().st_size / 1e6 / (args.seconds / 60), 1),
                 "max_abs_diff": float(np.abs(e.stems - stems).max()),
             }
-            del e
+            e.close()
         results["cache"] = cache
+    proc.close()
     results["warmup_s"] = 3.0
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -301,22 +337,28 @@ def main() -> None:
         "| measure | value |",
         "|---|---|",
         f"| `separate` of the track (reference) | {results['separate_s']} s |",
-        f"| full analysis alone | {f['alone_s']} s ({f['alone_x_realtime']}x real time, {f['ratio_alone_to_separate']}"
-        " x separate) |",
+        f"| full analysis alone (child process) | {f['alone_s']} s ({f['alone_x_realtime']}x real time, "
+        f"{f['ratio_alone_to_separate']} x separate) |",
         f"| full analysis beside a live worker stand-in | {f['beside_live_s']} s ({f['beside_live_x_realtime']}x real "
         f"time, {f['ratio_beside_to_separate']} x separate) |",
         f"| seek to HQ stems at the new playhead, median (max) | {s['seek_to_hq_median_s']} s "
         f"({s['seek_to_hq_max_s']} s) |",
         f"| load at a cue point to HQ stems there, median | {s['load_to_hq_median_s']} s |",
+        f"| one look-ahead tile (8.9 s of audio, one model call), median | {results['tile_call_median_s']} s |",
         f"| live stand-in block time p99 without / with analysis | "
         f"{f['live_standin_without_analysis']['p99_ms']} / {f['live_standin_with_analysis']['p99_ms']} ms "
         f"(late blocks {f['live_standin_without_analysis']['late_blocks']} / "
         f"{f['live_standin_with_analysis']['late_blocks']}) |",
-        f"| callback stand-in (5.8 ms period) lateness p99 / max without analysis | "
-        f"{cb['without_analysis']['lateness_p99_ms']} / {cb['without_analysis']['lateness_max_ms']} ms |",
-        f"| callback stand-in lateness p99 / max with analysis in the same process | "
-        f"{cb['with_analysis']['lateness_p99_ms']} / {cb['with_analysis']['lateness_max_ms']} ms "
-        f"({cb['with_analysis']['over_period']} of {cb['with_analysis']['wakes']} wakes later than a period) |",
+        *(
+            f"| callback stand-in (5.8 ms period, SCHED_FIFO) {label}: lateness p99 / max, wakes later than a "
+            f"period | {cb[key]['lateness_p99_ms']} / {cb[key]['lateness_max_ms']} ms, {cb[key]['over_period']} of "
+            f"{cb[key]['wakes']} |"
+            for key, label in (
+                ("without_analysis", "alone"),
+                ("beside_thread_analyser", "beside a thread analysing (60 s)"),
+                ("beside_process_analyser", "beside the child process analysing (60 s)"),
+            )
+        ),
         f"| stems buffer in memory | {f['stems_buffer_mb']} MB |",
     ]
     lines.append(f"| audio hash (sha256) of the track | {results['cache']['audio_hash_s']} s |")

@@ -360,3 +360,15 @@ def test_a_new_track_on_the_process_stops_the_previous_one(process, audio):
     assert first.wait(timeout=10) is False and not first.running  # stopped part way
     first.close()
     second.close()
+
+
+def test_a_track_on_a_closed_process_reports_an_error(audio):
+    from stembridge.engine.live.hq_stems import HqAnalysisProcess
+
+    proc = HqAnalysisProcess(DEFAULT_HQ_MODEL, TINY_MODEL)
+    proc.close()
+    a = HqTrackStems(audio, proc, chunk_samples=CHUNK, join_samples=JOIN)
+    assert a.wait(timeout=5) is False and "not running" in a.error
+    dst = np.zeros((4, 2, 64), dtype=np.float32)
+    assert not a.read(0, dst)  # the deck keeps the causal stems
+    a.close()

@@ -1,18 +1,19 @@
 """High-quality stems of a file deck's track, computed ahead of its playhead off the audio thread.
 
-``HqTrackStems`` is made per loaded track (``engine.hq.HighQualitySeparator`` is made once per deck and reused). It
-holds a preallocated stems buffer float32 (4, num_channels, n) and a ready map of fixed chunks (``chunk_samples``,
-default 32768 samples, 0.74 s at 44.1 kHz). One worker thread fills it:
+``HqTrackStems`` is made per loaded track. It holds a preallocated stems buffer float32 (4, num_channels, n) and a
+ready map of fixed chunks (``chunk_samples``, default 32768 samples, 0.74 s at 44.1 kHz). Its analyser fills them:
 
 1. from the disk cache (``engine.stem_cache``) when this audio was analysed before by the same models, else
 2. with ``HighQualitySeparator`` ranges, in this order: from the position the deck last asked for (``request``:
    0 or the cue point on load, the new position on a seek, cue or loop jump) forward, skipping ready chunks, then
    wrapping round to the start until the whole track is ready; then the cache file is written.
 
-The audio thread asks ``read(pos, dst)`` per block: it fills dst with the stems of [pos, pos + n) and returns True
-when they are all ready, else returns False and leaves dst alone; the engine then plays the causal worker's stems.
-``StemCrossfade`` switches between the two sample-aligned over one block, either way, keeping the stems' sum equal
-to the mix during the fade.
+The analyser is an ``HqAnalysisProcess`` (a child process per deck, made once, on shared memory: what a live engine
+uses, since the audio callback needs this process's GIL) or a ``HighQualitySeparator`` (a thread of this process:
+tests and tools). The audio thread asks ``read(pos, dst)`` per block: it fills dst with the stems of [pos, pos + n)
+and returns True when they are all ready, else returns False and leaves dst alone; the engine then plays the
+causal worker's stems. ``StemCrossfade`` switches between the two sample-aligned over one block, either way,
+keeping the stems' sum equal to the mix during the fade.
 
 **Joins.** Consecutive chunks of one run share the causal model's stream and join exactly. Where a run starts next
 to a ready chunk, or ends at one, two runs' estimates of the same audio meet; their causal warm-ups differ, so they
@@ -27,10 +28,10 @@ mix), always inside the chunk being written, never inside a ready one the audio 
   *head*); the run that later reaches ``s`` from the left fades from its own estimate into that head over the last
   JOIN samples before ``s``.
 
-Priority: the worker runs at ``nice`` (default 10) under SCHED_BATCH on Linux, below the live separation worker
-(an ordinary or SCHED_FIFO process) and out of ``worker.promote_threads``' reach (it promotes SCHED_OTHER threads
-only). On macOS and Windows a thread's priority cannot be lowered through ``os`` alone: it runs at normal priority.
-Numpy and ONNX Runtime release the GIL for their work; the Python glue between them holds it in short bursts.
+Priority: the analyser (the child process, or the thread) runs at ``nice`` (default 10) under SCHED_BATCH on Linux,
+below the live separation worker (an ordinary or SCHED_FIFO process) and out of ``worker.promote_threads``' reach
+(it promotes SCHED_OTHER threads only). On macOS and Windows it runs at normal priority (``os`` offers no per-thread
+priority there; the process's own could be lowered with psutil, which the project does not depend on).
 """
 
 from __future__ import annotations
@@ -478,7 +479,7 @@ class HqAnalysisProcess:
         lookahead_path: str | Path | None = None,
         causal_path: str | Path | None = None,
         *,
-        device: str = "cpu",
+        device: str = "auto",
         threads: int = 1,
         nice: int = NICE,
     ) -> None:
@@ -514,7 +515,13 @@ class HqAnalysisProcess:
         if previous is not None and previous.control is not None:
             previous.control[STOP] = 1
         shape = (front.num_channels, front.num_samples)
-        self._conn.send((job, shm_names, shape, front.num_chunks, cache, front._spec))
+        try:
+            self._conn.send((job, shm_names, shape, front.num_chunks, cache, front._spec))
+        except (OSError, ValueError) as exc:  # the child is gone: this deck plays the causal stems
+            with self._lock:
+                self._jobs.pop(job, None)
+            log.error("the HQ stems process is not running (%s); %s plays the live model's stems", exc, front.name)
+            front._finish({"error": f"the HQ stems process is not running ({exc})", "cache_path": None})
 
     def _listen(self) -> None:
         while True:
