@@ -372,3 +372,13 @@ def test_a_track_on_a_closed_process_reports_an_error(audio):
     dst = np.zeros((4, 2, 64), dtype=np.float32)
     assert not a.read(0, dst)  # the deck keeps the causal stems
     a.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
+def test_too_little_shared_memory_is_a_clear_error(process, audio, monkeypatch):
+    class Tiny:
+        f_bavail, f_frsize = 16, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Tiny())
+    with pytest.raises(MemoryError, match="/dev/shm"):
+        HqTrackStems(audio, process, chunk_samples=CHUNK, join_samples=JOIN)

@@ -135,6 +135,7 @@ class HqTrackStems:
             self._ready_buf = bytearray(self.num_chunks)
             self.control = np.zeros(8, dtype=np.int64)
         else:
+            _check_shared_memory_room((5 * self.num_channels * self.num_samples) * 4 + self.num_chunks)
             self.audio = self._shared(audio.shape, np.float32)
             self.audio[:] = audio
             self.stems = self._shared((4, self.num_channels, self.num_samples), np.float32)
@@ -297,6 +298,20 @@ class HqTrackStems:
             return False
         np.copyto(dst, self.stems[:, :, pos : pos + n])
         return True
+
+
+def _check_shared_memory_room(num_bytes: int) -> None:
+    """Raise MemoryError naming /dev/shm when it cannot hold ``num_bytes`` more (a full tmpfs kills the process
+    with SIGBUS on first touch, not with an error: containers often give it 64 MB)."""
+    if not os.path.isdir("/dev/shm"):
+        return
+    st = os.statvfs("/dev/shm")
+    free = st.f_bavail * st.f_frsize
+    if free < num_bytes:
+        raise MemoryError(
+            f"/dev/shm has {free / 1e6:.0f} MB free, the HQ stems of this track need {num_bytes / 1e6:.0f} MB: "
+            "enlarge it (docker run --shm-size=2g) or analyse in a thread (pass a HighQualitySeparator)"
+        )
 
 
 class _Analyser:
