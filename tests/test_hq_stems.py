@@ -382,3 +382,29 @@ def test_too_little_shared_memory_is_a_clear_error(process, audio, monkeypatch):
     monkeypatch.setattr(os, "statvfs", lambda path: Tiny())
     with pytest.raises(MemoryError, match="/dev/shm"):
         HqTrackStems(audio, process, chunk_samples=CHUNK, join_samples=JOIN)
+
+
+def test_playback_fades_to_hq_stems_where_ready_and_back(hq, audio):
+    from stembridge.engine.live.hq_stems import HqPlayback
+
+    n = 256
+    a = analysis(hq, audio)
+    a.request(4 * CHUNK)
+    a.step()  # chunk 4 only
+    play = HqPlayback(n)
+    play.set_track(a)
+    causal = np.zeros((4, 2, n), dtype=np.float32)
+    heard = []
+    for pos in range(4 * CHUNK - 2 * n, 5 * CHUNK + 2 * n, n):
+        causal[:] = 0.0
+        causal[3] = audio[:, pos : pos + n]  # a causal estimate: everything in "other"
+        hq_heard = play.process(pos, pos + n, causal)
+        np.testing.assert_allclose(causal.sum(axis=0), audio[:, pos : pos + n], atol=1e-6)
+        heard.append((pos, hq_heard, float(np.abs(causal[0]).max())))
+    first_hq = next(p for p, h, _ in heard if h)
+    assert first_hq == 4 * CHUNK  # the first block inside the ready chunk fades in
+    last = max(p for p, h, _ in heard if h)
+    assert last == 5 * CHUNK - n  # the last block before the chunk that is not ready fades out
+    assert all(v == 0.0 for p, h, v in heard if not h)  # outside: the causal stems untouched
+    play.set_track(None)
+    assert play.process(4 * CHUNK, 4 * CHUNK + n, causal) is False

@@ -677,3 +677,35 @@ class StemCrossfade:
     def reset(self) -> None:
         """Back to the causal stems without a fade (a new track). Real-time safe."""
         self.on_hq = False
+
+
+class HqPlayback:
+    """A file deck's side of it on the audio thread: its current ``HqTrackStems`` (or None), one block buffer and
+    the ``StemCrossfade``. The engine's whole per-block wiring is ``process``. Real-time safe apart from the
+    constructor."""
+
+    def __init__(self, block_size: int, num_channels: int = 2) -> None:
+        self.block_size = block_size
+        self.track: HqTrackStems | None = None
+        self.crossfade = StemCrossfade(block_size, num_channels)
+        self._hq = np.zeros((4, num_channels, block_size), dtype=np.float32)
+
+    def set_track(self, track: HqTrackStems | None) -> None:
+        """Swap in a loaded track's HQ stems (or None on eject), by reference; starts on the causal stems. The old
+        one is the control thread's to ``close()`` once this has run. Real-time safe."""
+        self.track = track
+        self.crossfade.reset()
+
+    def process(self, pos: int, next_pos: int, stems: np.ndarray) -> bool:
+        """stems: float32 (4, num_channels, block_size), the causal stems of the samples the deck plays this block
+        from ``pos`` (its playhead at the block's start), replaced in place by the HQ ones, or a crossfade, where
+        they are ready. next_pos: where the next block starts (``pos + block_size``, or the loop start after a
+        splice). A block that crosses a loop splice plays causal. Returns whether HQ stems were heard. Real-time
+        safe."""
+        track = self.track
+        if track is None:
+            return False
+        ready = track.read(pos, self._hq)
+        ready_next = ready and track.ready_at(next_pos, self.block_size)
+        self.crossfade.process(stems, self._hq, ready, ready_next, stems)
+        return ready
