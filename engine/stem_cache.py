@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -153,9 +154,18 @@ class StemCache:
             pass
         return CachedStems(path, handle, float(header["scale"]), num_channels)
 
-    def store(self, audio_key: str, version: str, stems: np.ndarray, sample_rate: int, block: int = 1 << 18) -> Path:
+    def store(
+        self,
+        audio_key: str,
+        version: str,
+        stems: np.ndarray,
+        sample_rate: int,
+        *,
+        block: int = 1 << 18,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Path | None:
         """Write stems float32 (3 or 4, num_channels, n) (vocals, drums, bass first) atomically; evict old files.
-        Returns the file's path."""
+        Returns the file's path, or None when ``should_stop()`` turned True part way (nothing is left behind)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path_for(audio_key, version)
         three = stems[: len(STORED_STEMS)]
@@ -170,6 +180,8 @@ class StemCache:
             ) as f:
                 f.comment = json.dumps(header)
                 for a in range(0, n, block):
+                    if should_stop is not None and should_stop():
+                        return None
                     part = three[:, :, a : a + block].reshape(-1, min(block, n - a)).T
                     f.write(part / scale if scale != 1.0 else part)
             os.replace(tmp, path)

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -309,6 +310,13 @@ def test_cache_evicts_the_least_recently_used_files(tmp_path):
     assert cache.clear() == 2 and not list(tmp_path.glob("*.flac"))
 
 
+def test_a_cache_write_told_to_stop_leaves_nothing(tmp_path):
+    cache = StemCache(tmp_path)
+    stems = np.zeros((3, 2, 3000), dtype=np.float32)
+    assert cache.store("a" * 64, "b" * 64, stems, SR, block=1000, should_stop=lambda: True) is None
+    assert not list(tmp_path.iterdir())
+
+
 def test_cache_settings_are_checked(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="PCM_16"):
         StemCache(tmp_path, subtype="FLOAT")
@@ -353,13 +361,23 @@ def test_a_child_process_analyses_into_shared_memory(process, audio, whole, tmp_
 
 
 def test_a_new_track_on_the_process_stops_the_previous_one(process, audio):
-    long_audio = track(30.0, seed=4)
+    long_audio = track(15.0, seed=4)
     first = HqTrackStems(long_audio, process, chunk_samples=CHUNK, join_samples=JOIN)
     second = HqTrackStems(audio, process, chunk_samples=CHUNK, join_samples=JOIN)
     assert second.wait(timeout=60) and second.error is None
     assert first.wait(timeout=10) is False and not first.running  # stopped part way
     first.close()
     second.close()
+
+
+def test_close_does_not_wait_for_the_work(process):
+    a = HqTrackStems(track(10.0, seed=6), process, chunk_samples=CHUNK, join_samples=JOIN)
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    a.close()  # on eject, from the control thread: returns at once, the memory goes when the child lets go
+    assert time.perf_counter() - t0 < 0.1
+    assert a._finished.wait(timeout=30)
+    assert a.stems is None and not a.read(0, np.zeros((4, 2, 64), dtype=np.float32))
 
 
 def test_a_track_on_a_closed_process_reports_an_error(audio):

@@ -150,6 +150,9 @@ class HqTrackStems:
         self.started_at = 0.0
         self.finished_at: float | None = None
         self._finished = threading.Event()
+        self._closing = False
+        self._release_lock = threading.Lock()
+        self._final_ready: bytes | None = None
         self._analyser: _Analyser | None = None
         self._thread: threading.Thread | None = None
         if self.process is None:
@@ -190,6 +193,8 @@ class HqTrackStems:
         self.result = result
         self.finished_at = time.perf_counter()
         self._finished.set()
+        if self._closing:
+            self._release()
 
     def step(self) -> bool:
         """Compute one chunk by hand (``autostart=False``, thread analysers only): False once nothing is left."""
@@ -219,11 +224,21 @@ class HqTrackStems:
         return self.complete
 
     def close(self) -> None:
-        """Stop, then free the shared memory (process analysers). The audio thread must no longer call ``read``.
-        Not real-time."""
-        self.stop()
-        shms, self._shm = self._shm, []
-        if shms:
+        """Stop the work (on eject) and free the shared memory as soon as the analyser lets go of it: at once, or
+        when its chunk in hand and a cache write under way are done. Does not wait. The audio thread must no
+        longer call ``read``. Not real-time."""
+        if self.control is not None:
+            self.control[STOP] = 1
+        self._closing = True
+        if not self.running:
+            self._release()
+
+    def _release(self) -> None:
+        with self._release_lock:
+            shms, self._shm = self._shm, []
+            if not shms:
+                return
+            self._final_ready = bytes(self._ready)
             self._ready.release()
             self.stems = self.audio = self.control = self._ready_buf = None
             for shm in shms:
@@ -233,6 +248,10 @@ class HqTrackStems:
                     pass
                 shm.unlink()
 
+    def _ready_bytes(self) -> bytes:
+        final = self._final_ready
+        return final if final is not None else bytes(self._ready)
+
     @property
     def running(self) -> bool:
         return bool(self.started_at) and not self._finished.is_set()
@@ -240,21 +259,23 @@ class HqTrackStems:
     @property
     def progress(self) -> float:
         """Fraction of the track whose stems are ready, 0..1."""
-        return bytes(self._ready).count(1) / self.num_chunks
+        return self._ready_bytes().count(1) / self.num_chunks
 
     @property
     def complete(self) -> bool:
-        return bytes(self._ready).count(1) == self.num_chunks
+        return self._ready_bytes().count(1) == self.num_chunks
 
     @property
     def source(self) -> str | None:
         """``"cache"`` or ``"analysis"`` once known."""
-        return SOURCES[int(self.control[SOURCE])]
+        control = self.control
+        return SOURCES[int(control[SOURCE])] if control is not None else self.result.get("source")
 
     @property
     def num_runs(self) -> int:
         """How many runs the analysis started (1 for one pass; 0 when the cache had it all)."""
-        return int(self.control[RUNS])
+        control = self.control
+        return int(control[RUNS]) if control is not None else self.result.get("runs", 0)
 
     @property
     def error(self) -> str | None:
@@ -280,7 +301,7 @@ class HqTrackStems:
 
     def ready_at(self, pos: int, n: int) -> bool:
         """Whether the stems of samples [pos, pos + n) are ready (False outside the track). Real-time safe."""
-        if pos < 0 or n < 1 or pos + n > self.num_samples:
+        if pos < 0 or n < 1 or pos + n > self.num_samples or self.stems is None:
             return False
         ready, size = self._ready, self.chunk_samples
         c, last = pos // size, (pos + n - 1) // size
@@ -332,8 +353,10 @@ class _Analyser:
         warmup_samples: int | None,
         nice: int,
         name: str,
+        interrupt=None,
     ) -> None:
         self.audio, self.separator, self.stems, self._ready, self.control = audio, separator, stems, ready, control
+        self.interrupt = interrupt  # callable: True when the cache write should yield (a new track is waiting)
         self.cache = cache
         self.chunk_samples, self.join_samples, self.warmup_samples = chunk_samples, join_samples, warmup_samples
         self.nice, self.name = nice, name
@@ -374,12 +397,17 @@ class _Analyser:
             while self.step():
                 pass
             if self.cache is not None and self.complete and not self._stopping:
-                result["cache_path"] = str(self.cache.store(key, version, self.stems, sep.sample_rate))
+                path = self.cache.store(key, version, self.stems, sep.sample_rate, should_stop=self.interrupt)
+                if path is None:
+                    log.info("the cache write of %s gave way to the next track", self.name)
+                result["cache_path"] = str(path) if path is not None else None
         except Exception as exc:  # the deck keeps playing the causal stems; say why the HQ ones never came
             result["error"] = f"{type(exc).__name__}: {exc}"
             log.exception("high-quality stems of %s failed; the deck plays the live model's stems", self.name)
         finally:
             self.control[DONE] = 1
+            result["source"] = SOURCES[int(self.control[SOURCE])]
+            result["runs"] = int(self.control[RUNS])
         return result
 
     def _order(self, first: int):
@@ -624,7 +652,7 @@ def _child_main(conn, lookahead_path, causal_path, device: str, threads: int, ni
                 cache = None
                 if cache_spec is not None:
                     cache = StemCache(cache_spec[0], max_bytes=cache_spec[1], subtype=cache_spec[2])
-                analyser = _Analyser(audio, separator, stems, ready, control, cache=cache, **spec)
+                analyser = _Analyser(audio, separator, stems, ready, control, cache=cache, interrupt=conn.poll, **spec)
                 result = analyser.work(lower_priority=False)
                 del analyser
             del audio, stems, ready, control
