@@ -1,6 +1,7 @@
 """File-deck high-quality stems: seek to HQ stems, full analysis with and without a live worker beside it, the cache.
 
     python benchmarks/hq_stems.py [--seconds 300] [--out benchmarks/results/hq_stems]
+    python benchmarks/hq_stems.py --two-decks    # two decks analysing beside the stand-ins (two_decks.md)
 
 On a synthesized track (noise plus tones shaped like a song: kick, hats, bass line, chords, a vibrato lead; no
 MUSDB audio), with the shipped models on the CPU, one thread each:
@@ -192,12 +193,66 @@ def measure_warmup(hq: HighQualitySeparator, seconds: float = 30.0) -> list[dict
     return rows
 
 
+def two_decks(out: Path, seconds: float = 60.0) -> None:
+    """The callback and live-worker stand-ins alone, then while two decks' child processes analyse a track each."""
+    procs = [HqAnalysisProcess(device="cpu") for _ in range(2)]
+    tracks = [synth_track(seconds, seed=10 + i) for i in range(2)]
+    for p in procs:  # the children's imports and model loads, before any timing
+        w = HqTrackStems(tracks[0][:, : 5 * SR].copy(), p)
+        w.wait()
+        w.close()
+    with CallbackStandIn() as cb_idle, LiveStandIn() as live_idle:
+        time.sleep(15.0)
+    with CallbackStandIn() as cb_busy, LiveStandIn() as live_busy:
+        t0 = time.perf_counter()
+        jobs = [HqTrackStems(t, p) for t, p in zip(tracks, procs, strict=True)]
+        for j in jobs:
+            j.wait()
+        both_s = time.perf_counter() - t0
+        for j in jobs:
+            j.close()
+    for p in procs:
+        p.close()
+    result = {
+        "track_s": seconds,
+        "both_analysed_s": round(both_s, 2),
+        "callback_standin": {"idle": cb_idle.summary(), "two_decks_analysing": cb_busy.summary()},
+        "live_standin": {"idle": live_idle.summary(), "two_decks_analysing": live_busy.summary()},
+    }
+    (out / "two_decks.json").write_text(json.dumps(result, indent=2) + "\n")
+    cb, lv = result["callback_standin"], result["live_standin"]
+    lines = [
+        f"# Two decks analysing at once ({seconds:.0f} s track each, one child process per deck)",
+        "",
+        "| | idle (15 s) | two decks analysing |",
+        "|---|---|---|",
+        f"| both tracks analysed in | | {both_s:.1f} s |",
+        f"| callback stand-in lateness p50 / p99 / max (ms) | {cb['idle']['lateness_p50_ms']} / "
+        f"{cb['idle']['lateness_p99_ms']} / {cb['idle']['lateness_max_ms']} | "
+        f"{cb['two_decks_analysing']['lateness_p50_ms']} / {cb['two_decks_analysing']['lateness_p99_ms']} / "
+        f"{cb['two_decks_analysing']['lateness_max_ms']} |",
+        f"| callback wakes later than a period | {cb['idle']['over_period']} of {cb['idle']['wakes']} | "
+        f"{cb['two_decks_analysing']['over_period']} of {cb['two_decks_analysing']['wakes']} |",
+        f"| live stand-in block time p50 / p99 (ms), late blocks | {lv['idle']['p50_ms']} / {lv['idle']['p99_ms']}, "
+        f"{lv['idle']['late_blocks']} of {lv['idle']['blocks']} | {lv['two_decks_analysing']['p50_ms']} / "
+        f"{lv['two_decks_analysing']['p99_ms']}, {lv['two_decks_analysing']['late_blocks']} of "
+        f"{lv['two_decks_analysing']['blocks']} |",
+    ]
+    (out / "two_decks.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="length of the synthesized track (s)")
     parser.add_argument("--seeks", type=int, default=7, help="seeks to time")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "hq_stems")
+    parser.add_argument("--two-decks", action="store_true", help="only the two-decks-analysing measurement")
     args = parser.parse_args()
+    if args.two_decks:
+        args.out.mkdir(parents=True, exist_ok=True)
+        two_decks(args.out)
+        return
     hq = HighQualitySeparator(device="cpu")
     results: dict = {"track_s": args.seconds, "chunk_samples": None, "warmup_s": None}
 
