@@ -32,7 +32,7 @@ from stembridge.engine.model_card import ModelError
 
 DEFAULT_HQ_MODEL = Path(str(files("stembridge.engine").joinpath("models", "hq_vocals.onnx")))
 STEMS = ("vocals", "drums", "bass", "other")
-PIPELINE_VERSION = 1  # raise when the pipeline's maths changes: cached stems (engine/stem_cache.py) are keyed by it
+PIPELINE_VERSION = 2  # raise when the pipeline's maths changes: cached stems (engine/stem_cache.py) are keyed by it
 LEVEL_DB = -16.0  # RMS (dBFS) of the track as the look-ahead model sees it
 CHUNK_FRAMES = 512  # STFT frames per chunk of the inverse transforms (bounded memory on long tracks)
 TILES_PER_CALL = 8  # look-ahead tiles computed together (the model batches them)
@@ -81,6 +81,12 @@ class HighQualitySeparator:
                 f"{la.path}: its sample rate {la.sample_rate} Hz differs from the causal model's {card.sample_rate}"
             )
         self.adapter = BlockAdapter(self.causal, max_block_size=block_size, block_size=block_size)
+        # a second stream of the causal model, on the whole mix, for the vocals above the look-ahead model's band
+        # (its own recurrent state, so ranges can run both streams side by side)
+        self.mix_causal = StreamingSeparator(
+            card.path, device=device, intra_op_threads=threads, max_hops=max(1, block_size // 64 + 2)
+        )
+        self.mix_adapter = BlockAdapter(self.mix_causal, max_block_size=block_size, block_size=block_size)
         self.block_size = block_size
         self.sample_rate = la.sample_rate
         self.num_channels = la.num_channels
@@ -136,7 +142,7 @@ class HighQualitySeparator:
         causal = separate_audio(self.adapter, residual, self.block_size, overlap=True)[self.causal_order]
         # the causal model on the whole mix for the vocals above the look-ahead model's band: on the rest alone it
         # hears no voice below 11 kHz and keeps little above (measured: 11-16 kHz leakage -1 dB, against -7 dB)
-        causal_mix_vocals = separate_audio(self.adapter, mix, self.block_size, overlap=True)[
+        causal_mix_vocals = separate_audio(self.mix_adapter, mix, self.block_size, overlap=True)[
             self.causal_order[0]
         ].copy()
         done = self._report(progress, done, n // 3)
@@ -298,10 +304,12 @@ class RangeStems:
             earliest = (k * kept - 1) * hop + half if k > 0 else 0
             begin = max(begin, min(earliest, first * hop - half))
         hq.adapter.reset()
+        hq.mix_adapter.reset()
         self._fed = begin  # next sample of (mix - vocals) to go into the causal model
         self._drop = hq.adapter.latency_samples  # stream samples still to drop (the causal model's latency)
         self._buf_start = begin  # absolute sample of self._causal[..., 0]
-        self._causal = np.zeros((3, mix.shape[0], 0), dtype=np.float32)  # causal vocals, drums, bass, aligned
+        # aligned causal stems: vocals of the mix (for above the look-ahead band), drums and bass of the rest
+        self._causal = np.zeros((3, mix.shape[0], 0), dtype=np.float32)
 
     @property
     def _buf_end(self) -> int:
@@ -318,21 +326,26 @@ class RangeStems:
         return la.istft_range(spec, f0, s0, s1, n)
 
     def _causal_until(self, stop: int) -> None:
-        """Run the causal model on (mix - vocals) until its aligned stems reach sample ``stop`` (<= n)."""
+        """Run the causal model on (mix - vocals) and on the mix until their aligned stems reach sample ``stop``."""
         hq, n = self.hq, self.num_samples
         block = hq.block_size
         latency = hq.adapter.latency_samples
         if self._buf_end >= stop:
             return
         target = self._fed + -(-(stop + latency - self._fed) // block) * block
-        piece = np.zeros((self.mix.shape[0], target - self._fed), dtype=np.float32)
+        whole = np.zeros((self.mix.shape[0], target - self._fed), dtype=np.float32)
         real = min(target, n) - self._fed
         if real > 0:
-            piece[:, :real] = self.mix[:, self._fed : self._fed + real] - self._vocals(self._fed, self._fed + real)
-        outs = [
-            hq.adapter.process(piece[None, :, i : i + block])[0, hq.causal_order[:3]]
-            for i in range(0, target - self._fed, block)
-        ]
+            whole[:, :real] = self.mix[:, self._fed : self._fed + real]
+        rest = whole.copy()
+        if real > 0:
+            rest[:, :real] -= self._vocals(self._fed, self._fed + real)
+        v, d, b = hq.causal_order[:3]
+        outs = []
+        for i in range(0, target - self._fed, block):
+            vocals = hq.mix_adapter.process(whole[None, :, i : i + block])[0, v]
+            stems = hq.adapter.process(rest[None, :, i : i + block])[0]
+            outs.append(np.stack([vocals, stems[d], stems[b]]))
         stems = np.concatenate(outs, axis=-1)[..., self._drop :]
         self._drop = max(0, self._drop - (target - self._fed))
         self._fed = target
@@ -355,16 +368,12 @@ class RangeStems:
             if self._buf_start > max(0, f0 * hop - half):
                 raise RuntimeError("RangeStems: the causal stems before this range were already dropped")
             k = self._buf_start // hop
-            x = la.stft(self.mix, f0, f1)
-            v = np.zeros_like(x)
-            v[:, :, :bins] = x[:, :, :bins] * self.masks.frames(f0, f1)
-            cv, cd, cb = (la.stft(self._causal[i], f0 - k, f1 - k) for i in range(3))
-            v[:, :, bins:] = cv[:, :, bins:]
-            o = x - v - cd - cb
-            powers = np.stack([np.abs(s) ** 2 for s in (v, cd, cb, o)])
-            masks = powers / (powers.sum(axis=0) + 1e-20)
-            for i in range(3):
-                out[i, :, c0 - s0 : c1 - s0] = la.istft_range(x * masks[i], f0, c0, c1, n)
+            high = la.stft(self._causal[0], f0 - k, f1 - k)
+            high[:, :, :bins] = 0.0
+            out[0, :, c0 - s0 : c1 - s0] = self._vocals(c0, c1) + la.istft_range(high, f0, c0, c1, n)
+            a, z = c0 - self._buf_start, c1 - self._buf_start
+            out[1, :, c0 - s0 : c1 - s0] = self._causal[1, :, a:z]
+            out[2, :, c0 - s0 : c1 - s0] = self._causal[2, :, a:z]
         out[3] = self.mix[:, s0:s1] - out[0] - out[1] - out[2]
         self.pos = s1
         if s1 < n:  # drop the causal stems no later range needs
