@@ -351,6 +351,7 @@ def decode_all_streams(p: Path, container, streams: list) -> list[np.ndarray]:
     """Decode several audio streams of one container in one pass: one float32 (num_channels, n) array each.
     The container is closed afterwards."""
     av = _av()
+    order = [s.index for s in streams]  # read before closing: a closed container's streams are gone
     decoders = {s.index: StreamDecoder(p, container, s) for s in streams}
     parts: dict[int, list[np.ndarray]] = {i: [] for i in decoders}
     try:
@@ -370,7 +371,7 @@ def decode_all_streams(p: Path, container, streams: list) -> list[np.ndarray]:
             dec.finish()
     finally:
         container.close()
-    return [np.concatenate(parts[s.index], axis=1) for s in streams]
+    return [np.concatenate(parts[i], axis=1) for i in order]
 
 
 def _itunsmpb_length(container) -> int | None:
