@@ -44,7 +44,7 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     "out_dir",
     required=True,
     type=click.Path(path_type=Path, file_okay=False),
-    help="Output folder; each input gets OUTDIR/<input name>/<stem>.wav.",
+    help="Output folder; each input gets OUTDIR/<input name>/<stem>.wav (--format stem: OUTDIR/<input name>.stem.mp4).",
 )
 @model_option()
 @device_option()
@@ -60,10 +60,23 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["wav", "flac"]),
+    type=click.Choice(["wav", "flac", "stem"]),
     default="wav",
     show_default=True,
-    help="Output format, 24-bit at the input's sample rate.",
+    help="Output format at the input's sample rate: 24-bit WAV or FLAC per stem, or 'stem': one NI stem file "
+    "(.stem.mp4: the input as the mixture plus drums, bass, other, vocals, for Traktor and Mixxx).",
+)
+@click.option(
+    "--codec",
+    type=click.Choice(["aac", "alac"]),
+    default="aac",
+    show_default=True,
+    help="Codec of --format stem: aac (256 kb/s per stream, Traktor's usual) or alac (24-bit lossless).",
+)
+@click.option(
+    "--reseparate",
+    is_flag=True,
+    help="Separate an input that is already an NI stem file (its mixture); without it such inputs are skipped.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing output files (never done without it).")
 @click.option(
@@ -74,22 +87,40 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     help="ONNX Runtime intra-op threads for the model.",
 )
 def separate(
-    inputs, out_dir, model_path, device, spatial_filter, block_size, stems_arg, fmt, overwrite, threads
+    inputs,
+    out_dir,
+    model_path,
+    device,
+    spatial_filter,
+    block_size,
+    stems_arg,
+    fmt,
+    codec,
+    reseparate,
+    overwrite,
+    threads,
 ) -> None:
     """Separate INPUT audio files into stems through the live streaming path.
 
     Writes OUTDIR/<input name>/{vocals,drums,bass,other}.wav as 24-bit files at each input's sample rate and
-    channel count. A bad input is reported and skipped; the others still complete; the exit status is 1 if any
+    channel count, or with --format stem one OUTDIR/<input name>.stem.mp4 per input. Inputs: WAV, AIFF, FLAC, MP3,
+    AAC/M4A, ALAC, Ogg, Opus (anything FFmpeg reads). An NI stem file is skipped (nothing to separate) unless
+    --reseparate. A bad input is reported and skipped; the others still complete; the exit status is 1 if any
     input failed.
 
-    Example: stembridge separate song.wav -o stems/
+    Examples: stembridge separate song.wav -o stems/
+              stembridge separate song.m4a -o stems/ --format stem --codec alac
     """
     from stembridge.engine.audio_io import AudioFileError
     from stembridge.engine.model_card import ModelError
     from stembridge.engine.separate import separate_file
     from stembridge.engine.separator import StreamingSeparator
+    from stembridge.engine.stem_output import NothingToSeparate
     from stembridge.engine.stream import BlockAdapter
     from tqdm import tqdm
+
+    if fmt == "stem" and stems_arg:
+        raise click.BadParameter("a stem file holds all four stems; leave out --stems", param_hint="--stems")
 
     try:
         separator = StreamingSeparator(
@@ -125,14 +156,19 @@ def separate(
             result = separate_file(
                 adapter,
                 path,
-                out_dir / name,
+                out_dir if fmt == "stem" else out_dir / name,
                 stems=stems,
                 block_size=block_size,
                 fmt=fmt,
                 overwrite=overwrite,
                 progress=bar.update,
                 on_loaded=lambda n, b=bar: b.reset(total=n),
+                codec=codec,
+                reseparate=reseparate,
             )
+        except NothingToSeparate as exc:
+            click.echo(f"skipped: {exc}", err=True)
+            continue
         except (AudioFileError, OSError) as exc:
             failures.append((path, str(exc)))
             click.echo(f"error: {exc}", err=True)
@@ -141,8 +177,9 @@ def separate(
             bar.close()
         results.append(result)
         clipped = f", {result.num_clipped} samples clipped" if result.num_clipped else ""
+        where = result.outputs[0] if fmt == "stem" else out_dir / name
         click.echo(
-            f"{path}: {len(result.outputs)} stems -> {out_dir / name} "
+            f"{path}: {len(stems) if fmt == 'stem' else len(result.outputs)} stems -> {where} "
             f"({result.duration_s:.1f} s of audio in {result.elapsed_s:.2f} s, "
             f"{result.realtime_factor:.1f}x real time{clipped})"
         )

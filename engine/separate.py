@@ -128,25 +128,48 @@ def separate_file(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     on_loaded: Callable[[int], None] | None = None,
+    codec: str = "aac",
+    reseparate: bool = False,
 ) -> SeparationResult:
-    """Separate one file into ``out_dir/<stem>.<fmt>`` (24-bit, the input's rate and channels).
+    """Separate one file into ``out_dir/<stem>.<fmt>`` (24-bit, the input's rate and channels), or with
+    ``fmt="stem"`` into one NI stem file ``out_dir/<name>.stem.mp4`` (``codec`` "aac" or "alac"; see
+    ``engine.stem_output``).
 
     ``on_loaded(num_frames)`` is called once the input is decoded (for a progress bar); ``progress(frames)`` as
     model-rate frames are done. Raises ``AudioFileError`` for bad input or existing outputs; writes nothing then.
+    An input that is already an NI stem file raises ``NothingToSeparate`` unless ``reseparate`` (its mixture is then
+    separated).
     """
+    from stembridge.engine.stem_output import StemFileOutput, check_not_stem_file
+
     sep = adapter.separator
+    if not reseparate:
+        check_not_stem_file(path)
     audio, rate = read_audio(path)
-    writer = AtomicStemWriter(out_dir, stems, rate, audio.shape[0], fmt=fmt, overwrite=overwrite)
+    if fmt == "stem":
+        writer = StemFileOutput(out_dir, path, sep.stems, sep.card.residual_stem, codec=codec, overwrite=overwrite)
+    else:
+        writer = AtomicStemWriter(out_dir, stems, rate, audio.shape[0], fmt=fmt, overwrite=overwrite)
     start = time.perf_counter()
     model_audio = _resample(audio, rate, sep.sample_rate)
     if on_loaded is not None:
         on_loaded(model_audio.shape[1])
     separated = separate_audio(adapter, model_audio, block_size, progress)
-    with writer:
-        for stem in stems:
-            out = _resample(separated[sep.stems.index(stem)], sep.sample_rate, rate)
-            out = _fit_length(out, audio.shape[1])
-            writer.write(stem, out)
+    if fmt == "stem":
+        writer.write(
+            audio,
+            rate,
+            {
+                s: _fit_length(_resample(separated[sep.stems.index(s)], sep.sample_rate, rate), audio.shape[1])
+                for s in sep.stems
+            },
+        )
+    else:
+        with writer:
+            for stem in stems:
+                out = _resample(separated[sep.stems.index(stem)], sep.sample_rate, rate)
+                out = _fit_length(out, audio.shape[1])
+                writer.write(stem, out)
     return SeparationResult(
         input=path,
         outputs=list(writer.targets.values()),
