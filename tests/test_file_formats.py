@@ -423,3 +423,47 @@ def test_separate_skips_a_stem_file_unless_asked_and_writes_stem_files(tmp_path,
     assert result.exit_code == 1 and "output exists" in result.output
     result = run(tagged_input, "-o", tmp_path / "o2", "--format", "stem", "--stems", "vocals")
     assert result.exit_code != 0 and "--stems" in result.output
+
+
+def test_live_plays_a_stem_file_deck_on_its_stem_busses(tmp_path, tiny_model):
+    mix, stems = mixture_and_stems()
+    path = tmp_path / "live.stem.mp4"
+    write_stem_file(path, mix, stems, SR, codec="alac")
+    rec = tmp_path / "rec.wav"
+    result = CliRunner().invoke(
+        main,
+        ["live", "--backend", "dummy", "--deck", str(path), "--model", str(tiny_model), "--duration", "1",
+         "--no-osc", "--worker", "thread", "--record", str(rec)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out, rate = sf.read(rec, dtype="float32", always_2d=True)
+    assert rate == SR and out.shape[1] == 10 and out.shape[0] > SR // 2
+    n = out.shape[0]
+    start = 2048  # after the play fade-in
+    for k, stem in enumerate(("vocals", "drums", "bass", "other"), start=1):  # the tiny model's bus order
+        np.testing.assert_allclose(out[start:n, 2 * k : 2 * k + 2].T, stems[stem][:, start:n], atol=1e-5)
+
+
+def test_itunes_gapless_tag_gives_the_exact_length(files, tmp_path):
+    """An M4A without an edit list but with iTunes' iTunSMPB tag (priming, padding, length) decodes to its length."""
+    from mutagen.mp4 import MP4, MP4FreeForm
+
+    x = files["source"]
+    plain = tmp_path / "noedit.m4a"
+    with av.open(str(plain), "w", format="ipod", options={"use_editlist": "0"}) as out:
+        st = out.add_stream("aac", rate=SR, layout="stereo")
+        st.codec_context.format, st.codec_context.bit_rate = "fltp", 192000
+        for a in range(0, x.shape[1], 4096):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[:, a : a + 4096]), "fltp", "stereo")
+            frame.sample_rate, frame.pts = SR, a
+            for packet in st.encode(frame):
+                out.mux(packet)
+        for packet in st.encode(None):
+            out.mux(packet)
+    tags = MP4(plain)
+    tags["----:com.apple.iTunes:iTunSMPB"] = [
+        MP4FreeForm(f" 00000000 00000400 {0:08X} {x.shape[1]:016X} 00000000 00000000".encode())
+    ]
+    tags.save()
+    audio, _ = read_audio(plain)
+    assert audio.shape == x.shape and click_at(audio) == CLICK
