@@ -50,6 +50,14 @@ def check_readable(path: str | Path) -> Path:
     return p
 
 
+class DamagedAudioError(AudioFileError):
+    """A file that decodes up to a point: ``where`` says where it breaks ("at 2.93 s, byte 688406")."""
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
 @dataclass
 class AudioSource:
     """An opened audio file: its rate, channels, declared length and a generator of decoded blocks.
@@ -64,7 +72,7 @@ class AudioSource:
     num_frames: int | None  # what the header declares, None when the format declares nothing
     backend: str  # "soundfile" or "ffmpeg"
     codec: str
-    _chunks: Iterator[np.ndarray] = field(repr=False, default=iter(()))
+    _chunks: Iterator[np.ndarray] = field(repr=False)
 
     def chunks(self) -> Iterator[np.ndarray]:
         return self._chunks
@@ -150,10 +158,10 @@ def _locate_damage(p: Path) -> str | None:
         source = _open_ffmpeg(p)
         for _ in source.chunks():
             pass
-    except AudioFileError as exc:
-        text = str(exc)
-        at = text.find(" at ")
-        return text[at + 1 :].split(" (")[0] if at >= 0 else None
+    except DamagedAudioError as exc:
+        return exc.where
+    except AudioFileError:
+        return None
     return None
 
 
@@ -249,9 +257,11 @@ class StreamDecoder:
             from stembridge.engine.mp4_boxes import mp4_problem
 
             problem = mp4_problem(self.path)
-            raise AudioFileError(
-                f"{self.path}: corrupt or missing audio data {self._where(packet)} (stream {self.stream.index}, "
-                f"{self.codec}): {exc.strerror or exc}" + (f"; {problem}" if problem else "")
+            where = self._where(packet)
+            raise DamagedAudioError(
+                f"{self.path}: corrupt or missing audio data {where} (stream {self.stream.index}, "
+                f"{self.codec}): {exc.strerror or exc}" + (f"; {problem}" if problem else ""),
+                where,
             ) from exc
         out = []
         for frame in frames:
@@ -262,9 +272,11 @@ class StreamDecoder:
             elif t is not None:
                 gap = t - self._origin - self.num_done / self.sample_rate
                 if gap * self.sample_rate > self._tolerance:
-                    raise AudioFileError(
-                        f"{self.path}: {gap:.3f} s of audio missing at {self.num_done / self.sample_rate:.2f} s "
-                        f"(corrupt or damaged data in stream {self.stream.index})"
+                    where = f"at {self.num_done / self.sample_rate:.2f} s"
+                    raise DamagedAudioError(
+                        f"{self.path}: {gap:.3f} s of audio missing {where} "
+                        f"(corrupt or damaged data in stream {self.stream.index})",
+                        where,
                     )
             limit = self._limit()
             if limit is not None and self.num_done + block.shape[1] > limit:
@@ -286,9 +298,11 @@ class StreamDecoder:
             raise AudioFileError(f"{self.path}: contains no audio frames (stream {self.stream.index})")
         if self.num_frames is not None and self.num_done < self.num_frames - self._tolerance:
             rate = self.sample_rate
-            raise AudioFileError(
+            where = f"at {self.num_done / rate:.2f} s"
+            raise DamagedAudioError(
                 f"{self.path}: truncated or damaged: the audio ends at {self.num_done / rate:.2f} s but the file "
-                f"declares {self.num_frames / rate:.2f} s (it breaks at {self.num_done / rate:.2f} s)"
+                f"declares {self.num_frames / rate:.2f} s (it breaks {where})",
+                where,
             )
 
 

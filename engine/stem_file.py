@@ -341,6 +341,7 @@ _LABEL_KEYS = ("publisher", "label", "organization")
 
 def read_tags(path: Path) -> tuple[dict[str, str], bytes | None]:
     """(FFmpeg's tags with lower-cased keys, the cover picture's bytes or None) of any file FFmpeg reads."""
+    import av
     from stembridge.engine.decode import open_container
 
     container = open_container(path)
@@ -350,7 +351,7 @@ def read_tags(path: Path) -> tuple[dict[str, str], bytes | None]:
         for s in container.streams:
             if s.type == "audio" and s.index == 0:
                 tags = {**{str(k).lower(): str(v) for k, v in s.metadata.items()}, **tags}
-            if s.type == "video" and s.disposition & s.disposition.attached_pic:
+            if s.type == "video" and s.disposition & av.stream.Disposition.attached_pic:
                 for packet in container.demux(s):
                     if packet.size:
                         cover = bytes(packet)
