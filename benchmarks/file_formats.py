@@ -51,7 +51,8 @@ def synth_stems(seconds: float) -> dict[str, np.ndarray]:
     beat = t % 0.5
     snare = np.convolve(rng.standard_normal(n), np.ones(6) / 6, mode="same") * np.exp(-((t + 0.25) % 0.5) * 35)
     hats = np.diff(rng.standard_normal(n + 1)) * np.exp(-(t % 0.125) * 120)
-    drums = 0.5 * np.exp(-beat * 9) * np.sin(2 * np.pi * 50 * t * (1 + np.exp(-beat * 40))) + 0.12 * snare + 0.03 * hats
+    kick = np.sin(2 * np.pi * (50 * beat + 2.5 * (1 - np.exp(-beat * 40))))  # 150 Hz falling to 50 Hz, per beat
+    drums = 0.5 * np.exp(-beat * 9) * kick + 0.12 * snare + 0.03 * hats
     bass_phase = np.cumsum(2 * np.pi * roots / SR)
     bass = 0.22 * np.tanh(2 * np.sin(bass_phase)) * (0.7 + 0.3 * np.exp(-(t % 0.25) * 10))
     other = sum(0.05 * np.sin(2 * np.pi * roots * 4 * r * t) for r in (1.0, 1.26, 1.5)) * (1 + 0.3 * np.sin(t))

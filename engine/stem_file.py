@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ CODECS = ("alac", "aac")
 AAC_BIT_RATE = 256_000  # per stream, NI's stem creator's rate
 STEM_SUFFIXES = (".stem.mp4", ".stem.m4a")
 ENCODE_BLOCK = 8192
+ENCODE_SPAN = 16 * ENCODE_BLOCK  # frames each encoder thread takes at a time
 PCM24_SCALE = float(1 << 23)
 EXACT_SUM_TOLERANCE = 1e-5  # stems this close to summing to the mixture are made to sum exactly (ALAC)
 
@@ -285,7 +287,10 @@ def _sums_to_mixture(mixture: np.ndarray, stems: dict[str, np.ndarray]) -> bool:
 
 
 def _encode(path: Path, streams: list[np.ndarray], sample_rate: int, codec: str, bit_rate: int) -> None:
-    """Five stereo streams (int32 24-bit values for ALAC, float32 for AAC) into one MP4 with PyAV."""
+    """Five stereo streams (int32 24-bit values for ALAC, float32 for AAC) into one MP4 with PyAV.
+
+    Each stream's encoder runs on its own worker thread (PyAV releases the GIL inside FFmpeg's encoder), a few
+    seconds of audio at a time; this thread muxes the packets in order."""
     import av
 
     av.logging.set_level(av.logging.FATAL)
@@ -294,6 +299,19 @@ def _encode(path: Path, streams: list[np.ndarray], sample_rate: int, codec: str,
         out = av.open(str(path), "w", format="mp4")
     except av.error.FFmpegError as exc:
         raise AudioFileError(f"{path}: cannot create ({exc.strerror or exc})") from exc
+
+    def encode_span(st, data: np.ndarray, a: int) -> list:
+        packets = []
+        for b in range(a, min(a + ENCODE_SPAN, data.shape[1]), ENCODE_BLOCK):
+            block = data[:, b : b + ENCODE_BLOCK]
+            if codec == "alac":
+                block = block << 8  # 24-bit values in the top bits of s32, as FFmpeg's ALAC encoder expects
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format=fmt, layout="stereo")
+            frame.sample_rate = sample_rate
+            frame.pts = b
+            packets += st.encode(frame)
+        return packets
+
     try:
         encoders = []
         for _ in streams:
@@ -302,17 +320,13 @@ def _encode(path: Path, streams: list[np.ndarray], sample_rate: int, codec: str,
             if codec == "aac":
                 st.codec_context.bit_rate = bit_rate
             encoders.append(st)
-        n = streams[0].shape[1]
-        for a in range(0, n, ENCODE_BLOCK):
-            for st, data in zip(encoders, streams, strict=True):
-                block = data[:, a : a + ENCODE_BLOCK]
-                if codec == "alac":
-                    block = block << 8  # 24-bit values in the top bits of s32, as FFmpeg's ALAC encoder expects
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format=fmt, layout="stereo")
-                frame.sample_rate = sample_rate
-                frame.pts = a
-                for packet in st.encode(frame):
-                    out.mux(packet)
+        workers = max(1, min(len(streams), os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers, thread_name_prefix="stembridge-encode") as pool:
+            for a in range(0, streams[0].shape[1], ENCODE_SPAN):
+                spans = [pool.submit(encode_span, st, d, a) for st, d in zip(encoders, streams, strict=True)]
+                for span in spans:
+                    for packet in span.result():
+                        out.mux(packet)
         for st in encoders:
             for packet in st.encode(None):
                 out.mux(packet)
