@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -118,6 +119,7 @@ def main() -> None:
         stems = {s: (a * scale).astype(np.float32) for s, a in stems.items()}
         mix = (mix * scale).astype(np.float32)
     duration = mix.shape[1] / SR
+    load_start = os.getloadavg()[0]
     decode_rows, write_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -147,17 +149,18 @@ def main() -> None:
             )
             print(decode_rows[-1], flush=True)
 
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         out_dir = d / "wav_stems"
         with AtomicStemWriter(out_dir, list(NI_SLOTS), SR, 2) as writer:
             for s in NI_SLOTS:
                 writer.write(s, stems[s])
-        wav_s = time.perf_counter() - start
+        wav_s, wav_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         wav_bytes = sum(p.stat().st_size for p in out_dir.iterdir())
         write_rows.append(
             {
                 "output": "4 WAV stems (24-bit)",
                 "write_s": round(wav_s, 2),
+                "write_cpu_s": round(wav_cpu_s, 2),
                 "size_mb": round(wav_bytes / 1e6, 1),
                 "vs_wav_stems": 1.0,
                 "read_s": round(median_time(lambda: [read_audio(out_dir / f"{s}.wav") for s in NI_SLOTS], 1), 2),
@@ -166,7 +169,9 @@ def main() -> None:
         )
         for codec, label in (("alac", "stem file, ALAC 24-bit"), ("aac", "stem file, AAC 256 kb/s per stream")):
             target = d / f"song_{codec}.stem.mp4"
+            cpu_start = time.process_time()
             result = write_stem_file(target, mix, stems, SR, codec=codec, residual="other")
+            cpu_s = time.process_time() - cpu_start
             start = time.perf_counter()
             back = read_stem_file(target)
             read_s = time.perf_counter() - start
@@ -177,6 +182,7 @@ def main() -> None:
                 {
                     "output": label,
                     "write_s": round(result.elapsed_s, 2),
+                    "write_cpu_s": round(cpu_s, 2),
                     "size_mb": round(result.size_bytes / 1e6, 1),
                     "vs_wav_stems": round(result.size_bytes / wav_bytes, 3),
                     "read_s": round(read_s, 2),
@@ -187,7 +193,12 @@ def main() -> None:
     results = {
         "audio_seconds": round(duration, 1),
         "sample_rate": SR,
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "num_cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # at start, at end
+        },
         "pyav": av.__version__,
         "ffmpeg_libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
         "decode": decode_rows,
@@ -200,7 +211,9 @@ def main() -> None:
         "# File formats",
         "",
         f"{duration:.0f} s of synthesized 44.1 kHz stereo (four synthetic stems and their sum; no MUSDB audio), "
-        f"2-core CPU, PyAV {av.__version__} (libavcodec {results['ffmpeg_libavcodec']}). Median of 3 runs. "
+        f"{os.cpu_count()}-core CPU shared with other jobs (1-minute load average {load_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end: times are inflated accordingly), PyAV {av.__version__} "
+        f"(libavcodec {results['ffmpeg_libavcodec']}). Median of 3 runs. "
         "`first block`: time until `iter_audio_blocks` yields its first 4096 frames (when a deck can start).",
         "",
         "| file | MB | decode s | x real time | first block ms |",
@@ -211,12 +224,15 @@ def main() -> None:
         ],
         "",
         "Writing the mixture and four stems: the stem files hold the mixture plus four stems (five streams); the WAV "
-        "row is the four stems only, as `separate --format wav` writes them. `read s`: decoding it all back.",
+        "row is the four stems only, as `separate --format wav` writes them. `write CPU s`: CPU time of all threads "
+        "(stem files encode their five streams on parallel threads), less affected by the machine's load than the "
+        "wall time. `read s`: decoding it all back.",
         "",
-        "| output | write s | MB | size vs WAV stems | read s | stems' sum vs mixture stream |",
-        "|---|---|---|---|---|---|",
+        "| output | write s | write CPU s | MB | size vs WAV stems | read s | stems' sum vs mixture stream |",
+        "|---|---|---|---|---|---|---|",
         *[
-            f"| {r['output']} | {r['write_s']} | {r['size_mb']} | {r['vs_wav_stems']} | {r['read_s']} | "
+            f"| {r['output']} | {r['write_s']} | {r['write_cpu_s']} | {r['size_mb']} | {r['vs_wav_stems']} | "
+            f"{r['read_s']} | "
             f"{'-' if r['sum_vs_mixture_snr_db'] is None else r['sum_vs_mixture_snr_db']} "
             f"{'dB' if isinstance(r['sum_vs_mixture_snr_db'], float) else ''} |"
             for r in write_rows

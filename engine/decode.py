@@ -197,7 +197,9 @@ def open_container(p: Path):
         problem = mp4_problem(p)
         if problem:
             raise AudioFileError(f"{p}: {problem}") from exc
-        raise AudioFileError(f"{p}: not an audio file FFmpeg can read ({exc.strerror or exc})") from exc
+        raise AudioFileError(
+            f"{p}: cannot decode audio: not a format FFmpeg reads, or the file is corrupt ({exc.strerror or exc})"
+        ) from exc
 
 
 class StreamDecoder:
