@@ -91,7 +91,7 @@ def audio_info(path: str | Path) -> tuple[int, int, int | None]:
     from stembridge.engine.decode import open_audio
 
     source = open_audio(path)
-    source.chunks().close()
+    source.close()
     return source.sample_rate, source.num_channels, source.num_frames
 
 

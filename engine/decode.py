@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,9 +73,16 @@ class AudioSource:
     backend: str  # "soundfile" or "ffmpeg"
     codec: str
     _chunks: Iterator[np.ndarray] = field(repr=False)
+    _close: Callable[[], None] | None = field(repr=False, default=None)
 
     def chunks(self) -> Iterator[np.ndarray]:
         return self._chunks
+
+    def close(self) -> None:
+        """Release the file without decoding (or before decoding to the end)."""
+        self._chunks.close()
+        if self._close is not None:
+            self._close()
 
 
 def open_audio(path: str | Path) -> AudioSource:
@@ -336,7 +343,14 @@ def _open_ffmpeg(p: Path) -> AudioSource:
         raise AudioFileError(f"{p}: contains no audio stream")
     dec = StreamDecoder(p, container, streams[0])
     return AudioSource(
-        p, dec.sample_rate, dec.num_channels, dec.num_frames, "ffmpeg", dec.codec, _ffmpeg_chunks(container, dec)
+        p,
+        dec.sample_rate,
+        dec.num_channels,
+        dec.num_frames,
+        "ffmpeg",
+        dec.codec,
+        _ffmpeg_chunks(container, dec),
+        container.close,
     )
 
 
