@@ -467,3 +467,16 @@ def test_itunes_gapless_tag_gives_the_exact_length(files, tmp_path):
     tags.save()
     audio, _ = read_audio(plain)
     assert audio.shape == x.shape and click_at(audio) == CLICK
+
+
+@pytest.mark.skipif(REFERENCE is None or FFMPEG is None, reason="stempeg or ffmpeg not installed")
+def test_stempeg_reads_our_stem_files_as_we_do(tmp_path):
+    """sigsep's stempeg (the MUSDB18 tools' reader, through ffmpeg) sees the same five streams in the same order."""
+    mix, stems = mixture_and_stems()
+    path = tmp_path / "ours.stem.mp4"
+    write_stem_file(path, mix, stems, SR, codec="alac")
+    theirs, rate = stempeg.read_stems(str(path))
+    ours = read_stem_file(path)
+    assert rate == SR and theirs.shape == (5, ours.num_frames, 2)
+    for k, audio in enumerate([ours.mixture] + [ours.stems[s] for s in NI_SLOTS]):
+        np.testing.assert_array_equal(theirs[k].T.astype(np.float32), audio)
