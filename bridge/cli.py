@@ -51,7 +51,7 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     show_default=True,
     type=click.Path(path_type=Path, file_okay=False),
     help="Output folder (made if missing; default: stems/ in the current folder); each input gets "
-    "OUTDIR/<input name>/<stem>.wav.",
+    "OUTDIR/<input name>/<stem>.wav (--format stem: OUTDIR/<input name>.stem.mp4).",
 )
 @click.option(
     "--mode",
@@ -81,10 +81,23 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["wav", "flac"]),
+    type=click.Choice(["wav", "flac", "stem"]),
     default="wav",
     show_default=True,
-    help="Output format, 24-bit at the input's sample rate.",
+    help="Output format at the input's sample rate: 24-bit WAV or FLAC per stem, or 'stem': one NI stem file "
+    "(.stem.mp4: the input as the mixture plus drums, bass, other, vocals, for Traktor and Mixxx).",
+)
+@click.option(
+    "--codec",
+    type=click.Choice(["aac", "alac"]),
+    default="aac",
+    show_default=True,
+    help="Codec of --format stem: aac (256 kb/s per stream, Traktor's usual) or alac (24-bit lossless).",
+)
+@click.option(
+    "--reseparate",
+    is_flag=True,
+    help="Separate an input that is already an NI stem file (its mixture); without it such inputs are skipped.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing output files (never done without it).")
 @click.option(
@@ -105,6 +118,8 @@ def separate(
     block_size,
     stems_arg,
     fmt,
+    codec,
+    reseparate,
     overwrite,
     threads,
 ) -> None:
@@ -113,14 +128,22 @@ def separate(
     Writes OUTDIR/<input name>/{vocals,drums,bass,other}.wav as 24-bit files at each input's sample rate and
     channel count; the stems sum back to the input. By default the high-quality path runs (it reads the whole
     file: not for live input); --mode live runs the causal model that `stembridge live` plays. A bad input is
-    reported and skipped; the others still complete; the exit status is 1 if any input failed.
+    reported and skipped; the others still complete; the exit status is 1 if any input failed. With --format stem,
+    one OUTDIR/<input name>.stem.mp4 per input. Inputs: WAV, AIFF, FLAC, MP3, AAC/M4A, ALAC, Ogg, Opus (anything
+    FFmpeg reads). An NI stem file is skipped (nothing to separate) unless --reseparate.
 
-    Example: stembridge separate song.wav -o stems/  (writes stems/song/vocals.wav, ...)
+    \b
+    Examples: stembridge separate song.wav -o stems/   (writes stems/song/vocals.wav, ...)
+              stembridge separate song.m4a -o stems/ --format stem --codec alac
     """
     from stembridge.engine.audio_io import AudioFileError
     from stembridge.engine.model_card import ModelError
     from stembridge.engine.separate import separate_file
+    from stembridge.engine.stem_output import NothingToSeparate
     from tqdm import tqdm
+
+    if fmt == "stem" and stems_arg:
+        raise click.BadParameter("a stem file holds all four stems; leave out --stems", param_hint="--stems")
 
     if mode == "hq" and spatial_filter is not None:
         raise click.BadParameter("the spatial filter is a setting of --mode live", param_hint="--spatial-filter")
@@ -146,13 +169,18 @@ def separate(
             result = separate_file(
                 separator,
                 path,
-                out_dir / name,
+                out_dir if fmt == "stem" else out_dir / name,
                 stems=stems,
                 fmt=fmt,
                 overwrite=overwrite,
                 progress=bar.update,
                 on_loaded=lambda n, b=bar: b.reset(total=n),
+                codec=codec,
+                reseparate=reseparate,
             )
+        except NothingToSeparate as exc:
+            click.echo(f"skipped: {exc}", err=True)
+            continue
         except (AudioFileError, OSError) as exc:
             failures.append((path, str(exc)))
             click.echo(f"error: {exc}", err=True)
@@ -161,9 +189,10 @@ def separate(
             bar.close()
         results.append(result)
         clipped = f", {result.num_clipped} samples clipped" if result.num_clipped else ""
-        count = len(result.outputs)
+        count = len(stems) if fmt == "stem" else len(result.outputs)
+        where = result.outputs[0] if fmt == "stem" else out_dir / name
         click.echo(
-            f"{path}: {plural(count, 'stem')} -> {out_dir / name} "
+            f"{path}: {plural(count, 'stem')} -> {where} "
             f"({result.duration_s:.1f} s of audio in {result.elapsed_s:.2f} s, "
             f"{result.realtime_factor:.1f}x real time{clipped})"
         )

@@ -244,7 +244,7 @@ class LiveSession:
                 f"{self.backend.name} runs at {rate} Hz but model {card.name} needs {card.sample_rate} Hz "
                 f"(for JACK: restart jackd with -r {card.sample_rate})"
             )
-        decks = self._make_decks(files, num_inputs, rate)
+        decks = self._make_decks(files, num_inputs, rate, tuple(card.stems))
         from stembridge.engine.live.engine import LiveEngine
         from stembridge.engine.rt import freeze_heap
 
@@ -283,17 +283,18 @@ class LiveSession:
             signal.signal(sig, self._on_signal)
         self._announce(card, made)
 
-    def _make_decks(self, files: list[Path], num_inputs: int, rate: int) -> list:
+    def _make_decks(self, files: list[Path], num_inputs: int, rate: int, stems: tuple[str, ...]) -> list:
         from stembridge.engine.audio_io import AudioFileError
-        from stembridge.engine.live.deck import FileDeck, InputDeck, load_deck_audio
+        from stembridge.engine.live.deck import InputDeck
+        from stembridge.engine.live.stem_deck import load_deck
 
         decks = []
         for path in files:
-            try:
-                audio = load_deck_audio(path, rate)
+            try:  # an NI stem file plays its own stems; any other file is separated live
+                deck = load_deck(path, rate, stems, play=not self.opts["paused"], loop=self.opts["loop"])
             except AudioFileError as exc:
                 raise LiveError(str(exc)) from exc
-            decks.append(FileDeck(audio, path.name, play=not self.opts["paused"], loop=self.opts["loop"]))
+            decks.append(deck)
         decks += [InputDeck(f"input {i + 1}") for i in range(num_inputs)]
         return decks
 

@@ -1,14 +1,17 @@
 """Reading input audio and writing stem files safely.
 
-``read_audio`` turns every way a file can be bad (missing, unreadable, empty, corrupt, too many channels) into an
-``AudioFileError`` that names the file and the problem. ``AtomicStemWriter`` writes each stem to a hidden temporary
-file beside its target and moves them all into place only when every stem is complete, so a failure never leaves a
-partly written file, and an existing output is never replaced unless asked.
+``read_audio`` (whole files) and ``iter_audio_blocks`` (progressive decoding) read any format FFmpeg reads and turn
+every way a file can be bad (missing, unreadable, empty, truncated, corrupt, too many channels) into an
+``AudioFileError`` that names the file and the problem; the decoders live in ``engine.decode``.
+``AtomicStemWriter`` writes each stem to a hidden temporary file beside its target and moves them all into place only
+when every stem is complete, so a failure never leaves a partly written file, and an existing output is never
+replaced unless asked. NI stem files (.stem.mp4) are read and written by ``engine.stem_file``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,27 +25,79 @@ class AudioFileError(Exception):
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a whole audio file: returns (float32 (num_channels, num_frames), sample_rate)."""
-    p = Path(path)
-    if not p.exists():
-        raise AudioFileError(f"{p}: file not found")
-    if p.is_dir():
-        raise AudioFileError(f"{p}: is a folder, not an audio file")
-    if not os.access(p, os.R_OK):
-        raise AudioFileError(f"{p}: permission denied (cannot read)")
-    if p.stat().st_size == 0:
-        raise AudioFileError(f"{p}: file is empty (0 bytes)")
-    try:
-        data, sample_rate = sf.read(str(p), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
-        raise AudioFileError(f"{p}: cannot decode audio (corrupt or unsupported format): {exc}") from exc
-    if data.shape[0] == 0:
-        raise AudioFileError(f"{p}: contains no audio frames")
-    if data.shape[1] > 2:
-        raise AudioFileError(f"{p}: has {data.shape[1]} channels; only mono and stereo inputs are supported")
+    """Read a whole audio file: returns (float32 (num_channels, num_frames), sample_rate).
+
+    Any format FFmpeg reads (WAV, AIFF, FLAC and Ogg Vorbis through libsndfile, which is exact and fastest; AAC/M4A,
+    ALAC, MP3, Opus and the rest through PyAV), encoder priming and padding removed (see ``engine.decode``). An NI stem
+    file (.stem.mp4) gives its first stream, the mixture. Every way a file can be bad raises ``AudioFileError`` naming
+    the file: missing, unreadable, empty, not audio, truncated or corrupt (with the time where it breaks), more than
+    two channels, NaN or infinite samples.
+    """
+    from stembridge.engine.decode import open_audio
+
+    source = open_audio(path)
+    _check_channels(source.path, source.num_channels)
+    chunks = list(source.chunks())
+    if not chunks:
+        raise AudioFileError(f"{source.path}: contains no audio frames")
+    data = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=1)
+    if data.shape[1] == 0:
+        raise AudioFileError(f"{source.path}: contains no audio frames")
     if not np.all(np.isfinite(data)):
-        raise AudioFileError(f"{p}: contains NaN or infinite samples")
-    return np.ascontiguousarray(data.T), int(sample_rate)
+        raise AudioFileError(f"{source.path}: contains NaN or infinite samples")
+    return np.ascontiguousarray(data, dtype=np.float32), int(source.sample_rate)
+
+
+def iter_audio_blocks(path: str | Path, block_frames: int) -> Iterator[np.ndarray]:
+    """Decode a file progressively: yields float32 (num_channels, block_frames) blocks, the last one shorter.
+
+    For a deck that should start playing a long MP3 or M4A before it is decoded in full: the first block arrives after
+    decoding about ``block_frames`` frames, not the whole file. The rate and channel count are those ``read_audio``
+    returns (``audio_info(path)`` gives them without decoding); the concatenated blocks equal ``read_audio``'s array.
+    Checks run as decoding reaches them: a damaged or truncated file raises ``AudioFileError`` (naming the file and
+    the time where it breaks) when the decode gets there, after the blocks before the damage were yielded; a WAV or
+    AIFF whose header declares more audio than it holds raises before the first block.
+    Not real-time safe: call it from a loader thread and hand the blocks over.
+    """
+    from stembridge.engine.decode import open_audio
+
+    if block_frames < 1:
+        raise ValueError("block_frames must be >= 1")
+    source = open_audio(path)
+    _check_channels(source.path, source.num_channels)
+    pending: list[np.ndarray] = []
+    num_pending = 0
+    any_audio = False
+    for chunk in source.chunks():
+        if not np.all(np.isfinite(chunk)):
+            raise AudioFileError(f"{source.path}: contains NaN or infinite samples")
+        pending.append(chunk)
+        num_pending += chunk.shape[1]
+        while num_pending >= block_frames:
+            joined = pending[0] if len(pending) == 1 else np.concatenate(pending, axis=1)
+            yield np.ascontiguousarray(joined[:, :block_frames])
+            any_audio = True
+            rest = joined[:, block_frames:]
+            pending = [rest] if rest.shape[1] else []
+            num_pending = rest.shape[1]
+    if num_pending:
+        yield np.ascontiguousarray(np.concatenate(pending, axis=1))
+    elif not any_audio:
+        raise AudioFileError(f"{source.path}: contains no audio frames")
+
+
+def audio_info(path: str | Path) -> tuple[int, int, int | None]:
+    """(sample_rate, num_channels, num_frames or None when the format declares no length) without decoding."""
+    from stembridge.engine.decode import open_audio
+
+    source = open_audio(path)
+    source.close()
+    return source.sample_rate, source.num_channels, source.num_frames
+
+
+def _check_channels(p: Path, num_channels: int) -> None:
+    if num_channels > 2:
+        raise AudioFileError(f"{p}: has {num_channels} channels; only mono and stereo inputs are supported")
 
 
 class AtomicStemWriter:

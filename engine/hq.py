@@ -51,6 +51,7 @@ class HighQualitySeparator:
     """
 
     stems = STEMS
+    residual_stem = "other"
 
     def __init__(
         self,

@@ -128,6 +128,7 @@ class CausalFileSeparator:
         sep = adapter.separator
         self.sample_rate = sep.sample_rate
         self.stems = sep.stems
+        self.residual_stem = sep.card.residual_stem
         latency_ms = 1000.0 * adapter.latency_samples / sep.sample_rate
         self.description = (
             f"live model {sep.card.name} ({sep.card.path}){' + spatial filter' if sep.spatial else ''} on "
@@ -147,6 +148,7 @@ class FileSeparator(Protocol):
 
     sample_rate: int
     stems: tuple[str, ...]
+    residual_stem: str | None  # the stem that takes what the others leave (the stems sum to the input)
     description: str
 
     def separate(self, audio: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray: ...
@@ -162,24 +164,45 @@ def separate_file(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     on_loaded: Callable[[int], None] | None = None,
+    codec: str = "aac",
+    reseparate: bool = False,
 ) -> SeparationResult:
-    """Separate one file into ``out_dir/<stem>.<fmt>`` (24-bit, the input's rate and channels).
+    """Separate one file into ``out_dir/<stem>.<fmt>`` (24-bit, the input's rate and channels), or with
+    ``fmt="stem"`` into one NI stem file ``out_dir/<name>.stem.mp4`` (``codec`` "aac" or "alac"; see
+    ``engine.stem_output``).
 
     ``on_loaded(num_frames)`` is called once the input is decoded (for a progress bar); ``progress(frames)`` as
     model-rate frames are done. Raises ``AudioFileError`` for bad input or existing outputs; writes nothing then.
+    An input that is already an NI stem file raises ``NothingToSeparate`` unless ``reseparate`` (its mixture is then
+    separated).
     """
+    from stembridge.engine.stem_output import StemFileOutput, check_not_stem_file
+
+    if not reseparate:
+        check_not_stem_file(path)
     audio, rate = read_audio(path)
-    writer = AtomicStemWriter(out_dir, stems, rate, audio.shape[0], fmt=fmt, overwrite=overwrite)
+    if fmt == "stem":
+        writer = StemFileOutput(
+            out_dir, path, separator.stems, separator.residual_stem, codec=codec, overwrite=overwrite
+        )
+    else:
+        writer = AtomicStemWriter(out_dir, stems, rate, audio.shape[0], fmt=fmt, overwrite=overwrite)
     start = time.perf_counter()
     model_audio = _resample(audio, rate, separator.sample_rate)
     if on_loaded is not None:
         on_loaded(model_audio.shape[1])
     separated = separator.separate(model_audio, progress)
-    with writer:
-        for stem in stems:
-            out = _resample(separated[separator.stems.index(stem)], separator.sample_rate, rate)
-            out = _fit_length(out, audio.shape[1])
-            writer.write(stem, out)
+
+    def at_input_rate(stem: str) -> np.ndarray:
+        out = _resample(separated[separator.stems.index(stem)], separator.sample_rate, rate)
+        return _fit_length(out, audio.shape[1])
+
+    if fmt == "stem":
+        writer.write(audio, rate, {s: at_input_rate(s) for s in separator.stems})
+    else:
+        with writer:
+            for stem in stems:
+                writer.write(stem, at_input_rate(stem))
     return SeparationResult(
         input=path,
         outputs=list(writer.targets.values()),

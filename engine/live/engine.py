@@ -108,6 +108,8 @@ class LiveEngine:
                 latency_samples=self.latency_samples,
                 settle_blocks=self.worker.settle_blocks + fifo_periods,
             )
+        # decks that carry their own stems (engine.live.stem_deck.StemFileDeck) bypass the worker's output
+        self._own_stems = [getattr(deck, "stems_block", None) for deck in self.decks]
         self.mixers = [
             StemMixer(self.stems, self.num_channels, self.sample_rate, max_block_size=block_size, ramp_ms=ramp_ms)
             for _ in self.decks
@@ -227,7 +229,10 @@ class LiveEngine:
             self._weights[i] = w1
             stems_in = self._stems_in[i]
             dry = self._dry[i]
-            if w0 == 1.0 and w1 == 1.0:
+            own = self._own_stems[i]
+            if own is not None:
+                np.copyto(stems_in, own)  # a stem file's own stems: no separation, no dry fallback needed
+            elif w0 == 1.0 and w1 == 1.0:
                 np.copyto(stems_in, sep[i])
             elif w0 == 0.0 and w1 == 0.0:
                 stems_in.fill(0.0)
