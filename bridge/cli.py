@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
@@ -44,7 +43,8 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     "out_dir",
     required=True,
     type=click.Path(path_type=Path, file_okay=False),
-    help="Output folder; each input gets OUTDIR/<input name>/<stem>.wav.",
+    help="Output folder; a file gets OUTDIR/<file name>/<stem>.<format>, a folder's tree is mirrored under OUTDIR. "
+    "The manifest OUTDIR/stembridge-manifest.sqlite records every track.",
 )
 @model_option()
 @device_option()
@@ -61,103 +61,90 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     "--format",
     "fmt",
     type=click.Choice(["wav", "flac"]),
-    default="wav",
-    show_default=True,
-    help="Output format, 24-bit at the input's sample rate.",
+    default=None,
+    help="Output format, 24-bit at the input's sample rate. Default: wav for files, flac when a folder is given.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing output files (never done without it).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Separate again tracks the manifest has as done, and replace existing output files (never without it).",
+)
 @click.option(
     "--threads",
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="ONNX Runtime intra-op threads for the model.",
+    help="ONNX Runtime intra-op threads for the model (per worker).",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes, each with its own model session; largest files first. With --ray: Ray workers "
+    "(default there: one per CPU of the cluster).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run on Ray (pip install 'stembridge[cluster]'): --ray alone joins the cluster RAY_ADDRESS or `ray start` "
+    "names, else starts one here; --ray=HOST:6379 or --ray=auto joins that one. Inputs and outputs must be on "
+    "storage every node sees at the same path.",
 )
 def separate(
-    inputs, out_dir, model_path, device, spatial_filter, block_size, stems_arg, fmt, overwrite, threads
+    inputs,
+    out_dir,
+    model_path,
+    device,
+    spatial_filter,
+    block_size,
+    stems_arg,
+    fmt,
+    overwrite,
+    threads,
+    jobs,
+    ray_address,
 ) -> None:
-    """Separate INPUT audio files into stems through the live streaming path.
+    """Separate INPUT audio files and folders into stems through the live streaming path.
 
     Writes OUTDIR/<input name>/{vocals,drums,bass,other}.wav as 24-bit files at each input's sample rate and
-    channel count. A bad input is reported and skipped; the others still complete; the exit status is 1 if any
-    input failed.
+    channel count; a folder is walked for audio files and its tree mirrored, as FLAC unless --format says.
+    A bad input is reported and skipped; the others still complete; the exit status is 1 if any input failed.
+    A second run skips the tracks the manifest has as done and retries the others; Ctrl-C stops cleanly.
 
-    Example: stembridge separate song.wav -o stems/
+    Example: stembridge separate song.wav -o stems/ ; stembridge separate ~/Music -o ~/Stems --jobs 2
     """
-    from stembridge.engine.audio_io import AudioFileError
-    from stembridge.engine.model_card import ModelError
-    from stembridge.engine.separate import separate_file
-    from stembridge.engine.separator import StreamingSeparator
-    from stembridge.engine.stream import BlockAdapter
-    from tqdm import tqdm
+    from stembridge.bridge.cli_batch import run_separate
+    from stembridge.engine.batch import SeparationSettings
 
-    try:
-        separator = StreamingSeparator(
-            model_path,
-            device=device,
-            intra_op_threads=threads,
-            max_hops=max(1, block_size // 64 + 2),
-            spatial_filter=spatial_filter,
+    if ray_address and Path(ray_address).exists():
+        raise click.BadParameter(
+            f"took {ray_address!r} as the Ray address; write --ray=ADDRESS, or put --ray after the inputs",
+            param_hint="--ray",
         )
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from exc
-    card = separator.card
-    stems = _parse_stems(stems_arg, card.stems)
-    adapter = BlockAdapter(separator, max_block_size=block_size, block_size=block_size)
-    latency_ms = 1000.0 * adapter.latency_samples / card.sample_rate
-    click.echo(
-        f"model {card.name} ({card.path}){' + spatial filter' if separator.spatial else ''} on "
-        f"{separator.active_provider}; "
-        f"latency {adapter.latency_samples} samples ({latency_ms:.1f} ms) at {card.sample_rate} Hz",
-        err=True,
+    settings = SeparationSettings(
+        model_path=Path(model_path).resolve() if model_path is not None else None,
+        device=device,
+        spatial_filter=spatial_filter,
+        block_size=block_size,
+        threads=threads,
+        fmt=fmt,
     )
-
-    results, failures, seen = [], [], {}
-    for path in inputs:
-        name = path.stem
-        if name in seen:
-            failures.append((path, f"{path}: another input ({seen[name]}) has the same name; outputs would collide"))
-            click.echo(f"error: {failures[-1][1]}", err=True)
-            continue
-        seen[name] = path
-        bar = tqdm(total=0, desc=path.name, unit="frame", unit_scale=True, leave=False, file=sys.stderr, disable=None)
-        try:
-            result = separate_file(
-                adapter,
-                path,
-                out_dir / name,
-                stems=stems,
-                block_size=block_size,
-                fmt=fmt,
-                overwrite=overwrite,
-                progress=bar.update,
-                on_loaded=lambda n, b=bar: b.reset(total=n),
-            )
-        except (AudioFileError, OSError) as exc:
-            failures.append((path, str(exc)))
-            click.echo(f"error: {exc}", err=True)
-            continue
-        finally:
-            bar.close()
-        results.append(result)
-        clipped = f", {result.num_clipped} samples clipped" if result.num_clipped else ""
-        click.echo(
-            f"{path}: {len(result.outputs)} stems -> {out_dir / name} "
-            f"({result.duration_s:.1f} s of audio in {result.elapsed_s:.2f} s, "
-            f"{result.realtime_factor:.1f}x real time{clipped})"
-        )
-
-    total_audio = sum(r.duration_s for r in results)
-    total_time = sum(r.elapsed_s for r in results)
-    if results:
-        click.echo(
-            f"done: {len(results)} file(s), {total_audio:.1f} s of audio in {total_time:.2f} s "
-            f"= {total_audio / max(total_time, 1e-9):.1f}x real time; latency {latency_ms:.1f} ms "
-            f"({adapter.latency_samples} samples, removed from the outputs)"
-        )
-    if failures:
-        click.echo(f"failed: {len(failures)} of {len(inputs)} input(s)", err=True)
-        sys.exit(1)
+    run_separate(
+        list(inputs),
+        out_dir,
+        settings,
+        stems_arg=stems_arg,
+        parse_stems=_parse_stems,
+        overwrite=overwrite,
+        jobs=jobs,
+        ray_address=ray_address,
+    )
 
 
 def _register_commands() -> None:
