@@ -35,6 +35,15 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(stems))
 
 
+def _check_ray_address(ctx, param, value: str | None) -> str | None:
+    """``--ray`` takes an optional value, so ``--ray ~/Music`` would take the library for the address: refuse."""
+    if value and Path(value).exists():
+        raise click.BadParameter(
+            f"took {value!r} as the Ray address; write --ray=ADDRESS, or put --ray after the inputs"
+        )
+    return value
+
+
 @main.command("separate")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -91,6 +100,7 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     is_flag=False,
     flag_value="",
     default=None,
+    callback=_check_ray_address,
     metavar="[ADDRESS]",
     help="Run on Ray (pip install 'stembridge[cluster]'): --ray alone joins the cluster RAY_ADDRESS or `ray start` "
     "names, else starts one here; --ray=HOST:6379 or --ray=auto joins that one. Inputs and outputs must be on "
@@ -122,11 +132,6 @@ def separate(
     from stembridge.bridge.cli_batch import run_separate
     from stembridge.engine.batch import SeparationSettings
 
-    if ray_address and Path(ray_address).exists():
-        raise click.BadParameter(
-            f"took {ray_address!r} as the Ray address; write --ray=ADDRESS, or put --ray after the inputs",
-            param_hint="--ray",
-        )
     settings = SeparationSettings(
         model_path=Path(model_path).resolve() if model_path is not None else None,
         device=device,

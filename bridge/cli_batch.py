@@ -120,8 +120,7 @@ def run_separate(
         fmt = LIBRARY_FORMAT if collected.has_folders else "wav"
         if collected.has_folders:
             click.echo(
-                "a folder is a library: writing 24-bit FLAC stems (lossless, smaller than WAV); "
-                "--format wav to change",
+                "a folder is a library: writing 24-bit FLAC stems (lossless, smaller than WAV); --format wav to change",
                 err=True,
             )
         settings = replace(settings, fmt=fmt)
@@ -155,6 +154,8 @@ def run_separate(
         fingerprint = settings.fingerprint(card)
         probe_jobs(collected.jobs)
         done_keys = manifest.plan([identity(j, settings) for j in collected.jobs], fingerprint, run_id, redo=overwrite)
+        for path, reason in collected.problems:
+            manifest.record_failed(str(path.resolve()), reason)
         todo = largest_first([j for j in collected.jobs if j.key not in done_keys])
         needed = estimate_output_bytes(todo, len(settings.stems), settings.fmt)
         free = free_bytes(out_dir)

@@ -279,11 +279,16 @@ class Manifest:
             )
 
     def record_failed(self, key: str, error: str, elapsed_s: float | None = None, worker: str | None = None) -> None:
+        """A failure of ``key``'s track (also one that never got as far as a claim, such as a name collision)."""
         with self._transaction():
             self._db.execute(
-                """UPDATE tracks SET status = 'failed', error = ?, elapsed_s = ?, worker = COALESCE(?, worker),
-                       finished_at = ? WHERE input = ?""",
-                (error, elapsed_s, worker, time.time(), key),
+                """INSERT INTO tracks (input, status, error) VALUES (?, 'failed', ?)
+                   ON CONFLICT (input) DO UPDATE SET status = 'failed', error = excluded.error""",
+                (key, error),
+            )
+            self._db.execute(
+                "UPDATE tracks SET elapsed_s = ?, worker = COALESCE(?, worker), finished_at = ? WHERE input = ?",
+                (elapsed_s, worker, time.time(), key),
             )
 
     def record_left(self, keys: Iterable[str], status: str, reason: str) -> None:
