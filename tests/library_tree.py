@@ -97,6 +97,19 @@ def wait_running(out: Path, path: Path, not_pid: int | None, timeout_s: float = 
     raise AssertionError(f"{path} never started")
 
 
+def wait_model_loaded(pid: int, timeout_s: float = 60.0) -> None:
+    """Wait until worker ``pid`` has ONNX Runtime loaded (it is building its session or separating): Linux /proc."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if "onnxruntime" in Path(f"/proc/{pid}/maps").read_text():
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"worker {pid} never loaded ONNX Runtime")
+
+
 def cli_process(*args: str | Path) -> subprocess.Popen:
     """``stembridge`` in its own process group (as a terminal runs it), output captured."""
     return subprocess.Popen(
