@@ -198,6 +198,9 @@ class InlinePool:
         self._job = None
 
 
+_READY = "ready"  # a worker's first message: its model is loaded
+
+
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -209,21 +212,20 @@ def _local_worker_main(conn: Connection, settings: SeparationSettings) -> None:
     sends SIGTERM, turned here into ``KeyboardInterrupt`` so that the stem writer discards its temporaries."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    adapter = None
     try:
+        try:
+            adapter, load_error = settings.make_adapter(), ""
+        except Exception as exc:  # the coordinator loaded the same model; report it per job rather than die in a loop
+            adapter, load_error = None, f"worker cannot load the model: {exc}"
+        conn.send(_READY)
         while True:
             message = conn.recv()
             if message is None:
                 return
             job, overwrite = message
             if adapter is None:
-                try:
-                    adapter = settings.make_adapter()
-                except Exception as exc:  # the coordinator loaded the same model; report rather than die in a loop
-                    conn.send(
-                        Outcome(job.key, False, error=f"worker cannot load the model: {exc}", worker=worker_name())
-                    )
-                    continue
+                conn.send(Outcome(job.key, False, error=f"{job.input}: {load_error}", worker=worker_name()))
+                continue
             conn.send(run_job(adapter, settings, job, overwrite))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return
@@ -234,6 +236,7 @@ class _LocalWorker:
     process: multiprocessing.Process
     conn: Connection
     job: Job | None = None
+    ready: bool = False
 
 
 class LocalPool:
@@ -253,6 +256,12 @@ class LocalPool:
         process.start()
         theirs.close()
         return _LocalWorker(process, ours)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until every worker has loaded its model (the pool works without this; it times start-up)."""
+        for w in self._workers:
+            if not w.ready and w.job is None and w.conn.poll(timeout_s):
+                w.ready = w.conn.recv() == _READY
 
     @property
     def pids(self) -> list[int]:
@@ -282,6 +291,9 @@ class LocalPool:
                     outcome = r.recv()
                 except (EOFError, OSError):
                     lost.add(slot)
+                    continue
+                if outcome == _READY:
+                    self._workers[slot].ready = True
                     continue
                 self._workers[slot].job = None
                 events.append((slot, outcome))
