@@ -40,14 +40,16 @@ class CliReporter:
         self.num_files = len(jobs)
         self.num_finished = 0
         self._advanced = 0.0  # seconds of the inline job in progress already on the bar
+        total_s = sum(j.duration_s for j in jobs)
+        self._unit_s, unit = (3600.0, "h") if total_s >= 3600 else (60.0, "min")  # the bar counts audio in this unit
         self.bar = None
         if tty:
             from tqdm import tqdm
 
             self.bar = tqdm(
-                total=sum(j.duration_s for j in jobs) / 3600,
+                total=total_s / self._unit_s,
                 desc=self._desc(),
-                bar_format="{desc} |{bar}| {n:.2f}/{total:.2f} h of audio [{elapsed}<{remaining}]",
+                bar_format="{desc} |{bar}| {n:.2f}/{total:.2f} " + unit + " of audio [{elapsed}<{remaining}]",
                 file=sys.stderr,
                 dynamic_ncols=True,
             )
@@ -66,12 +68,12 @@ class CliReporter:
         if self.bar is not None:
             seconds = model_frames / self.model_rate
             self._advanced += seconds
-            self.bar.update(seconds / 3600)
+            self.bar.update(seconds / self._unit_s)
 
     def finished(self, job: Job, outcome: Outcome) -> None:
         self.num_finished += 1
         if self.bar is not None:
-            self.bar.update(max(0.0, job.duration_s - self._advanced) / 3600)
+            self.bar.update(max(0.0, job.duration_s - self._advanced) / self._unit_s)
             self._advanced = 0.0
             self.bar.set_description_str(self._desc(), refresh=True)
         if not outcome.ok:
@@ -86,14 +88,14 @@ class CliReporter:
 
     def retrying(self, job: Job, reason: str) -> None:
         if self.bar is not None:
-            self.bar.update(-self._advanced / 3600)
+            self.bar.update(-self._advanced / self._unit_s)
         self._advanced = 0.0
         self._say(f"retrying {job.input}: {reason}", err=True)
 
     def elsewhere(self, job: Job) -> None:
         self.num_finished += 1
         if self.bar is not None:
-            self.bar.update(job.duration_s / 3600)
+            self.bar.update(job.duration_s / self._unit_s)
         self._say(f"{job.input}: skipped, another run has it or finished it", err=True)
 
     def close(self) -> None:
