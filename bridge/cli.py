@@ -89,10 +89,9 @@ def _check_ray_address(ctx, param, value: str | None) -> str | None:
     "-j",
     "--jobs",
     type=click.IntRange(1, 256),
-    default=1,
-    show_default=True,
-    help="Worker processes, each with its own model session; largest files first. With --ray: Ray workers "
-    "(default there: one per CPU of the cluster).",
+    default=None,
+    help="Worker processes, each with its own model session; largest files first. Default 1 (this process). "
+    "With --ray: Ray workers, default one per CPU of the cluster.",
 )
 @click.option(
     "--ray",

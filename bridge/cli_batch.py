@@ -111,7 +111,7 @@ def run_separate(
     stems_arg: str | None,
     parse_stems,
     overwrite: bool,
-    jobs: int,
+    jobs: int | None,
     ray_address: str | None,
 ) -> None:
     """The ``separate`` command after option parsing (see its help)."""
@@ -135,8 +135,6 @@ def run_separate(
     separator = adapter.separator
     card = separator.card
     settings = replace(settings, stems=tuple(parse_stems(stems_arg, card.stems)))
-    if settings.model_path is None:
-        settings = replace(settings, model_path=Path(card.path).resolve())
     latency_ms = 1000.0 * adapter.latency_samples / card.sample_rate
     click.echo(
         f"model {card.name} ({card.path}){' + spatial filter' if separator.spatial else ''} on "
@@ -169,7 +167,7 @@ def run_separate(
                 f"{settings.fmt}) need about {format_bytes(needed)}, and {out_dir} has {format_bytes(free)} free"
             )
         where = f" on Ray ({ray_address or 'local or RAY_ADDRESS'})" if ray_address is not None else ""
-        workers = f", {jobs} worker process(es)" if jobs > 1 and ray_address is None else ""
+        workers = f", {min(jobs, len(todo))} worker process(es)" if jobs and jobs > 1 and ray_address is None else ""
         click.echo(
             f"{len(todo)} track(s) to separate ({_hours(audio_s)} of audio, stems about {format_bytes(needed)} "
             f"of {format_bytes(free)} free){where}{workers}"
@@ -178,14 +176,32 @@ def run_separate(
         )
         reporter = CliReporter(todo, card.sample_rate, tty=sys.stderr.isatty())
         try:
-            pool = _make_pool(adapter, settings, jobs, ray_address, reporter)
-            summary = run_batch(todo, pool, manifest, run_id, fingerprint, settings, reporter, overwrite=overwrite)
+            if todo:
+                pool = _make_pool(adapter, settings, fingerprint, jobs, len(todo), ray_address, reporter)
+                try:
+                    summary = run_batch(
+                        todo, pool, manifest, run_id, fingerprint, settings, reporter, overwrite=overwrite
+                    )
+                except RuntimeError as exc:
+                    raise click.ClickException(f"the batch stopped: {exc}; run the same command to go on") from exc
+            else:
+                manifest.finish_run(run_id)
+                summary = BatchSummary()
         finally:
             reporter.close()
     _print_summary(summary, collected.problems, len(done_keys), len(collected.jobs), out_dir, adapter, latency_ms)
 
 
-def _make_pool(adapter, settings: SeparationSettings, jobs: int, ray_address: str | None, reporter: CliReporter):
+def _make_pool(
+    adapter,
+    settings: SeparationSettings,
+    fingerprint,
+    jobs: int | None,
+    num_files: int,
+    ray_address: str | None,
+    reporter: CliReporter,
+):
+    """The pool for ``jobs`` workers (never more than there are files): Ray actors, local processes, or this one."""
     if ray_address is not None:
         try:
             from stembridge.engine.ray_batch import RayPool
@@ -194,13 +210,19 @@ def _make_pool(adapter, settings: SeparationSettings, jobs: int, ray_address: st
                 f"--ray needs Ray, which is not installed ({exc}); pip install 'stembridge[cluster]'"
             ) from exc
         try:
-            return RayPool(settings, ray_address or None, num_workers=jobs if jobs > 1 else None)
+            return RayPool(
+                settings,
+                ray_address or None,
+                num_workers=jobs,
+                max_workers=num_files,
+                model_sha256=fingerprint.model_sha256,
+            )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise click.ClickException(f"Ray: {exc}") from exc
-    if jobs > 1:
+    if jobs is not None and jobs > 1 and num_files > 1:
         from stembridge.engine.batch import LocalPool
 
-        return LocalPool(settings, jobs)
+        return LocalPool(settings, min(jobs, num_files))
     return InlinePool(adapter, settings, reporter.progress)
 
 

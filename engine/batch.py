@@ -421,6 +421,11 @@ def run_batch(
         summary.left_pending = list(queue)
         manifest.record_left([j.key for j in busy.values()], "interrupted", "interrupted (Ctrl-C) mid-file")
         manifest.record_left([j.key for j in queue], "pending", "not started: the run was interrupted")
+    except Exception as exc:  # the pool itself failed (a Ray worker that never came back): record, stop, re-raise
+        pool.stop(abort=True)
+        manifest.record_left([j.key for j in busy.values()], "interrupted", f"the run stopped: {exc}")
+        manifest.record_left([j.key for j in queue], "pending", f"not started: the run stopped: {exc}")
+        raise
     else:
         pool.stop(abort=False)
     finally:

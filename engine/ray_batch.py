@@ -12,6 +12,7 @@ it was running fails with a ``RayActorError`` and that one file goes back to the
 from __future__ import annotations
 
 import logging
+import time
 
 import ray
 from ray.exceptions import GetTimeoutError, RayError, RayTaskError
@@ -30,6 +31,10 @@ class SeparationActor:
         """``host:pid`` of the actor's worker process."""
         return worker_name()
 
+    def model_sha256(self) -> str:
+        """SHA-256 of the model graph this actor loaded (the driver checks every node runs the same model)."""
+        return self.settings.fingerprint(self.adapter.separator.card).model_sha256
+
     def run(self, job: Job, overwrite: bool) -> Outcome:
         return run_job(self.adapter, self.settings, job, overwrite)
 
@@ -47,11 +52,22 @@ def connect(address: str | None) -> bool:
 class RayPool:
     """``num_workers`` actors (default: one per CPU of the cluster), one job each at a time."""
 
-    def __init__(self, settings: SeparationSettings, address: str | None, num_workers: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: SeparationSettings,
+        address: str | None,
+        num_workers: int | None = None,
+        max_workers: int | None = None,
+        model_sha256: str | None = None,
+    ) -> None:
+        """``max_workers``: at most this many actors (the number of files); ``model_sha256``: refuse workers whose
+        model file differs (an install of another version on some node)."""
         self._owns_connection = connect(address)
         self.settings = settings
         if num_workers is None:
             num_workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if max_workers is not None:
+            num_workers = max(1, min(num_workers, max_workers))
         self.num_slots = num_workers
         num_gpus = 0.0
         if settings.device == "cuda":  # share the cluster's GPUs out evenly, at most one per actor
@@ -61,12 +77,21 @@ class RayPool:
             num_gpus = min(1.0, total_gpus / num_workers)
         actor_class = ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0)(SeparationActor)
         self.actors = [actor_class.remote(settings) for _ in range(num_workers)]
+        self._running: dict[ray.ObjectRef, tuple[int, Job]] = {}
         try:
             self._where = ray.get([a.where.remote() for a in self.actors])
-        except RayTaskError as exc:  # the model would not load on a worker: say why, once
+            models = ray.get([a.model_sha256.remote() for a in self.actors]) if model_sha256 else []
+        except RayError as exc:  # the model would not load on a worker: say why, once
+            self._where = ["?:0"] * num_workers
             self.stop(abort=True)
-            raise RuntimeError(f"a Ray worker cannot build the separator: {exc.cause}") from exc
-        self._running: dict[ray.ObjectRef, tuple[int, Job]] = {}
+            raise RuntimeError(f"a Ray worker cannot build the separator: {getattr(exc, 'cause', exc)}") from exc
+        wrong = [w for w, m in zip(self._where, models, strict=True) if m != model_sha256]
+        if wrong:
+            self.stop(abort=True)
+            raise RuntimeError(
+                f"Ray worker(s) {', '.join(wrong)} load another model file than this machine (sha256 differs): "
+                "install the same stembridge on every node"
+            )
 
     def worker(self, slot: int) -> str:
         return self._where[slot]
@@ -90,12 +115,21 @@ class RayPool:
             except RayError as exc:
                 dead = self._where[slot]
                 sweep_partials(job, int(dead.rsplit(":", 1)[1]))
-                try:  # the actor restarts in a new process: learn its pid (waits for the restart)
-                    self._where[slot] = ray.get(self.actors[slot].where.remote(), timeout=120)
-                except (RayError, GetTimeoutError):
-                    pass
+                self._where[slot] = self._restarted(slot)
                 events.append((slot, WorkerLost(f"Ray worker {dead} died ({type(exc).__name__})")))
         return events
+
+    def _restarted(self, slot: int, timeout_s: float = 300.0) -> str:
+        """Wait until the actor of ``slot`` is back (Ray restarts it in a new process) and return its ``host:pid``.
+        Calls made while it restarts can fail as unavailable: ask again until it answers."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return ray.get(self.actors[slot].where.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            except (RayError, GetTimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"a Ray worker did not come back within {timeout_s:.0f} s: {exc}") from exc
+                time.sleep(0.5)
 
     def stop(self, abort: bool) -> None:
         if abort:

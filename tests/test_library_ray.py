@@ -54,7 +54,7 @@ def test_ray_loses_only_the_file_of_a_killed_worker(ray_session, tmp_path, tiny_
     assert killed, "the long file finished before the worker could be killed"
     assert f"retrying {target.resolve()}: Ray worker" in result.output and f":{killed[0]} died" in result.output
     recorded = rows(out)
-    assert recorded[str(target.resolve())]["attempts"] == 2
+    assert recorded[str(target.resolve())]["attempts"] == 2, result.output
     for rel in GOOD + LONG:  # each done exactly once
         assert recorded[str((library / rel).resolve())]["status"] == "done"
         assert result.output.count(f"{(library / rel).resolve()}: 4 stems ->") == 1
