@@ -32,6 +32,7 @@ from pathlib import Path
 MANIFEST_NAME = "stembridge-manifest.sqlite"
 SCHEMA_VERSION = 1
 LEASE_S = 120.0  # a run whose heartbeat is older than this is taken for dead
+PLAN_CHUNK = 500  # tracks per transaction when a run marks its work
 STATUSES = ("pending", "running", "done", "failed", "interrupted")
 
 _SCHEMA = """
@@ -196,27 +197,33 @@ class Manifest:
 
     def plan(self, tracks: Iterable[TrackIdentity], fp: Fingerprint, run_id: str, redo: bool = False) -> set[str]:
         """Mark every track that needs work ``pending`` (``redo``: all of them) and return the keys of those that
-        are done already. Tracks a live run is working on are left alone (and not returned)."""
+        are done already. Tracks a live run is working on are left alone (and not returned). Written in chunks of
+        ``PLAN_CHUNK`` tracks per transaction, so another run is never kept waiting for a whole library."""
         done: set[str] = set()
-        with self._transaction():
-            for track in tracks:
-                row = self._db.execute(
-                    f"SELECT {self._CURRENT_COLUMNS}, run_id FROM tracks WHERE input = ?", (track.key,)
-                ).fetchone()
-                if row is None:
-                    self._db.execute(
-                        "INSERT INTO tracks (input, size_bytes, mtime_ns, out_dir, status) "
-                        "VALUES (?, ?, ?, ?, 'pending')",
-                        (track.key, track.size_bytes, track.mtime_ns, track.out_dir),
-                    )
-                    continue
-                if row[0] == "running" and self._run_alive(row[9], run_id):
-                    continue
-                if not redo and self._is_current(row[:9], track, fp):
-                    done.add(track.key)
-                    continue
-                self._db.execute("UPDATE tracks SET status = 'pending' WHERE input = ?", (track.key,))
+        tracks = list(tracks)
+        for start in range(0, len(tracks), PLAN_CHUNK):
+            with self._transaction():
+                for track in tracks[start : start + PLAN_CHUNK]:
+                    if self._plan_one(track, fp, run_id, redo):
+                        done.add(track.key)
         return done
+
+    def _plan_one(self, track: TrackIdentity, fp: Fingerprint, run_id: str, redo: bool) -> bool:
+        row = self._db.execute(
+            f"SELECT {self._CURRENT_COLUMNS}, run_id FROM tracks WHERE input = ?", (track.key,)
+        ).fetchone()
+        if row is None:
+            self._db.execute(
+                "INSERT INTO tracks (input, size_bytes, mtime_ns, out_dir, status) VALUES (?, ?, ?, ?, 'pending')",
+                (track.key, track.size_bytes, track.mtime_ns, track.out_dir),
+            )
+            return False
+        if row[0] == "running" and self._run_alive(row[9], run_id):
+            return False
+        if not redo and self._is_current(row[:9], track, fp):
+            return True
+        self._db.execute("UPDATE tracks SET status = 'pending' WHERE input = ?", (track.key,))
+        return False
 
     def claim(self, track: TrackIdentity, fp: Fingerprint, run_id: str, worker: str, redo: bool = False) -> str | None:
         """Take ``track`` for this run. Returns None and changes nothing when it is done already (for these settings)
