@@ -201,7 +201,12 @@ class InlinePool:
 _READY = "ready"  # a worker's first message: its model is loaded
 
 
+_stopping = False  # set in a worker process by SIGTERM
+
+
 def _raise_interrupt(signum, frame) -> None:
+    global _stopping
+    _stopping = True
     raise KeyboardInterrupt
 
 
@@ -217,8 +222,15 @@ def _local_worker_main(conn: Connection, settings: SeparationSettings) -> None:
             adapter, load_error = settings.make_adapter(), ""
         except Exception as exc:  # the coordinator loaded the same model; report it per job rather than die in a loop
             adapter, load_error = None, f"worker cannot load the model: {exc}"
+        # ONNX Runtime can turn a KeyboardInterrupt raised inside its calls into an error of its own: the flag,
+        # checked after loading and between files, is what makes a SIGTERM always end the worker. Polling rather
+        # than a blocking read keeps the main thread coming back to Python, where signal handlers run.
+        if _stopping:
+            return
         conn.send(_READY)
-        while True:
+        while not _stopping:
+            if not conn.poll(0.2):
+                continue
             message = conn.recv()
             if message is None:
                 return
@@ -321,7 +333,7 @@ class LocalPool:
                     w.conn.send(None)
                 except (BrokenPipeError, OSError):
                     pass
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + 5.0  # then SIGKILL (its temporaries are swept below)
         for w in self._workers:
             w.process.join(max(0.1, deadline - time.monotonic()))
             if w.process.is_alive():

@@ -33,7 +33,7 @@ CORRUPT = "c/corrupt.wav"
 MANIFEST = "stembridge-manifest.sqlite"
 
 
-def make_library(root: Path, long_s: float = 10.0) -> Path:
+def make_library(root: Path, long_s: float = 6.0) -> Path:
     """Writes the library under ``root`` and returns it; every file is ~2 s of seeded noise-and-tone audio."""
     rng = np.random.default_rng(31)
     for i, rel in enumerate(GOOD + LONG):

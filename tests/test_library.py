@@ -1,5 +1,7 @@
 """`stembridge separate` over a library: the folder walk and mirrored tree, the manifest (skip, retry, redo, two
-writers at once), the disk-space check, `--jobs 2` with a worker killed mid-file, and Ctrl-C then resume."""
+writers at once), the disk-space check, `--jobs 2` and `--ray` (a local Ray instance of 2 workers, skipped where Ray,
+the `cluster` extra, is absent) each with a worker killed mid-file and stems bit-identical to the single-process
+ones, and Ctrl-C then resume."""
 
 from __future__ import annotations
 
@@ -7,12 +9,14 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import threading
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from conftest import TINY_MODEL
 from library_tree import (
     CORRUPT,
     GOOD,
@@ -51,15 +55,8 @@ def library(tmp_path_factory):
 def reference(library, tmp_path_factory):
     """The library separated by the plain single-process path: (CLI result, out folder, stem bytes)."""
     out = tmp_path_factory.mktemp("reference")
-    result = separate(library, "-o", out, "--model", pytest.tiny_model)
+    result = separate(library, "-o", out, "--model", TINY_MODEL)
     return result, out, output_bytes(out)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _tiny(request):
-    from conftest import TINY_MODEL
-
-    pytest.tiny_model = TINY_MODEL
 
 
 def test_a_folder_is_walked_mirrored_and_recorded(library, reference):
@@ -133,7 +130,7 @@ def test_a_library_too_big_for_the_disk_is_refused_with_the_figure(tmp_path, tin
 def test_jobs_2_loses_only_the_file_of_a_killed_worker(library, reference, tmp_path):
     _, _, want = reference
     out = tmp_path / "out"
-    proc = cli_process("separate", library, "-o", out, "--model", pytest.tiny_model, "--jobs", "2")
+    proc = cli_process("separate", library, "-o", out, "--model", TINY_MODEL, "--jobs", "2")
     target = library / LONG[0]
     pid = wait_running(out, target, not_pid=proc.pid)
     wait_model_loaded(pid)
@@ -183,17 +180,25 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(library, reference, tmp_
     assert output_bytes(out) == want
 
 
-def test_two_runs_at_once_share_the_library(library, reference, tmp_path, tiny_model):
-    _, _, want = reference
+def test_two_runs_at_once_share_the_library(tmp_path, tiny_model):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    noise = np.random.default_rng(1).standard_normal((44100, 2)).astype(np.float32) * 0.1
+    names = [f"t{i}.wav" for i in range(8)]
+    for name in names:
+        sf.write(lib / name, noise, 44100)
     out = tmp_path / "out"
-    procs = [cli_process("separate", library, "-o", out, "--model", tiny_model) for _ in range(2)]
+    procs = [cli_process("separate", lib, "-o", out, "--model", tiny_model) for _ in range(2)]
     logs = [p.communicate(timeout=120)[0] for p in procs]
-    for rel in GOOD + LONG:
-        assert sum(log.count(f"{(library / rel).resolve()}: 4 stems ->") for log in logs) == 1, rel
+    assert [p.returncode for p in procs] == [0, 0], logs
+    for name in names:  # each track separated by exactly one of the two runs
+        assert sum(log.count(f"{(lib / name).resolve()}: 4 stems ->") for log in logs) == 1, logs
     db = sqlite3.connect(out / "stembridge-manifest.sqlite")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT status, COUNT(*), SUM(attempts) FROM tracks GROUP BY status").fetchall() == [
+        ("done", 8, 8)
+    ]
     db.close()
-    assert output_bytes(out) == want
 
 
 def _hammer(path, name, count):
@@ -249,3 +254,51 @@ def test_nothing_but_the_ray_pool_imports_ray():
         "print('ray' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray instance of 2 workers for the module (starting Ray takes seconds)."""
+    ray = pytest.importorskip("ray", reason="Ray is the optional extra stembridge[cluster]")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def test_ray_loses_only_the_file_of_a_killed_worker(ray_session, library, reference, tmp_path, tiny_model):
+    _, _, want = reference
+    out = tmp_path / "out"
+    target = library / LONG[0]
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        pid = wait_running(out, target, not_pid=os.getpid())
+        time.sleep(0.05)
+        if row_for(out, target)["status"] == "running":
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_one_worker)
+    killer.start()
+    result = separate(library, "-o", out, "--model", tiny_model, "--ray")  # joins the session above
+    killer.join()
+    assert result.exit_code == 1, result.output  # the corrupt file
+    assert killed, "the long file finished before the worker could be killed"
+    assert f"retrying {target.resolve()}: Ray worker" in result.output and f":{killed[0]} died" in result.output
+    recorded = rows(out)
+    assert recorded[str(target.resolve())]["attempts"] == 2, result.output
+    for rel in GOOD + LONG:  # each done exactly once
+        assert recorded[str((library / rel).resolve())]["status"] == "done"
+        assert result.output.count(f"{(library / rel).resolve()}: 4 stems ->") == 1
+    bad = recorded[str((library / CORRUPT).resolve())]
+    assert bad["status"] == "failed" and "cannot decode audio" in bad["error"]
+    assert output_bytes(out) == want  # bit for bit the single-process stems
+    assert leftovers(out) == []
+    again = separate(library, "-o", out, "--model", tiny_model, "--ray")
+    assert f"skipped: {len(GOOD + LONG)} file(s) done already" in again.output
+
+
+def test_a_ray_address_that_is_a_path_gets_a_clear_error(tmp_path, tiny_model):
+    (tmp_path / "lib").mkdir()
+    result = separate("-o", tmp_path / "out", "--model", tiny_model, "--ray", tmp_path / "lib")
+    assert result.exit_code == 2 and "write --ray=ADDRESS" in result.output
