@@ -294,8 +294,6 @@ def test_ray_loses_only_the_file_of_a_killed_worker(ray_session, library, refere
     assert bad["status"] == "failed" and "cannot decode audio" in bad["error"]
     assert output_bytes(out) == want  # bit for bit the single-process stems
     assert leftovers(out) == []
-    again = separate(library, "-o", out, "--model", tiny_model, "--ray")
-    assert f"skipped: {len(GOOD + LONG)} file(s) done already" in again.output
 
 
 def test_a_ray_address_that_is_a_path_gets_a_clear_error(tmp_path, tiny_model):
