@@ -126,7 +126,11 @@ def separate(
     A bad input is reported and skipped; the others still complete; the exit status is 1 if any input failed.
     A second run skips the tracks the manifest has as done and retries the others; Ctrl-C stops cleanly.
 
-    Example: stembridge separate song.wav -o stems/ ; stembridge separate ~/Music -o ~/Stems --jobs 2
+    \b
+    Examples:
+      stembridge separate song.wav -o stems/
+      stembridge separate ~/Music -o ~/Stems --jobs 2
+      stembridge separate /mnt/music -o /mnt/stems --ray=auto
     """
     from stembridge.bridge.cli_batch import run_separate
     from stembridge.engine.batch import SeparationSettings
