@@ -85,7 +85,7 @@ class RayPool:
             self._where = ["?:0"] * num_workers
             self.stop(abort=True)
             raise RuntimeError(f"a Ray worker cannot build the separator: {getattr(exc, 'cause', exc)}") from exc
-        wrong = [w for w, m in zip(self._where, models, strict=True) if m != model_sha256]
+        wrong = [w for w, m in zip(self._where, models, strict=False) if m != model_sha256]
         if wrong:
             self.stop(abort=True)
             raise RuntimeError(
