@@ -196,7 +196,8 @@ def stem_bytes_per_audio_hour(out: Path, audio_s: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=12)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2, help="every config this many times, interleaved")
     parser.add_argument("--seconds", type=float, default=20.0, help="mean file length (lengths vary 0.6-1.4x)")
     parser.add_argument("--overhead-files", type=int, default=40)
     parser.add_argument("--no-ray", action="store_true", help="leave Ray out (also when it is not installed)")
@@ -215,15 +216,12 @@ def main() -> None:
     use_ray = ray is not None and not args.no_ray
 
     rows = []
+    ray_init_s = None
+    overhead = None
     with tempfile.TemporaryDirectory(prefix="bench_library_") as tmp_name:
         tmp = Path(tmp_name)
         library = tmp / "library"
         total_audio = make_library(library, args.files, args.seconds)
-        plain = run_plain(library, tmp / "plain", settings)
-        rows.append(plain)
-        print(plain, flush=True)
-        flac_per_hour = stem_bytes_per_audio_hour(tmp / "plain", plain["audio_s"])
-        shutil.rmtree(tmp / "plain")
 
         def inline_pool():
             return InlinePool(settings.make_adapter(), settings)
@@ -233,22 +231,26 @@ def main() -> None:
             pool.wait_ready()
             return pool
 
-        for name, make in (("inline", inline_pool), ("local_2", local_pool)):
-            rows.append(run_pool(name, library, tmp / name, settings, make))
-            print(rows[-1], flush=True)
-            shutil.rmtree(tmp / name)
-        ray_init_s = None
-        overhead = None
+        configs = [("inline", inline_pool), ("local_2", local_pool)]
         if use_ray:
             from stembridge.engine.ray_batch import RayPool
 
             t0 = time.perf_counter()
             ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
             ray_init_s = round(time.perf_counter() - t0, 2)
-            rows.append(run_pool("ray_2", library, tmp / "ray_2", settings, lambda: RayPool(settings, None, 2)))
-            print(rows[-1], flush=True)
-            shutil.rmtree(tmp / "ray_2")
-
+            configs.append(("ray_2", lambda: RayPool(settings, None, 2)))
+        flac_per_hour = None
+        for round_index in range(args.rounds):  # interleaved, so a change in the machine's load hits every config
+            plain = run_plain(library, tmp / "plain", settings) | {"round": round_index}
+            rows.append(plain)
+            print(plain, flush=True)
+            flac_per_hour = flac_per_hour or stem_bytes_per_audio_hour(tmp / "plain", plain["audio_s"])
+            shutil.rmtree(tmp / "plain")
+            for name, make in configs:
+                rows.append(run_pool(name, library, tmp / name, settings, make) | {"round": round_index})
+                print(rows[-1], flush=True)
+                shutil.rmtree(tmp / name)
+        if use_ray:
             short = tmp / "short"
             short_audio = make_library(short, args.overhead_files, 0.5, seed=1)
             inline_short = run_pool("inline_short", short, tmp / "inline_short", settings, inline_pool)
@@ -273,6 +275,7 @@ def main() -> None:
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "shared": True},
         "files": args.files,
+        "rounds": args.rounds,
         "audio_s": round(total_audio, 2),
         "model": str(model.name),
         "ray_version": getattr(ray, "__version__", None),
@@ -288,26 +291,42 @@ def main() -> None:
     print((RESULTS / "library.md").read_text())
 
 
+def _mean_rows(rows: list[dict]) -> dict[str, dict]:
+    """Per config: the mean of each figure over the rounds, and the rounds' x real time."""
+    by: dict[str, list[dict]] = {}
+    for row in rows:
+        by.setdefault(row["config"], []).append(row)
+    out = {}
+    for name, group in by.items():
+        mean = {k: sum(g[k] for g in group) / len(group) for k in ("start_s", "batch_s", "x_real_time_steady")}
+        mean["x_real_time"] = sum(g["audio_s"] for g in group) / sum(g["start_s"] + g["batch_s"] for g in group)
+        mean["rounds"] = [g["x_real_time"] for g in group]
+        mean["busy_pct"] = sum(g["machine"]["user_pct"] + g["machine"]["nice_pct"] for g in group) / len(group)
+        mean |= {k: group[0][k] for k in ("model_call_share",) if k in group[0]}
+        out[name] = mean
+    return out
+
+
 def markdown(r: dict) -> str:
-    by = {row["config"]: row for row in r["rows"]}
+    by = _mean_rows(r["rows"])
     plain = by["plain"]
     lines = [
         "# Library throughput",
         "",
         f"{r['files']} synthetic stereo files, {r['audio_s']:.0f} s of audio, shipped model `{r['model']}`, block "
-        "4096, FLAC stems, one ONNX Runtime thread per worker; 2-core VM **shared with a training job and other "
-        "sessions**: figures as measured in one run, compare the ratios. `x real time` = audio hours per wall-clock "
-        "hour, start-up included; `steady` leaves the pool's start-up out. `machine`: whole-VM CPU while the row ran.",
+        f"4096, FLAC stems, one ONNX Runtime thread per worker; every config {r['rounds']} times, interleaved. 2-core "
+        "VM **shared with a training job and other sessions**: figures as measured in one run; the rounds show how "
+        "far they move. `x real time` = audio hours per wall-clock hour, start-up included (over the rounds); "
+        "`steady` leaves the pool's start-up out; `machine busy`: whole-VM user+nice CPU while the config ran.",
         "",
-        "| config | start-up s | batch s | x real time | steady | vs plain | machine user+nice % | idle % |",
+        "| config | start-up s | batch s | x real time | per round | steady | vs plain | machine busy % |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in r["rows"]:
-        m = row["machine"]
+    for name, m in by.items():
+        rounds = ", ".join(f"{x:.1f}" for x in m["rounds"])
         lines.append(
-            f"| {row['config']} | {row['start_s']:.2f} | {row['batch_s']:.2f} | {row['x_real_time']:.1f} | "
-            f"{row['x_real_time_steady']:.1f} | {row['x_real_time'] / plain['x_real_time']:.2f} | "
-            f"{m['user_pct'] + m['nice_pct']:.0f} | {m['idle_pct']:.0f} |"
+            f"| {name} | {m['start_s']:.2f} | {m['batch_s']:.2f} | {m['x_real_time']:.1f} | {rounds} | "
+            f"{m['x_real_time_steady']:.1f} | {m['x_real_time'] / plain['x_real_time']:.2f} | {m['busy_pct']:.0f} |"
         )
     lines += [
         "",
@@ -324,7 +343,8 @@ def markdown(r: dict) -> str:
             f"inline {o['inline_overhead_ms_per_file']:.1f} ms, one Ray actor {o['ray_overhead_ms_per_file']:.1f} ms: "
             f"**Ray adds {o['ray_extra_ms_per_file']:.1f} ms per file**.",
         ]
-    best = max(r["rows"], key=lambda row: row["x_real_time_steady"])
+    best_name = max(by, key=lambda name: by[name]["x_real_time_steady"])
+    best = by[best_name] | {"config": best_name}
     audio_h = TRACKS * TRACK_S / 3600
     flac_tb = r["flac_bytes_per_audio_hour"] * audio_h / 1e12
     wav_tb = r["wav_bytes_per_audio_hour"] * audio_h / 1e12
