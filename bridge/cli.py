@@ -55,7 +55,21 @@ def _check_ray_address(ctx, param, value: str | None) -> str | None:
     help="Output folder; a file gets OUTDIR/<file name>/<stem>.<format>, a folder's tree is mirrored under OUTDIR. "
     "The manifest OUTDIR/stembridge-manifest.sqlite records every track.",
 )
-@model_option()
+@click.option(
+    "--mode",
+    type=click.Choice(["hq", "live"]),
+    default="hq",
+    show_default=True,
+    help="hq: the high-quality path (a look-ahead vocal model with the causal model, for files); live: the "
+    "causal live model alone, exactly as `stembridge live` plays it.",
+)
+@model_option(help="Causal model .onnx (with its .json card) or a folder holding one. Default: the built-in model.")
+@click.option(
+    "--hq-model",
+    "hq_model_path",
+    type=click.Path(path_type=Path),
+    help="Look-ahead model .onnx for --mode hq (card kind 'lookahead'). Default: the built-in one.",
+)
 @device_option()
 @spatial_filter_option()
 @click.option(
@@ -83,7 +97,7 @@ def _check_ray_address(ctx, param, value: str | None) -> str | None:
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="ONNX Runtime intra-op threads for the model (per worker).",
+    help="ONNX Runtime intra-op threads for each model (per worker).",
 )
 @click.option(
     "-j",
@@ -108,7 +122,9 @@ def _check_ray_address(ctx, param, value: str | None) -> str | None:
 def separate(
     inputs,
     out_dir,
+    mode,
     model_path,
+    hq_model_path,
     device,
     spatial_filter,
     block_size,
@@ -119,12 +135,14 @@ def separate(
     jobs,
     ray_address,
 ) -> None:
-    """Separate INPUT audio files and folders into stems through the live streaming path.
+    """Separate INPUT audio files and folders into vocals, drums, bass and other.
 
     Writes OUTDIR/<input name>/{vocals,drums,bass,other}.wav as 24-bit files at each input's sample rate and
-    channel count; a folder is walked for audio files and its tree mirrored, as FLAC unless --format says.
-    A bad input is reported and skipped; the others still complete; the exit status is 1 if any input failed.
-    A second run skips the tracks the manifest has as done and retries the others; Ctrl-C stops cleanly.
+    channel count; the stems sum back to the input. By default the high-quality path runs (it reads the whole
+    file: not for live input); --mode live runs the causal model that `stembridge live` plays. A folder is walked
+    for audio files and its tree mirrored, as FLAC unless --format says. A bad input is reported and skipped; the
+    others still complete; the exit status is 1 if any input failed. A second run skips the tracks the manifest
+    has as done and retries the others; Ctrl-C stops cleanly.
 
     \b
     Examples:
@@ -135,7 +153,13 @@ def separate(
     from stembridge.bridge.cli_batch import run_separate
     from stembridge.engine.batch import SeparationSettings
 
+    if mode == "hq" and spatial_filter is not None:
+        raise click.BadParameter("the spatial filter is a setting of --mode live", param_hint="--spatial-filter")
+    if mode == "live" and hq_model_path is not None:
+        raise click.BadParameter("a look-ahead model is used by --mode hq only", param_hint="--hq-model")
     settings = SeparationSettings(
+        mode=mode,
+        hq_model_path=Path(hq_model_path).resolve() if hq_model_path is not None else None,
         model_path=Path(model_path).resolve() if model_path is not None else None,
         device=device,
         spatial_filter=spatial_filter,

@@ -81,9 +81,10 @@ class CliReporter:
         elif self.bar is None:
             rtf = outcome.duration_s / outcome.elapsed_s if outcome.elapsed_s > 0 else float("inf")
             clipped = f", {outcome.num_clipped} samples clipped" if outcome.num_clipped else ""
+            count = len(outcome.outputs)
             click.echo(
-                f"{job.input}: {len(outcome.outputs)} stems -> {job.out_dir} ({outcome.duration_s:.1f} s of audio "
-                f"in {outcome.elapsed_s:.2f} s, {rtf:.1f}x real time{clipped})"
+                f"{job.input}: {count} stem{'s' if count != 1 else ''} -> {job.out_dir} "
+                f"({outcome.duration_s:.1f} s of audio in {outcome.elapsed_s:.2f} s, {rtf:.1f}x real time{clipped})"
             )
 
     def retrying(self, job: Job, reason: str) -> None:
@@ -129,19 +130,11 @@ def run_separate(
     if not collected.jobs and not collected.problems:
         raise click.ClickException(f"no audio files found in {', '.join(map(str, inputs))}")
     try:
-        adapter = settings.make_adapter()
+        separator = settings.make_separator()
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
-    separator = adapter.separator
-    card = separator.card
-    settings = replace(settings, stems=tuple(parse_stems(stems_arg, card.stems)))
-    latency_ms = 1000.0 * adapter.latency_samples / card.sample_rate
-    click.echo(
-        f"model {card.name} ({card.path}){' + spatial filter' if separator.spatial else ''} on "
-        f"{separator.active_provider}; "
-        f"latency {adapter.latency_samples} samples ({latency_ms:.1f} ms) at {card.sample_rate} Hz",
-        err=True,
-    )
+    settings = replace(settings, stems=tuple(parse_stems(stems_arg, separator.stems)))
+    click.echo(separator.description, err=True)
     for suffix, count in sorted(collected.unreadable.items()):
         click.echo(f"note: {count} {suffix} file(s) left out: libsndfile cannot decode {suffix}", err=True)
 
@@ -151,7 +144,7 @@ def run_separate(
         raise click.ClickException(str(exc)) from exc
     with manifest:
         run_id = manifest.start_run(" ".join(sys.argv))
-        fingerprint = settings.fingerprint(card)
+        fingerprint = settings.fingerprint(separator)
         probe_jobs(collected.jobs)
         done_keys = manifest.plan([identity(j, settings) for j in collected.jobs], fingerprint, run_id, redo=overwrite)
         for path, reason in collected.problems:
@@ -174,10 +167,10 @@ def run_separate(
             + (f"; {len(done_keys)} done already (skipped)" if done_keys else ""),
             err=True,
         )
-        reporter = CliReporter(todo, card.sample_rate, tty=sys.stderr.isatty())
+        reporter = CliReporter(todo, separator.sample_rate, tty=sys.stderr.isatty())
         try:
             if todo:
-                pool = _make_pool(adapter, settings, fingerprint, jobs, len(todo), ray_address, reporter)
+                pool = _make_pool(separator, settings, fingerprint, jobs, len(todo), ray_address, reporter)
                 try:
                     summary = run_batch(
                         todo, pool, manifest, run_id, fingerprint, settings, reporter, overwrite=overwrite
@@ -189,11 +182,11 @@ def run_separate(
                 summary = BatchSummary()
         finally:
             reporter.close()
-    _print_summary(summary, collected.problems, len(done_keys), len(collected.jobs), out_dir, adapter, latency_ms)
+    _print_summary(summary, collected.problems, len(done_keys), len(collected.jobs), out_dir, settings.mode)
 
 
 def _make_pool(
-    adapter,
+    separator,
     settings: SeparationSettings,
     fingerprint,
     jobs: int | None,
@@ -223,7 +216,7 @@ def _make_pool(
         from stembridge.engine.batch import LocalPool
 
         return LocalPool(settings, min(jobs, num_files))
-    return InlinePool(adapter, settings, reporter.progress)
+    return InlinePool(separator, settings, reporter.progress)
 
 
 def _print_summary(
@@ -232,16 +225,14 @@ def _print_summary(
     num_skipped: int,
     num_jobs: int,
     out_dir: Path,
-    adapter,
-    latency_ms: float,
+    mode: str,
 ) -> None:
     total_audio = sum(o.duration_s for _, o in summary.done)
     if summary.done:
         retried = f", {summary.retries} retried after a lost worker" if summary.retries else ""
         click.echo(
             f"done: {len(summary.done)} file(s), {_hours(total_audio)} of audio in {summary.wall_s:.2f} s "
-            f"= {total_audio / max(summary.wall_s, 1e-9):.1f}x real time{retried}; latency {latency_ms:.1f} ms "
-            f"({adapter.latency_samples} samples, removed from the outputs)"
+            f"= {total_audio / max(summary.wall_s, 1e-9):.1f}x real time ({mode} mode){retried}"
         )
     if num_skipped:
         click.echo(f"skipped: {num_skipped} file(s) done already (manifest {out_dir / MANIFEST_NAME})")

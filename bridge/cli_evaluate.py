@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from stembridge.bridge.cli_options import MODEL_HELP, device_option, model_option, spatial_filter_option
 
-METHOD_NAMES = ("model", "mixture4", "classical", "irm")
+METHOD_NAMES = ("hq", "model", "mixture4", "classical", "irm")
 
 
 def _parse_methods(value: str) -> list[str]:
@@ -32,8 +32,22 @@ def _parse_methods(value: str) -> list[str]:
     "methods_arg",
     default=",".join(METHOD_NAMES),
     show_default=True,
-    help="Comma-separated methods to compare: model, mixture4 (mixture/4), classical (DSP baseline), "
-    "irm (ideal ratio mask with the model's STFT, the upper bound).",
+    help="Comma-separated methods to compare: hq (the high-quality path `separate` uses), model (the causal live "
+    "model, as `live` and `separate --mode live` play it), mixture4 (mixture/4), classical (DSP baseline), "
+    "irm (ideal ratio mask with the live model's STFT, the upper bound of a mask with it).",
+)
+@click.option(
+    "--hq-model",
+    "hq_model_path",
+    type=click.Path(path_type=Path),
+    help="Look-ahead model .onnx for the hq method (default: the built-in one).",
+)
+@click.option(
+    "--loud",
+    "loud_db",
+    type=click.FloatRange(0.0, 30.0),
+    help="Score loud masters instead: each mix driven this many dB into a peak limiter (the same gain on every "
+    "stem, so they still sum to the mix), as DJ tracks are mastered; e.g. --loud 10.",
 )
 @click.option("--max-songs", type=click.IntRange(1), help="Evaluate only the first N songs (sorted by name).")
 @click.option(
@@ -74,6 +88,8 @@ def _parse_methods(value: str) -> list[str]:
 def evaluate(
     song_dir,
     model_path,
+    hq_model_path,
+    loud_db,
     device,
     spatial_filter,
     methods_arg,
@@ -86,9 +102,12 @@ def evaluate(
     compare_to,
 ) -> None:
     """Measure separation quality on test songs with known stems: DIR/<song>/{mixture,vocals,drums,bass,other}.wav
-    (or a DIR with a test/ folder of such songs, e.g. data/synth).
+    (or a DIR with a test/ folder of such songs, e.g. data/synth; without mixture.wav the mixture is the sum of the
+    stems, e.g. the real validation songs `python3 -m stembridge.engine.training.musdb` writes to
+    data/musdb/validation).
 
-    Scores the model (run through the live streaming path, latency removed) next to mixture/4, a hand-set classical
+    Scores the high-quality path and the live model (run through the live streaming path, latency removed) next
+    to mixture/4, a hand-set classical
     DSP separator and the ideal ratio mask with the model's own STFT, all in the same run. The figure is BSS Eval v4
     SDR as museval computes it (median over 1 s windows, then median over songs, per stem); the karaoke figure is
     how many dB of the true vocal remain when the vocal stem is muted.
@@ -130,7 +149,15 @@ def evaluate(
     elif update_card:
         raise click.ClickException("--update-card needs the model among --methods")
 
+    hq = None
+    if "hq" in names:
+        try:
+            hq = quality.HighQualityMethod(hq_model_path, model_path, device=device, threads=threads)
+        except ModelError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"hq: {hq.description}", err=True)
     builders = {
+        "hq": lambda: hq,
         "model": lambda: model,
         "mixture4": quality.MixtureFractionMethod,
         "classical": quality.ClassicalMethod,
@@ -151,7 +178,9 @@ def evaluate(
         bar.set_description(f"{song} {method}")
 
     try:
-        report = quality.evaluate(songs, methods, max_seconds=max_seconds, source=str(song_dir), progress=progress)
+        report = quality.evaluate(
+            songs, methods, max_seconds=max_seconds, source=str(song_dir), progress=progress, loud_db=loud_db
+        )
         bar.update(1)
     except (quality.EvaluationError, AudioFileError) as exc:
         raise click.ClickException(str(exc)) from exc

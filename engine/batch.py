@@ -1,7 +1,8 @@
 """Separating many files: the per-file work, the worker pools that run it, and the coordinator that feeds them.
 
-Every path runs the same per-file function, ``run_job``, which calls ``engine.separate.separate_file`` with an adapter
-that ``SeparationSettings.make_adapter`` built: in this process (``InlinePool``, one job at a time, with live
+Every path runs the same per-file function, ``run_job``, which calls ``engine.separate.separate_file`` with the file
+separator that ``SeparationSettings.make_separator`` built (the high-quality path or the causal live model, as
+``separate --mode`` says): in this process (``InlinePool``, one job at a time, with live
 progress), in local worker processes (``LocalPool``: ``--jobs N``, each its own ONNX Runtime session with one
 intra-op thread) or on Ray (``engine.ray_batch.RayPool``). A pool has slots, each holding at most one job; it reports
 each job's ``Outcome`` or, when the worker died under it (killed, out of memory), a ``WorkerLost``; the coordinator
@@ -38,43 +39,73 @@ HEARTBEAT_S = 5.0
 
 @dataclass(frozen=True)
 class SeparationSettings:
-    """Everything a worker needs to build the separator and write a file's stems; picklable, sent to workers."""
+    """Everything a worker needs to build the file separator and write a file's stems; picklable, sent to workers."""
 
-    model_path: Path | None  # absolute, or None for the shipped default model
+    model_path: Path | None  # the causal model, absolute, or None for the shipped default
+    mode: str = "hq"  # "hq": the high-quality path (engine.hq); "live": the causal live model alone
+    hq_model_path: Path | None = None  # the look-ahead model of --mode hq, None for the shipped one
     device: str = "auto"
-    spatial_filter: bool | None = None
+    spatial_filter: bool | None = None  # --mode live only
     block_size: int = 4096
     threads: int = 1
-    stems: tuple[str, ...] = ()  # empty until the card is known: all the model's stems
+    stems: tuple[str, ...] = ()  # empty until the models are known: all their stems
     fmt: str | None = "wav"  # None: chosen by the CLI (flac for a folder, else wav)
 
-    def make_adapter(self):
-        """The ``BlockAdapter`` (and its ``StreamingSeparator``) that ``separate`` runs every file through."""
+    def make_separator(self):
+        """The ``engine.separate.FileSeparator`` that ``separate`` runs every file through (raises ModelError)."""
+        if self.mode == "hq":
+            from stembridge.engine.hq import HighQualitySeparator
+
+            return HighQualitySeparator(
+                self.hq_model_path,
+                self.model_path,
+                device=self.device,
+                threads=self.threads,
+                block_size=self.block_size,
+            )
+        if self.mode != "live":
+            raise ValueError(f"unknown separation mode {self.mode!r} (hq or live)")
+        from stembridge.engine.separate import CausalFileSeparator
         from stembridge.engine.separator import StreamingSeparator
         from stembridge.engine.stream import BlockAdapter
 
-        separator = StreamingSeparator(
+        causal = StreamingSeparator(
             self.model_path,
             device=self.device,
             intra_op_threads=self.threads,
             max_hops=max(1, self.block_size // 64 + 2),
             spatial_filter=self.spatial_filter,
         )
-        return BlockAdapter(separator, max_block_size=self.block_size, block_size=self.block_size)
+        adapter = BlockAdapter(causal, max_block_size=self.block_size, block_size=self.block_size)
+        return CausalFileSeparator(adapter, self.block_size)
 
-    def fingerprint(self, card) -> Fingerprint:
-        """What outputs made with these settings and ``card``'s model depend on (the manifest's skip test)."""
-        graph = Path(card.path)
-        card_file = graph.with_suffix(".json")
-        rest = {"stems": list(self.stems), "spatial_filter": self.spatial_filter}
+    def fingerprint(self, separator) -> Fingerprint:
+        """What outputs made with these settings and ``separator``'s models depend on (the manifest's skip test):
+        the name and the SHA-256 of every model graph and card it runs."""
+        cards = model_cards(separator)
+        graphs = [_file_sha256(Path(c.path)) for c in cards]
+        card_files = [Path(c.path).with_suffix(".json") for c in cards]
+        rest = {"mode": self.mode, "stems": list(self.stems), "spatial_filter": self.spatial_filter}
         return Fingerprint(
-            model_name=card.name,
-            model_sha256=_file_sha256(graph),
-            card_schema_version=int(json.loads(card_file.read_text()).get("schema_version", 0)),
-            card_sha256=_file_sha256(card_file),
-            output_format=self.fmt,
+            model_name="+".join(c.name for c in cards),
+            model_sha256=_combined(graphs),
+            card_schema_version=max(int(json.loads(f.read_text()).get("schema_version", 0)) for f in card_files),
+            card_sha256=_combined([_file_sha256(f) for f in card_files]),
+            output_format=self.fmt or "",
             settings=json.dumps(rest, sort_keys=True),
         )
+
+
+def model_cards(separator) -> list:
+    """The cards of the models a file separator runs: the look-ahead and the causal model of the high-quality path,
+    or the causal model alone."""
+    if hasattr(separator, "vocal_model"):
+        return [separator.vocal_model.card, separator.causal.card]
+    return [separator.adapter.separator.card]
+
+
+def _combined(digests: list[str]) -> str:
+    return digests[0] if len(digests) == 1 else sha256("".join(digests).encode()).hexdigest()
 
 
 def _file_sha256(path: Path) -> str:
@@ -112,9 +143,9 @@ class WorkerLost:
 
 
 def run_job(
-    adapter, settings: SeparationSettings, job: Job, overwrite: bool, progress: Callable[[int], None] | None = None
+    separator, settings: SeparationSettings, job: Job, overwrite: bool, progress: Callable[[int], None] | None = None
 ) -> Outcome:
-    """Separate one job's file with ``adapter`` (from ``settings.make_adapter()``); every failure of that file is
+    """Separate one job's file with ``separator`` (from ``settings.make_separator()``); every failure of that file is
     turned into a failed ``Outcome`` carrying the reason, so one bad file never stops a batch."""
     from stembridge.engine.audio_io import AudioFileError
     from stembridge.engine.separate import separate_file
@@ -122,11 +153,10 @@ def run_job(
     start = time.perf_counter()
     try:
         result = separate_file(
-            adapter,
+            separator,
             job.input,
             job.out_dir,
             stems=list(settings.stems),
-            block_size=settings.block_size,
             fmt=settings.fmt,
             overwrite=overwrite,
             progress=progress,
@@ -174,8 +204,8 @@ class InlinePool:
 
     num_slots = 1
 
-    def __init__(self, adapter, settings: SeparationSettings, progress: Callable[[int], None] | None = None) -> None:
-        self.adapter = adapter
+    def __init__(self, separator, settings: SeparationSettings, progress: Callable[[int], None] | None = None) -> None:
+        self.separator = separator
         self.settings = settings
         self.progress = progress
         self._job: tuple[Job, bool] | None = None
@@ -190,7 +220,7 @@ class InlinePool:
         if self._job is None:
             return []
         job, overwrite = self._job
-        outcome = run_job(self.adapter, self.settings, job, overwrite, self.progress)
+        outcome = run_job(self.separator, self.settings, job, overwrite, self.progress)
         self._job = None
         return [(0, outcome)]
 
@@ -211,7 +241,7 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def _local_worker_main(conn: Connection, settings: SeparationSettings) -> None:
-    """A local worker process: build the adapter once, then separate each job it is sent until told to stop.
+    """A local worker process: build the separator once, then separate each job it is sent until told to stop.
 
     Ctrl-C reaches the whole process group; workers ignore it and leave the stopping to the coordinator, which
     sends SIGTERM, turned here into ``KeyboardInterrupt`` so that the stem writer discards its temporaries."""
@@ -219,9 +249,9 @@ def _local_worker_main(conn: Connection, settings: SeparationSettings) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         try:
-            adapter, load_error = settings.make_adapter(), ""
+            separator, load_error = settings.make_separator(), ""
         except Exception as exc:  # the coordinator loaded the same model; report it per job rather than die in a loop
-            adapter, load_error = None, f"worker cannot load the model: {exc}"
+            separator, load_error = None, f"worker cannot load the model: {exc}"
         # ONNX Runtime can turn a KeyboardInterrupt raised inside its calls into an error of its own: the flag,
         # checked after loading and between files, is what makes a SIGTERM always end the worker. Polling rather
         # than a blocking read keeps the main thread coming back to Python, where signal handlers run.
@@ -235,10 +265,10 @@ def _local_worker_main(conn: Connection, settings: SeparationSettings) -> None:
             if message is None:
                 return
             job, overwrite = message
-            if adapter is None:
+            if separator is None:
                 conn.send(Outcome(job.key, False, error=f"{job.input}: {load_error}", worker=worker_name()))
                 continue
-            conn.send(run_job(adapter, settings, job, overwrite))
+            conn.send(run_job(separator, settings, job, overwrite))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return
 
@@ -250,7 +280,9 @@ def _worker_context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["stembridge.engine.batch", "stembridge.engine.separate", "onnxruntime"])
+    context.set_forkserver_preload(
+        ["stembridge.engine.batch", "stembridge.engine.separate", "stembridge.engine.hq", "onnxruntime"]
+    )
     return context
 
 

@@ -78,7 +78,7 @@ def find_songs(root: str | Path) -> list[Path]:
         raise EvaluationError(f"{root}: no such folder")
     if not root.is_dir():
         raise EvaluationError(f"{root}: is not a folder (give the folder that holds the test songs)")
-    if (root / "mixture.wav").exists():
+    if _is_song(root):
         return [root]
     for base in (root, root / "test"):
         if base.is_dir():
@@ -92,16 +92,24 @@ def find_songs(root: str | Path) -> list[Path]:
 
 
 def _is_song(path: Path) -> bool:
-    return (path / "mixture.wav").exists()
+    return (path / "mixture.wav").exists() or all((path / f"{s}.wav").exists() for s in STEMS)
 
 
 def load_song(path: str | Path, max_seconds: float | None = None) -> Song:
-    """Read ``path/{mixture,vocals,drums,bass,other}.wav``; crop to ``max_seconds`` (from the start) if given."""
+    """Read ``path/{mixture,vocals,drums,bass,other}.wav``; crop to ``max_seconds`` (from the start) if given.
+    Without mixture.wav the mixture is the sum of the stems (a song bank such as engine/training/musdb.py writes:
+    real multitracks are scored against the sum of their decoded stems)."""
     path = Path(path)
-    missing = [f"{name}.wav" for name in ("mixture", *STEMS) if not (path / f"{name}.wav").exists()]
+    has_mixture = (path / "mixture.wav").exists()
+    names = ("mixture", *STEMS) if has_mixture else STEMS
+    missing = [f"{name}.wav" for name in names if not (path / f"{name}.wav").exists()]
     if missing:
         raise EvaluationError(f"{path}: missing {', '.join(missing)}")
-    mixture, rate = read_audio(path / "mixture.wav")
+    if has_mixture:
+        mixture, rate = read_audio(path / "mixture.wav")
+    else:
+        first, rate = read_audio(path / f"{STEMS[0]}.wav")
+        mixture = np.zeros_like(first)
     stems = []
     for stem in STEMS:
         audio, stem_rate = read_audio(path / f"{stem}.wav")
@@ -111,6 +119,9 @@ def load_song(path: str | Path, max_seconds: float | None = None) -> Song:
                 f"{rate} Hz, {mixture.shape[0]} channel(s)"
             )
         stems.append(audio)
+    if not has_mixture:
+        n = min(a.shape[1] for a in stems)
+        mixture = np.sum([a[:, :n] for a in stems], axis=0).astype(np.float32)
     n = min(a.shape[1] for a in (mixture, *stems))
     if max_seconds is not None:
         n = min(n, max(1, int(round(max_seconds * rate))))
@@ -391,6 +402,61 @@ class ModelMethod:
         return _fit(_resample(stems, rate, song.sample_rate), song.mixture.shape[1])
 
 
+class HighQualityMethod:
+    """The high-quality path for audio known in advance (engine/hq.py): look-ahead vocals + the causal model."""
+
+    name = "hq"
+
+    def __init__(
+        self,
+        lookahead_path: str | Path | None = None,
+        causal_path: str | Path | None = None,
+        device: str = "auto",
+        threads: int = 1,
+    ) -> None:
+        from stembridge.engine.hq import HighQualitySeparator
+
+        self.separator = HighQualitySeparator(lookahead_path, causal_path, device=device, threads=threads)
+        la = self.separator.vocal_model.card
+        self.description = self.separator.description
+        self.params = {
+            "lookahead_model": la.name,
+            "lookahead_path": str(la.path),
+            "causal_model": self.separator.causal.card.name,
+            "context_s": round(la.context_frames * la.hop_size / la.sample_rate, 3),
+            "lookahead_samples": la.lookahead_samples,
+            "provider": self.separator.vocal_model.active_provider,
+        }
+
+    def separate(self, song: Song) -> np.ndarray:
+        rate = self.separator.sample_rate
+        mixture = _resample(song.mixture, song.sample_rate, rate)
+        stems = self.separator.separate(mixture)
+        return _fit(_resample(stems, rate, song.sample_rate), song.mixture.shape[1])
+
+
+def loud_master(song: Song, drive_db: float = 10.0, ceiling_db: float = -1.0, release_ms: float = 80.0) -> Song:
+    """``song`` as a loud master: the mix driven ``drive_db`` into a broadband peak limiter (5 ms look-ahead,
+    instant attack, ``release_ms`` release, ceiling ``ceiling_db`` dBFS). The limiter's gain, computed on the mix,
+    is applied to every stem alike, so the references still sum to the limited mix exactly (as when a mastering
+    limiter rides the whole mix); what changes is the level and the dynamics the separator hears."""
+    from scipy.ndimage import maximum_filter1d
+    from scipy.signal import lfilter
+
+    drive = 10.0 ** (drive_db / 20.0)
+    ceiling = 10.0 ** (ceiling_db / 20.0)
+    peak = np.abs(song.mixture * drive).max(axis=0)
+    lookahead = max(1, int(0.005 * song.sample_rate))
+    held = maximum_filter1d(peak, size=2 * lookahead + 1)  # the peak within 5 ms either side
+    want = np.minimum(1.0, ceiling / np.maximum(held, 1e-9))
+    # instant attack, exponential release: the gain follows drops at once and recovers slowly
+    alpha = np.exp(-1.0 / (release_ms * 1e-3 * song.sample_rate))
+    smooth = lfilter([1.0 - alpha], [1.0, -alpha], want)
+    gain = np.minimum(want, smooth).astype(np.float32) * np.float32(drive)
+    refs = (song.references * gain).astype(np.float32)
+    return Song(song.name, song.sample_rate, refs.sum(axis=0), refs)
+
+
 def irm_for(model: ModelMethod | None) -> IdealRatioMaskMethod:
     """The oracle with the model's own STFT, or the fallback STFT (44.1 kHz) when no model is evaluated."""
     if model is not None:
@@ -463,14 +529,19 @@ def evaluate(
     max_seconds: float | None = None,
     source: str = "",
     progress: Callable[[str, str], None] | None = None,
+    loud_db: float | None = None,
 ) -> dict[str, Any]:
     """Run every method on every song and score it; returns the report (see ``build_report``).
 
     ``progress(song, method)`` is called before each separation.
     """
     run = Evaluation(source or str(Path(song_dirs[0]).parent), max_seconds, methods)
+    if loud_db is not None:
+        run.source += f" (loud masters: each mix +{loud_db:g} dB into a peak limiter, stems with the same gain)"
     for path in song_dirs:
         song = load_song(path, max_seconds)
+        if loud_db is not None:
+            song = loud_master(song, loud_db)
         run.song_info[song.name] = {"sample_rate": song.sample_rate, "seconds": round(song.duration_s, 3)}
         timbres = song_timbres(Path(path))
         if timbres is not None:
@@ -495,6 +566,11 @@ def _nanmedian(values: list[float]) -> float:
     return float(np.median(finite)) if finite else math.nan
 
 
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def summarize(songs: dict[str, dict[str, dict]], method: str) -> dict[str, Any]:
     """Median over songs per stem (NaN songs left out) and the mean of the four stem medians, per metric."""
     rows = [per_method[method] for per_method in songs.values() if method in per_method]
@@ -503,7 +579,11 @@ def summarize(songs: dict[str, dict[str, dict]], method: str) -> dict[str, Any]:
         medians = {stem: _nanmedian([r[metric][stem] for r in rows]) for stem in STEMS}
         medians["mean"] = float(np.mean([medians[s] for s in STEMS]))
         out[metric] = medians
+    means = {stem: _nanmean([r["sdr"][stem] for r in rows]) for stem in STEMS}
+    means["mean"] = float(np.mean([means[s] for s in STEMS]))
+    out["sdr_song_mean"] = means
     out["vocal_leakage_db"] = _nanmedian([r["vocal_leakage_db"] for r in rows])
+    out["vocal_leakage_db_song_mean"] = _nanmean([r["vocal_leakage_db"] for r in rows])
     out["num_songs"] = {stem: sum(not math.isnan(r["sdr"][stem]) for r in rows) for stem in STEMS}
     return out
 
@@ -558,7 +638,7 @@ def build_report(run: Evaluation) -> dict[str, Any]:
             "stems), per-bin least-squares projection on true vocal and accompaniment, relative to the vocal "
             "energy; lower is better; mixture/4 = -2.5 dB",
             "summary": "per stem the median over songs (songs with a silent stem left out); mean = mean of the "
-            "four stem medians",
+            "four stem medians; sdr_song_mean: the same with the mean over songs",
         },
         "methods": {
             m.name: {
@@ -701,6 +781,15 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {' | '.join(cells)} | {_fmt(summary['vocal_leakage_db'])} | {speed if speed else 'n/a'} |"
         )
+    if all("sdr_song_mean" in summary for summary in report["summary"].values()):
+        lines += ["", "The same SDR with the mean over songs instead of the median (the figure papers quote), dB:", ""]
+        lines += [
+            "| method | vocals | drums | bass | other | mean | vocal leakage dB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, summary in report["summary"].items():
+            cells = [_fmt(summary["sdr_song_mean"][s]) for s in (*STEMS, "mean")]
+            lines.append(f"| {name} | {' | '.join(cells)} | {_fmt(summary['vocal_leakage_db_song_mean'])} |")
     lines += ["", "Whole-track SDR / SI-SDR (secondary), dB:", "", "| method | " + " | ".join(STEMS) + " | mean |"]
     lines.append("|---|" + "---|" * (len(STEMS) + 1))
     for name, summary in report["summary"].items():
@@ -799,7 +888,7 @@ def card_quality(report: dict[str, Any], method: str = "model") -> dict[str, Any
         "spatial_filter": report["methods"].get(method, {}).get("params", {}).get("spatial_filter"),
         "sdr_db": summary[method]["sdr"],
         "vocal_leakage_db": summary[method]["vocal_leakage_db"],
-        "baselines_sdr_db": {name: s["sdr"] for name, s in summary.items() if name != method},
+        "baselines_sdr_db": {name: s["sdr"] for name, s in summary.items() if name not in (method, "hq")},
     }
     return json_safe(quality)
 

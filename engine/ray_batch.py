@@ -21,22 +21,22 @@ from stembridge.engine.library import Job
 
 
 class SeparationActor:
-    """A Ray actor (made remote by ``RayPool``): builds the adapter once, then separates one file per call."""
+    """A Ray actor (made remote by ``RayPool``): builds the separator once, then separates one file per call."""
 
     def __init__(self, settings: SeparationSettings) -> None:
         self.settings = settings
-        self.adapter = settings.make_adapter()
+        self.separator = settings.make_separator()
 
     def where(self) -> str:
         """``host:pid`` of the actor's worker process."""
         return worker_name()
 
     def model_sha256(self) -> str:
-        """SHA-256 of the model graph this actor loaded (the driver checks every node runs the same model)."""
-        return self.settings.fingerprint(self.adapter.separator.card).model_sha256
+        """SHA-256 of the model graphs this actor loaded (the driver checks every node runs the same models)."""
+        return self.settings.fingerprint(self.separator).model_sha256
 
     def run(self, job: Job, overwrite: bool) -> Outcome:
-        return run_job(self.adapter, self.settings, job, overwrite)
+        return run_job(self.separator, self.settings, job, overwrite)
 
 
 def connect(address: str | None) -> bool:

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from scipy.signal import resample_poly
@@ -117,13 +118,46 @@ def _run_overlapped(
                 done(a)
 
 
+class CausalFileSeparator:
+    """The causal live model on a whole file: ``BlockAdapter`` + ``StreamingSeparator`` in blocks of
+    ``block_size`` (``separate --mode live``), its latency removed."""
+
+    def __init__(self, adapter: BlockAdapter, block_size: int) -> None:
+        self.adapter = adapter
+        self.block_size = block_size
+        sep = adapter.separator
+        self.sample_rate = sep.sample_rate
+        self.stems = sep.stems
+        latency_ms = 1000.0 * adapter.latency_samples / sep.sample_rate
+        self.description = (
+            f"live model {sep.card.name} ({sep.card.path}){' + spatial filter' if sep.spatial else ''} on "
+            f"{sep.active_provider}; latency {adapter.latency_samples} samples ({latency_ms:.1f} ms) at "
+            f"{sep.sample_rate} Hz, removed from the outputs"
+        )
+
+    def separate(self, audio: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """audio float32 (num_channels, n) at the model rate -> stems float32 (num_stems, num_channels, n)."""
+        return separate_audio(self.adapter, audio, self.block_size, progress)
+
+
+class FileSeparator(Protocol):
+    """What ``separate_file`` runs: the causal path (``CausalFileSeparator``) or the high-quality path
+    (``engine.hq.HighQualitySeparator``). ``separate(audio, progress)``: float32 (num_channels, n) at
+    ``sample_rate`` -> float32 (len(stems), num_channels, n), aligned with the input."""
+
+    sample_rate: int
+    stems: tuple[str, ...]
+    description: str
+
+    def separate(self, audio: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray: ...
+
+
 def separate_file(
-    adapter: BlockAdapter,
+    separator: FileSeparator,
     path: Path,
     out_dir: Path,
     *,
     stems: list[str],
-    block_size: int,
     fmt: str = "wav",
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -134,17 +168,16 @@ def separate_file(
     ``on_loaded(num_frames)`` is called once the input is decoded (for a progress bar); ``progress(frames)`` as
     model-rate frames are done. Raises ``AudioFileError`` for bad input or existing outputs; writes nothing then.
     """
-    sep = adapter.separator
     audio, rate = read_audio(path)
     writer = AtomicStemWriter(out_dir, stems, rate, audio.shape[0], fmt=fmt, overwrite=overwrite)
     start = time.perf_counter()
-    model_audio = _resample(audio, rate, sep.sample_rate)
+    model_audio = _resample(audio, rate, separator.sample_rate)
     if on_loaded is not None:
         on_loaded(model_audio.shape[1])
-    separated = separate_audio(adapter, model_audio, block_size, progress)
+    separated = separator.separate(model_audio, progress)
     with writer:
         for stem in stems:
-            out = _resample(separated[sep.stems.index(stem)], sep.sample_rate, rate)
+            out = _resample(separated[separator.stems.index(stem)], separator.sample_rate, rate)
             out = _fit_length(out, audio.shape[1])
             writer.write(stem, out)
     return SeparationResult(

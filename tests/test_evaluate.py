@@ -184,7 +184,10 @@ def test_cli_evaluates_model_and_baselines_and_updates_the_card(tmp_path, tiny_m
     result = evaluate(tmp_path / "songs", "--model", model_dir / "tiny.onnx", "--out", out, "--update-card")
     assert result.exit_code == 0, result.output
     report = json.loads((out / "quality.json").read_text())
-    assert list(report["summary"]) == ["model", "mixture/4", "classical", "irm"]
+    assert list(report["summary"]) == ["hq", "model", "mixture/4", "classical", "irm"]
+    # the high-quality path runs beside the live model, naming its look-ahead model; means over songs beside medians
+    assert report["methods"]["hq"]["params"]["lookahead_model"] == "hq_vocals"
+    assert set(report["summary"]["hq"]["sdr_song_mean"]) == {"vocals", "drums", "bass", "other", "mean"}
     assert report["methods"]["irm"]["params"]["n_fft"] == 256  # the model's own STFT
     # a silent vocal stem leaves that song out of the vocal figure only
     assert report["summary"]["mixture/4"]["num_songs"] == {"vocals": 1, "drums": 2, "bass": 2, "other": 2}

@@ -36,6 +36,7 @@ from stembridge.bridge.cli import main
 from stembridge.engine.manifest import Fingerprint, Manifest, TrackIdentity
 
 STEMS = ("vocals", "drums", "bass", "other")
+LIVE = ("--mode", "live", "--model", TINY_MODEL)  # the fixture model through the causal path: fast
 
 
 def separate(*args):
@@ -55,7 +56,7 @@ def library(tmp_path_factory):
 def reference(library, tmp_path_factory):
     """The library separated by the plain single-process path: (CLI result, out folder, stem bytes)."""
     out = tmp_path_factory.mktemp("reference")
-    result = separate(library, "-o", out, "--model", TINY_MODEL)
+    result = separate(library, "-o", out, *LIVE)
     return result, out, output_bytes(out)
 
 
@@ -81,7 +82,7 @@ def test_a_folder_is_walked_mirrored_and_recorded(library, reference):
     assert "failed: 1 of 15 input(s)" in result.output and "corrupt.wav: cannot decode audio" in result.output
 
 
-def test_a_second_run_skips_done_tracks_retries_failed_ones_and_redoes_changed_ones(tmp_path, tiny_model):
+def test_a_second_run_skips_done_tracks_retries_failed_ones_and_redoes_changed_ones(tmp_path):
     lib = tmp_path / "lib"
     (lib / "x").mkdir(parents=True)
     noise = np.random.default_rng(0).standard_normal((22050, 2)).astype(np.float32) * 0.1
@@ -90,14 +91,14 @@ def test_a_second_run_skips_done_tracks_retries_failed_ones_and_redoes_changed_o
     (lib / "x" / "bad.wav").write_bytes(b"RIFF junk")
     sf.write(lib / "x" / "c.flac", noise, 44100)  # same output folder as x/c.wav
     out = tmp_path / "out"
-    first = separate(lib, "-o", out, "--model", tiny_model, "--format", "wav")
+    first = separate(lib, "-o", out, *LIVE, "--format", "wav")
     assert first.exit_code == 1
     assert "bad.wav: cannot decode audio" in first.output and "same name; outputs would collide" in first.output
     assert "writing 24-bit FLAC" not in first.output and (out / "x" / "b" / "vocals.wav").exists()
 
     sf.write(lib / "x" / "bad.wav", noise, 44100)  # the failed file is mended
     (lib / "x" / "c.wav").unlink()
-    second = separate(lib, "-o", out, "--model", tiny_model, "--format", "wav")
+    second = separate(lib, "-o", out, *LIVE, "--format", "wav")
     assert second.exit_code == 0, second.output
     assert "skipped: 3 file(s) done already" in second.output and "done: 1 file(s)" in second.output
     recorded = rows(out)
@@ -106,20 +107,20 @@ def test_a_second_run_skips_done_tracks_retries_failed_ones_and_redoes_changed_o
 
     before = (out / "a" / "drums.wav").read_bytes()
     sf.write(lib / "a.wav", -noise, 44100)  # a changed input is separated again, replacing its own stems
-    third = separate(lib, "-o", out, "--model", tiny_model, "--format", "wav")
+    third = separate(lib, "-o", out, *LIVE, "--format", "wav")
     assert third.exit_code == 0, third.output
     assert "done: 1 file(s)" in third.output and "skipped: 3 file(s)" in third.output
     assert (out / "a" / "drums.wav").read_bytes() != before
-    fourth = separate(lib, "-o", out, "--model", tiny_model, "--format", "wav", "--stems", "vocals,other")
+    fourth = separate(lib, "-o", out, *LIVE, "--format", "wav", "--stems", "vocals,other")
     assert "done: 4 file(s)" in fourth.output  # other settings: every track again
 
 
-def test_a_library_too_big_for_the_disk_is_refused_with_the_figure(tmp_path, tiny_model, monkeypatch):
+def test_a_library_too_big_for_the_disk_is_refused_with_the_figure(tmp_path, monkeypatch):
     from stembridge.bridge import cli_batch
 
     sf.write(tmp_path / "song.wav", np.zeros((441000, 2), np.float32), 44100)
     monkeypatch.setattr(cli_batch, "free_bytes", lambda out: 1_000_000)
-    result = separate(tmp_path / "song.wav", "-o", tmp_path / "out", "--model", tiny_model)
+    result = separate(tmp_path / "song.wav", "-o", tmp_path / "out", *LIVE)
     assert result.exit_code == 1
     # 10 s, stereo, 4 stems, 24-bit WAV: 10.6 MB
     assert "not enough disk space" in result.output and "need about 10.6 MB" in result.output
@@ -130,7 +131,7 @@ def test_a_library_too_big_for_the_disk_is_refused_with_the_figure(tmp_path, tin
 def test_jobs_2_loses_only_the_file_of_a_killed_worker(library, reference, tmp_path):
     _, _, want = reference
     out = tmp_path / "out"
-    proc = cli_process("separate", library, "-o", out, "--model", TINY_MODEL, "--jobs", "2")
+    proc = cli_process("separate", library, "-o", out, *LIVE, "--jobs", "2")
     target = library / LONG[0]
     pid = wait_running(out, target, not_pid=proc.pid)
     wait_model_loaded(pid)
@@ -149,10 +150,10 @@ def test_jobs_2_loses_only_the_file_of_a_killed_worker(library, reference, tmp_p
     assert leftovers(out) == []
 
 
-def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(library, reference, tmp_path, tiny_model):
+def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(library, reference, tmp_path):
     _, _, want = reference
     out = tmp_path / "out"
-    proc = cli_process("separate", library, "-o", out, "--model", tiny_model, "--jobs", "2")
+    proc = cli_process("separate", library, "-o", out, *LIVE, "--jobs", "2")
     for rel in LONG:  # both workers on the two long tracks, past loading ONNX Runtime
         wait_model_loaded(wait_running(out, library / rel, not_pid=proc.pid))
     time.sleep(0.05)
@@ -172,7 +173,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(library, reference, tmp_
             assert present in (set(), set(STEMS)), d
     num_done = list(statuses.values()).count("done")
 
-    resumed = separate(library, "-o", out, "--model", tiny_model)
+    resumed = separate(library, "-o", out, *LIVE)
     assert resumed.exit_code == 1  # the corrupt file, again
     assert f"done: {len(GOOD + LONG) - num_done} file(s)" in resumed.output
     if num_done:
@@ -180,7 +181,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(library, reference, tmp_
     assert output_bytes(out) == want
 
 
-def test_two_runs_at_once_share_the_library(tmp_path, tiny_model):
+def test_two_runs_at_once_share_the_library(tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
     noise = np.random.default_rng(1).standard_normal((44100, 2)).astype(np.float32) * 0.1
@@ -188,7 +189,7 @@ def test_two_runs_at_once_share_the_library(tmp_path, tiny_model):
     for name in names:
         sf.write(lib / name, noise, 44100)
     out = tmp_path / "out"
-    procs = [cli_process("separate", lib, "-o", out, "--model", tiny_model) for _ in range(2)]
+    procs = [cli_process("separate", lib, "-o", out, *LIVE) for _ in range(2)]
     logs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     for name in names:  # each track separated by exactly one of the two runs
@@ -199,6 +200,24 @@ def test_two_runs_at_once_share_the_library(tmp_path, tiny_model):
         ("done", 8, 8)
     ]
     db.close()
+
+
+def test_the_high_quality_path_runs_the_same_in_workers(tmp_path):
+    """`separate`'s default (--mode hq) through two local workers: the stems equal the single-process ones, and
+    the manifest names both models."""
+    lib = tmp_path / "lib"
+    (lib / "x").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for name in ("a.wav", "x/b.wav"):
+        sf.write(lib / name, (0.1 * rng.standard_normal((66150, 2))).astype(np.float32), 44100)
+    one = separate(lib, "-o", tmp_path / "one", "--model", TINY_MODEL)
+    two = separate(lib, "-o", tmp_path / "two", "--model", TINY_MODEL, "--jobs", "2")
+    assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+    assert "look-ahead model hq_vocals" in two.output and "(hq mode)" in two.output
+    assert output_bytes(tmp_path / "two") == output_bytes(tmp_path / "one") != {}
+    recorded = rows(tmp_path / "two")
+    assert {r["model_name"] for r in recorded.values()} == {"hq_vocals+tiny"}
+    assert {r["worker"] for r in recorded.values()} != {f"{os.uname().nodename}:{os.getpid()}"}
 
 
 def _hammer(path, name, count):
@@ -265,7 +284,7 @@ def ray_session():
     ray.shutdown()
 
 
-def test_ray_loses_only_the_file_of_a_killed_worker(ray_session, library, reference, tmp_path, tiny_model):
+def test_ray_loses_only_the_file_of_a_killed_worker(ray_session, library, reference, tmp_path):
     _, _, want = reference
     out = tmp_path / "out"
     target = library / LONG[0]
@@ -280,7 +299,7 @@ def test_ray_loses_only_the_file_of_a_killed_worker(ray_session, library, refere
 
     killer = threading.Thread(target=kill_one_worker)
     killer.start()
-    result = separate(library, "-o", out, "--model", tiny_model, "--ray")  # joins the session above
+    result = separate(library, "-o", out, *LIVE, "--ray")  # joins the session above
     killer.join()
     assert result.exit_code == 1, result.output  # the corrupt file
     assert killed, "the long file finished before the worker could be killed"
@@ -296,7 +315,7 @@ def test_ray_loses_only_the_file_of_a_killed_worker(ray_session, library, refere
     assert leftovers(out) == []
 
 
-def test_a_ray_address_that_is_a_path_gets_a_clear_error(tmp_path, tiny_model):
+def test_a_ray_address_that_is_a_path_gets_a_clear_error(tmp_path):
     (tmp_path / "lib").mkdir()
-    result = separate("-o", tmp_path / "out", "--model", tiny_model, "--ray", tmp_path / "lib")
+    result = separate("-o", tmp_path / "out", *LIVE, "--ray", tmp_path / "lib")
     assert result.exit_code == 2 and "write --ray=ADDRESS" in result.output

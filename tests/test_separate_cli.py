@@ -24,9 +24,11 @@ def separate(*args):
     return CliRunner().invoke(main, ["separate", *map(str, args)])
 
 
-def test_writes_24_bit_stems_that_sum_to_the_input(tmp_path, tiny_model):
+@pytest.mark.parametrize("mode", ["hq", "live"])
+def test_writes_24_bit_stems_that_sum_to_the_input(tmp_path, tiny_model, mode):
     x = write_tone(tmp_path / "song.wav")
-    result = separate(tmp_path / "song.wav", "-o", tmp_path / "out", "--model", tiny_model, "--block-size", "441")
+    args = ["--model", tiny_model, "--block-size", "441", "--mode", mode]
+    result = separate(tmp_path / "song.wav", "-o", tmp_path / "out", *args)
     assert result.exit_code == 0, result.output
     stems = []
     for stem in ("vocals", "drums", "bass", "other"):
@@ -35,12 +37,16 @@ def test_writes_24_bit_stems_that_sum_to_the_input(tmp_path, tiny_model):
         stems.append(sf.read(tmp_path / "out" / "song" / f"{stem}.wav")[0])
     # aligned to the input (latency removed) and summing back to it, to 24-bit rounding
     np.testing.assert_allclose(np.sum(stems, axis=0), x, atol=1e-4)
-    assert "x real time" in result.output and "latency" in result.output
+    assert "x real time" in result.output
+    assert ("look-ahead model hq_vocals" if mode == "hq" else "latency") in result.output
 
 
-def test_mono_input_at_another_rate_comes_back_mono_at_its_rate(tmp_path, tiny_model):
+@pytest.mark.parametrize("mode", ["hq", "live"])
+def test_mono_input_at_another_rate_comes_back_mono_at_its_rate(tmp_path, tiny_model, mode):
     x = write_tone(tmp_path / "mono.wav", sr=48000, channels=1)
     result = separate(
+        "--mode",
+        mode,
         tmp_path / "mono.wav",
         "-o",
         tmp_path / "out",
@@ -66,7 +72,7 @@ def test_bad_inputs_fail_clearly_while_the_rest_of_the_batch_completes(tmp_path,
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk")
     sf.write(tmp_path / "silent0.wav", np.zeros((0, 2)), SR)
     args = ["missing.wav", "empty.wav", "corrupt.wav", "silent0.wav", "good.wav"]
-    result = separate(*[tmp_path / a for a in args], "-o", tmp_path / "out", "--model", tiny_model)
+    result = separate(*[tmp_path / a for a in args], "-o", tmp_path / "out", "--model", tiny_model, "--mode", "live")
     assert result.exit_code == 1
     assert "missing.wav: file not found" in result.output
     assert "empty.wav: file is empty" in result.output
@@ -117,6 +123,10 @@ def test_bad_options_and_models_get_clear_errors(tmp_path, tiny_model):
     assert result.exit_code == 1 and "model file not found" in result.output
     result = separate(tmp_path / "song.wav", "-o", tmp_path / "out", "--model", tiny_model, "--block-size", "0")
     assert result.exit_code == 2
+    result = separate(tmp_path / "song.wav", "-o", tmp_path / "out", "--hq-model", tiny_model)
+    assert result.exit_code == 1 and "kind" in result.output  # a causal model is not a look-ahead model
+    result = separate(tmp_path / "song.wav", "-o", tmp_path / "out", "--spatial-filter")
+    assert result.exit_code == 2 and "--mode live" in result.output
 
 
 def test_without_a_default_model_the_command_says_so(tmp_path, monkeypatch):
@@ -130,9 +140,10 @@ def test_without_a_default_model_the_command_says_so(tmp_path, monkeypatch):
 @pytest.mark.parametrize("block_size", ["1", "65", "8192"])
 def test_any_block_size_gives_the_same_stems(tmp_path, tiny_model, block_size):
     write_tone(tmp_path / "song.wav", seconds=0.4)
-    ref = separate(tmp_path / "song.wav", "-o", tmp_path / "ref", "--model", tiny_model, "--block-size", "256")
+    live = ["--mode", "live", "--model", tiny_model]
+    ref = separate(tmp_path / "song.wav", "-o", tmp_path / "ref", *live, "--block-size", "256")
     assert ref.exit_code == 0
-    result = separate(tmp_path / "song.wav", "-o", tmp_path / "out", "--model", tiny_model, "--block-size", block_size)
+    result = separate(tmp_path / "song.wav", "-o", tmp_path / "out", *live, "--block-size", block_size)
     assert result.exit_code == 0, result.output
     a = sf.read(tmp_path / "ref" / "song" / "vocals.wav")[0]
     b = sf.read(tmp_path / "out" / "song" / "vocals.wav")[0]

@@ -277,6 +277,11 @@ def main(argv: list[str] | None = None) -> None:
         help="export the weights being trained, not their moving average (when the checkpoint has one)",
     )
     parser.add_argument(
+        "--training-data",
+        default=None,
+        help="what the weights were trained on, for the card (default: as the checkpoint's provenance says)",
+    )
+    parser.add_argument(
         "--history",
         action="append",
         default=[],
@@ -296,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.fp16} ({args.fp16.stat().st_size / 1e6:.2f} MB)")
     model = load_weights(checkpoint, average=not args.raw)
     provenance = dict(ckpt.get("provenance", {}))
+    if args.training_data:
+        provenance["training_data"] = args.training_data
     provenance["weights"] = chosen_weights(ckpt, average=not args.raw)[1]
     provenance["trained_steps"] = int(ckpt.get("step", provenance.get("trained_steps", 0)))
     card = export_model(

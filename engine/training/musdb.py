@@ -19,6 +19,7 @@ The decoded songs are data, never committed (``data/`` is ignored); a model trai
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import tempfile
@@ -103,7 +104,19 @@ def prepare(src: Path, out: Path, validation: tuple[str, ...] = VALIDATION) -> d
         for stem, audio in stems.items():
             sf.write(partial / f"{stem}.wav", audio * scale, rate, subtype="PCM_16")
         partial.rename(folder)
+    describe(out, splits)
     return splits
+
+
+def describe(out: Path, splits: dict[str, list[str]]) -> None:
+    """Write ``<out>/bank.json``: what the song bank is, for the training log and the model card."""
+    text = (
+        f"MUSDB18-7 (sigsep's 7-second excerpts of the MUSDB18 train split; research and non-commercial use only: "
+        f"DSD100 restricted to that use, MedleyDB CC BY-NC-SA): {len(splits['train'])} real songs in train, "
+        f"{len(splits['validation'])} held out for validation (engine/training/musdb.py VALIDATION)"
+    )
+    info = {"dataset": "MUSDB18-7", "description": text, "splits": {k: sorted(v) for k, v in splits.items()}}
+    (out / "bank.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

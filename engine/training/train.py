@@ -295,10 +295,17 @@ def restarted(state: dict, weights: dict[str, torch.Tensor]) -> dict:
 
 
 def data_description(train: SongBank, augment: Augment, real: RealPool | None = None) -> str:
+    bank = Path(train.root) / "bank.json"  # a song bank of real multitracks says what it is (training/musdb.py)
+    if bank.is_file():
+        songs = f"{json.loads(bank.read_text())['description']}; {len(train)} songs read from {train.split}"
+    else:
+        songs = (
+            f"{len(train)} synthetic songs ({train.root}/{train.split}: engine/training/synth.py, regenerated from "
+            "seeds)"
+        )
     text = (
-        f"{len(train)} synthetic songs ({train.root}/{train.split}: engine/training/synth.py, regenerated from seeds), "
-        "random segments with stems remixed across songs, resampling (pitch+tempo), EQ, saturation, gain, channel "
-        f"swap, polarity, mono and silence augmentations ({json.dumps(augment.__dict__)})"
+        f"{songs}, random segments with stems remixed across songs, resampling (pitch+tempo), EQ, saturation, gain, "
+        f"channel swap, polarity, mono and silence augmentations ({json.dumps(augment.__dict__)})"
     )
     if real is not None and augment.p_real > 0:
         text += f"; with probability {augment.p_real} per stem, {real.describe()} (engine/training/real_material.py)"
