@@ -1,10 +1,12 @@
 """Library throughput: audio hours separated per wall-clock hour by the batch paths of `stembridge separate`.
 
 In one run, on one synthetic library (``--files`` stereo files of ``--seconds`` each, 44.1 kHz, written here; no
-MUSDB audio), with the shipped default model (block 4096, one ONNX Runtime thread per worker, FLAC out):
+MUSDB audio), through `separate`'s default path (``--mode hq``: the look-ahead vocal model with the causal model;
+``--mode live`` to measure the causal path) with the shipped models (block 4096, one ONNX Runtime thread per worker,
+FLAC out):
 
-- ``plain``: the single-process loop `separate` ran before the library work (one adapter, ``separate_file`` per file,
-  no manifest): the baseline;
+- ``plain``: the single-process loop `separate` ran before the library work (one separator, ``separate_file`` per
+  file, no manifest): the baseline;
 - ``inline``: the library path in this process (manifest, largest first), ``--jobs 1``;
 - ``local_2``: two local worker processes, ``--jobs 2``;
 - ``ray_2``: two Ray actors on a local Ray instance started here (``ray.init(num_cpus=2)``).
@@ -17,7 +19,7 @@ of the per-file time spent in the model call (what a GPU could take away), and t
 The machine is shared (a training job and other sessions run beside it): figures are as measured, the ratios in one
 run are what to compare. A paper projection for a 20,000-track library follows from them in the markdown.
 
-    python benchmarks/library.py [--files 12] [--seconds 20] [--overhead-files 40]
+    python benchmarks/library.py [--files 6] [--seconds 15] [--rounds 2] [--overhead-files 20] [--mode hq|live]
 
 Writes benchmarks/results/library/library.json and library.md.
 """
@@ -32,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +86,16 @@ class Quiet:
         pass
 
 
+_SEPARATORS: dict = {}
+
+
+def _separator(settings: SeparationSettings):
+    """One separator per settings, for fingerprints (building one loads its models)."""
+    if settings not in _SEPARATORS:
+        _SEPARATORS[settings] = settings.make_separator()
+    return _SEPARATORS[settings]
+
+
 def run_pool(name: str, library: Path, out: Path, settings: SeparationSettings, make_pool) -> dict:
     """Start a pool (timed), run the library through ``run_batch`` (timed); the manifest gives the worker time."""
     collected = collect_jobs([library], out)
@@ -94,7 +107,7 @@ def run_pool(name: str, library: Path, out: Path, settings: SeparationSettings, 
     t1 = time.perf_counter()
     with Manifest(out / MANIFEST_NAME) as manifest:
         run_id = manifest.start_run(name)
-        fp = settings.fingerprint(_card(settings))
+        fp = settings.fingerprint(_separator(settings))
         manifest.plan([identity(j, settings) for j in jobs], fp, run_id)
         summary = run_batch(jobs, pool, manifest, run_id, fp, settings, Quiet())
         worker_s = sum(r["elapsed_s"] for r in manifest.rows())
@@ -113,65 +126,51 @@ def run_pool(name: str, library: Path, out: Path, settings: SeparationSettings, 
     }
 
 
-_CARDS: dict = {}
+def _time_model_calls(separator) -> list[float]:
+    """Wrap every model call ``separator`` makes (the causal model's ``infer``; the look-ahead model's session) to
+    add its time to the returned one-element list."""
+    total = [0.0]
 
+    def timed(call):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                total[0] += time.perf_counter() - start
 
-def _card(settings: SeparationSettings):
-    from stembridge.engine.model_card import load_card
+        return wrapper
 
-    key = str(settings.model_path)
-    if key not in _CARDS:
-        _CARDS[key] = load_card(settings.model_path)
-    return _CARDS[key]
+    causal = separator.causal if hasattr(separator, "causal") else separator.adapter.separator
+    causal.infer = timed(causal.infer)
+    if hasattr(separator, "vocal_model"):
+        session = separator.vocal_model.session
+        session.run = timed(session.run)
+    return total
 
 
 def run_plain(library: Path, out: Path, settings: SeparationSettings) -> dict:
-    """The pre-library `separate`: one adapter, a loop of ``separate_file``; also times the model call's share."""
+    """The pre-library `separate`: one separator, a loop of ``separate_file``; also the model calls' share."""
     files = sorted(library.rglob("*.wav"))
     before = machine_cpu()
     t0 = time.perf_counter()
-    adapter = settings.make_adapter()
-    sep = adapter.separator
-    infer = sep.infer
-    model_s = [0.0]
-
-    def timed_infer(mag):
-        start = time.perf_counter()
-        try:
-            return infer(mag)
-        finally:
-            model_s[0] += time.perf_counter() - start
-
-    sep.infer = timed_infer
+    separator = settings.make_separator()
+    model_s = _time_model_calls(separator)
     t1 = time.perf_counter()
     audio_s = worker_s = 0.0
     for f in files:
-        r = separate_file(
-            adapter,
-            f,
-            out / f.parent.name / f.stem,
-            stems=list(settings.stems),
-            block_size=settings.block_size,
-            fmt=settings.fmt,
-        )
+        r = separate_file(separator, f, out / f.parent.name / f.stem, stems=list(settings.stems), fmt=settings.fmt)
         audio_s += r.duration_s
         worker_s += r.elapsed_s
     t2 = time.perf_counter()
-    # the model call's share of one file's time, measured without the overlap (model and host work in sequence)
+    # the model calls' share of one file's time, measured without the overlap (model and host work in sequence)
     import stembridge.engine.separate as separate_module
 
     overlapped = separate_module.separate_audio
-    separate_module.separate_audio = lambda *a, **k: overlapped(*a, **k, overlap=False)
+    separate_module.separate_audio = lambda *a, **k: overlapped(*a, **{**k, "overlap": False})
     try:
         model_s[0] = 0.0
-        seq = separate_file(
-            adapter,
-            files[0],
-            out / "sequential",
-            stems=list(settings.stems),
-            block_size=settings.block_size,
-            fmt=settings.fmt,
-        )
+        seq = separate_file(separator, files[0], out / "sequential", stems=list(settings.stems), fmt=settings.fmt)
     finally:
         separate_module.separate_audio = overlapped
     return {
@@ -196,19 +195,19 @@ def stem_bytes_per_audio_hour(out: Path, audio_s: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--files", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2, help="every config this many times, interleaved")
-    parser.add_argument("--seconds", type=float, default=20.0, help="mean file length (lengths vary 0.6-1.4x)")
-    parser.add_argument("--overhead-files", type=int, default=40)
+    parser.add_argument("--seconds", type=float, default=15.0, help="mean file length (lengths vary 0.6-1.4x)")
+    parser.add_argument("--overhead-files", type=int, default=20)
+    parser.add_argument("--mode", choices=["hq", "live"], default="hq", help="separate's path (default: hq)")
     parser.add_argument("--no-ray", action="store_true", help="leave Ray out (also when it is not installed)")
     args = parser.parse_args()
     os.nice(0)
-    from stembridge.engine.model_card import load_card
-    from stembridge.engine.separator import default_model_path
-
-    model = default_model_path()
-    stems = tuple(load_card(model).stems)
-    settings = SeparationSettings(model_path=model, stems=stems, fmt="flac", threads=1, block_size=4096)
+    settings = SeparationSettings(model_path=None, mode=args.mode, fmt="flac", threads=1, block_size=4096)
+    separator = _separator(settings)
+    stems = tuple(separator.stems)
+    settings = replace(settings, stems=stems)
+    model_name = settings.fingerprint(separator).model_name
     try:
         import ray
     except ImportError:
@@ -224,7 +223,7 @@ def main() -> None:
         total_audio = make_library(library, args.files, args.seconds)
 
         def inline_pool():
-            return InlinePool(settings.make_adapter(), settings)
+            return InlinePool(settings.make_separator(), settings)
 
         def local_pool():
             pool = LocalPool(settings, 2)
@@ -277,7 +276,8 @@ def main() -> None:
         "files": args.files,
         "rounds": args.rounds,
         "audio_s": round(total_audio, 2),
-        "model": str(model.name),
+        "mode": args.mode,
+        "model": model_name,
         "ray_version": getattr(ray, "__version__", None),
         "ray_init_s": ray_init_s,
         "rows": rows,
@@ -313,8 +313,9 @@ def markdown(r: dict) -> str:
     lines = [
         "# Library throughput",
         "",
-        f"{r['files']} synthetic stereo files, {r['audio_s']:.0f} s of audio, shipped model `{r['model']}`, block "
-        f"4096, FLAC stems, one ONNX Runtime thread per worker; every config {r['rounds']} times, interleaved. 2-core "
+        f"{r['files']} synthetic stereo files, {r['audio_s']:.0f} s of audio, `separate --mode {r['mode']}` with the "
+        f"shipped models (`{r['model']}`), block 4096, FLAC stems, one ONNX Runtime thread per worker; every config "
+        f"{r['rounds']} times, interleaved. 2-core "
         "VM **shared with a training job and other sessions**: figures as measured in one run; the rounds show how "
         "far they move. `x real time` = audio hours per wall-clock hour, start-up included (over the rounds); "
         "`steady` leaves the pool's start-up out; `machine busy`: whole-VM user+nice CPU while the config ran.",
@@ -330,9 +331,9 @@ def markdown(r: dict) -> str:
         )
     lines += [
         "",
-        f"Model call: {100 * plain['model_call_share']:.0f} % of one file's time when the stages run in sequence "
-        "(decode, resample, STFT, model, spatial filter, inverse STFT, FLAC encode; `plain` overlaps the model call "
-        "with the rest on a second thread).",
+        f"Model calls: {100 * plain['model_call_share']:.0f} % of one file's time when the stages run in sequence "
+        "(decode, resample, STFTs, model calls, masks, inverse STFTs, FLAC encode; `plain` overlaps the causal "
+        "model's calls with the rest on a second thread).",
     ]
     if r["ray_init_s"] is not None:
         o = r["ray_overhead"]
@@ -375,8 +376,8 @@ def markdown(r: dict) -> str:
             else "(Ray not measured)."
         ),
         "",
-        f"A GPU worker (not measured: no GPU here): the model call is {100 * share:.0f} % of a file's sequential "
-        "time on one core; the rest (decoding, resampling, STFT and inverse STFT, the spatial filter, FLAC "
+        f"A GPU worker (not measured: no GPU here): the model calls are {100 * share:.0f} % of a file's "
+        "sequential time on one core; the rest (decoding, resampling, STFTs and inverse STFTs, masks, FLAC "
         f"encoding) stays on the CPU, so one core feeding a GPU runs at most {1 / max(1e-6, 1 - share):.1f}x its "
         "CPU rate, and a GPU node's throughput is set by how many CPU cores feed it (one worker per core, each "
         "batching its blocks). See docs/library.md.",
