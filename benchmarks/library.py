@@ -21,7 +21,7 @@ run are what to compare. A paper projection for a 20,000-track library follows f
 
     python benchmarks/library.py [--files 6] [--seconds 15] [--rounds 2] [--overhead-files 20] [--mode hq|live]
 
-Writes benchmarks/results/library/library.json and library.md.
+Writes benchmarks/results/library/library.json and library.md (``--mode live``: library_live.json and .md).
 """
 
 from __future__ import annotations
@@ -286,9 +286,10 @@ def main() -> None:
         "wav_bytes_per_audio_hour": 3600 * 44100 * 2 * 3 * len(stems),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "library.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "library.md").write_text(markdown(report))
-    print((RESULTS / "library.md").read_text())
+    stem = "library" if args.mode == "hq" else f"library_{args.mode}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(report))
+    print((RESULTS / f"{stem}.md").read_text())
 
 
 def _mean_rows(rows: list[dict]) -> dict[str, dict]:
