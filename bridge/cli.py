@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
@@ -23,11 +22,6 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
 
-def plural(count: int, noun: str) -> str:
-    """``1 stem``, ``4 stems``, ``0 files``."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     if not value:
         return list(available)
@@ -41,6 +35,15 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(stems))
 
 
+def _check_ray_address(ctx, param, value: str | None) -> str | None:
+    """``--ray`` takes an optional value, so ``--ray ~/Music`` would take the library for the address: refuse."""
+    if value and Path(value).exists():
+        raise click.BadParameter(
+            f"took {value!r} as the Ray address; write --ray=ADDRESS, or put --ray after the inputs"
+        )
+    return value
+
+
 @main.command("separate")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -50,8 +53,9 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     default=Path("stems"),
     show_default=True,
     type=click.Path(path_type=Path, file_okay=False),
-    help="Output folder (made if missing; default: stems/ in the current folder); each input gets "
-    "OUTDIR/<input name>/<stem>.wav (--format stem: OUTDIR/<input name>.stem.mp4).",
+    help="Output folder (made if missing); a file gets OUTDIR/<file name>/<stem>.<format> (--format stem: "
+    "OUTDIR/<file name>.stem.mp4), a folder's tree is mirrored under OUTDIR. The manifest "
+    "OUTDIR/stembridge-manifest.sqlite records every track.",
 )
 @click.option(
     "--mode",
@@ -82,10 +86,10 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     "--format",
     "fmt",
     type=click.Choice(["wav", "flac", "stem"]),
-    default="wav",
-    show_default=True,
+    default=None,
     help="Output format at the input's sample rate: 24-bit WAV or FLAC per stem, or 'stem': one NI stem file "
-    "(.stem.mp4: the input as the mixture plus drums, bass, other, vocals, for Traktor and Mixxx).",
+    "(OUTDIR/<name>.stem.mp4: the input as the mixture plus drums, bass, other, vocals, for Traktor and Mixxx). "
+    "Default: wav for files, flac when a folder is given.",
 )
 @click.option(
     "--codec",
@@ -99,13 +103,37 @@ def _parse_stems(value: str | None, available: tuple[str, ...]) -> list[str]:
     is_flag=True,
     help="Separate an input that is already an NI stem file (its mixture); without it such inputs are skipped.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing output files (never done without it).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Separate again tracks the manifest has as done, and replace existing output files (never without it).",
+)
 @click.option(
     "--threads",
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="ONNX Runtime intra-op threads for each model.",
+    help="ONNX Runtime intra-op threads for each model (per worker).",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes, each with its own model session; largest files first. Default 1 (this process). "
+    "With --ray: Ray workers, default one per CPU of the cluster.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    callback=_check_ray_address,
+    metavar="[ADDRESS]",
+    help="Run on Ray (pip install 'stembridge[cluster]'): --ray alone joins the cluster RAY_ADDRESS or `ray start` "
+    "names, else starts one here; --ray=HOST:6379 or --ray=auto joins that one. Inputs and outputs must be on "
+    "storage every node sees at the same path.",
 )
 def separate(
     inputs,
@@ -122,111 +150,55 @@ def separate(
     reseparate,
     overwrite,
     threads,
+    jobs,
+    ray_address,
 ) -> None:
-    """Separate INPUT audio files into vocals, drums, bass and other.
+    """Separate INPUT audio files and folders into vocals, drums, bass and other.
 
     Writes OUTDIR/<input name>/{vocals,drums,bass,other}.wav as 24-bit files at each input's sample rate and
     channel count; the stems sum back to the input. By default the high-quality path runs (it reads the whole
-    file: not for live input); --mode live runs the causal model that `stembridge live` plays. A bad input is
-    reported and skipped; the others still complete; the exit status is 1 if any input failed. With --format stem,
-    one OUTDIR/<input name>.stem.mp4 per input. Inputs: WAV, AIFF, FLAC, MP3, AAC/M4A, ALAC, Ogg, Opus (anything
-    FFmpeg reads). An NI stem file is skipped (nothing to separate) unless --reseparate.
+    file: not for live input); --mode live runs the causal model that `stembridge live` plays. A folder is walked
+    for audio files and its tree mirrored, as FLAC unless --format says. A bad input is reported and skipped; the
+    others still complete; the exit status is 1 if any input failed. A second run skips the tracks the manifest
+    has as done and retries the others; Ctrl-C stops cleanly.
 
     \b
-    Examples: stembridge separate song.wav -o stems/   (writes stems/song/vocals.wav, ...)
-              stembridge separate song.m4a -o stems/ --format stem --codec alac
+    Examples:
+      stembridge separate song.wav -o stems/
+      stembridge separate ~/Music -o ~/Stems --jobs 2
+      stembridge separate /mnt/music -o /mnt/stems --ray=auto
     """
-    from stembridge.engine.audio_io import AudioFileError
-    from stembridge.engine.model_card import ModelError
-    from stembridge.engine.separate import separate_file
-    from stembridge.engine.stem_output import NothingToSeparate
-    from tqdm import tqdm
+    from stembridge.bridge.cli_batch import run_separate
+    from stembridge.engine.batch import SeparationSettings
 
     if fmt == "stem" and stems_arg:
         raise click.BadParameter("a stem file holds all four stems; leave out --stems", param_hint="--stems")
-
     if mode == "hq" and spatial_filter is not None:
         raise click.BadParameter("the spatial filter is a setting of --mode live", param_hint="--spatial-filter")
     if mode == "live" and hq_model_path is not None:
         raise click.BadParameter("a look-ahead model is used by --mode hq only", param_hint="--hq-model")
-    try:
-        separator = _file_separator(mode, model_path, hq_model_path, device, spatial_filter, block_size, threads)
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from exc
-    stems = _parse_stems(stems_arg, separator.stems)
-    click.echo(separator.description, err=True)
-
-    results, failures, seen = [], [], {}
-    for path in inputs:
-        name = path.stem
-        if name in seen:
-            failures.append((path, f"{path}: another input ({seen[name]}) has the same name; outputs would collide"))
-            click.echo(f"error: {failures[-1][1]}", err=True)
-            continue
-        seen[name] = path
-        bar = tqdm(total=0, desc=path.name, unit="frame", unit_scale=True, leave=False, file=sys.stderr, disable=None)
-        try:
-            result = separate_file(
-                separator,
-                path,
-                out_dir if fmt == "stem" else out_dir / name,
-                stems=stems,
-                fmt=fmt,
-                overwrite=overwrite,
-                progress=bar.update,
-                on_loaded=lambda n, b=bar: b.reset(total=n),
-                codec=codec,
-                reseparate=reseparate,
-            )
-        except NothingToSeparate as exc:
-            click.echo(f"skipped: {exc}", err=True)
-            continue
-        except (AudioFileError, OSError) as exc:
-            failures.append((path, str(exc)))
-            click.echo(f"error: {exc}", err=True)
-            continue
-        finally:
-            bar.close()
-        results.append(result)
-        clipped = f", {result.num_clipped} samples clipped" if result.num_clipped else ""
-        count = len(stems) if fmt == "stem" else len(result.outputs)
-        where = result.outputs[0] if fmt == "stem" else out_dir / name
-        click.echo(
-            f"{path}: {plural(count, 'stem')} -> {where} "
-            f"({result.duration_s:.1f} s of audio in {result.elapsed_s:.2f} s, "
-            f"{result.realtime_factor:.1f}x real time{clipped})"
-        )
-
-    total_audio = sum(r.duration_s for r in results)
-    total_time = sum(r.elapsed_s for r in results)
-    if results:
-        click.echo(
-            f"done: {plural(len(results), 'file')}, {total_audio:.1f} s of audio in {total_time:.2f} s "
-            f"= {total_audio / max(total_time, 1e-9):.1f}x real time ({mode} mode)"
-        )
-    if failures:
-        click.echo(f"failed: {len(failures)} of {plural(len(inputs), 'input')}", err=True)
-        sys.exit(1)
-
-
-def _file_separator(mode, model_path, hq_model_path, device, spatial_filter, block_size, threads):
-    """The separator ``separate`` runs: the high-quality path or the causal live model (raises ModelError)."""
-    if mode == "hq":
-        from stembridge.engine.hq import HighQualitySeparator
-
-        return HighQualitySeparator(hq_model_path, model_path, device=device, threads=threads, block_size=block_size)
-    from stembridge.engine.separate import CausalFileSeparator
-    from stembridge.engine.separator import StreamingSeparator
-    from stembridge.engine.stream import BlockAdapter
-
-    causal = StreamingSeparator(
-        model_path,
+    settings = SeparationSettings(
+        mode=mode,
+        hq_model_path=Path(hq_model_path).resolve() if hq_model_path is not None else None,
+        model_path=Path(model_path).resolve() if model_path is not None else None,
         device=device,
-        intra_op_threads=threads,
-        max_hops=max(1, block_size // 64 + 2),
         spatial_filter=spatial_filter,
+        block_size=block_size,
+        threads=threads,
+        fmt=fmt,
+        codec=codec,
+        reseparate=reseparate,
     )
-    return CausalFileSeparator(BlockAdapter(causal, max_block_size=block_size, block_size=block_size), block_size)
+    run_separate(
+        list(inputs),
+        out_dir,
+        settings,
+        stems_arg=stems_arg,
+        parse_stems=_parse_stems,
+        overwrite=overwrite,
+        jobs=jobs,
+        ray_address=ray_address,
+    )
 
 
 def _register_commands() -> None:
