@@ -138,7 +138,7 @@ def run_separate(
     settings = replace(settings, stems=tuple(parse_stems(stems_arg, separator.stems)))
     click.echo(separator.description, err=True)
     for suffix, count in sorted(collected.unreadable.items()):
-        click.echo(f"note: {count} {suffix} file(s) left out: libsndfile cannot decode {suffix}", err=True)
+        click.echo(f"note: {count} {suffix} file(s) left out: {suffix} files hold no audio to separate", err=True)
 
     try:
         manifest = Manifest(out_dir / MANIFEST_NAME)
@@ -233,7 +233,7 @@ def _print_summary(
     if summary.done:
         retried = f", {summary.retries} retried after a lost worker" if summary.retries else ""
         click.echo(
-            f"done: {len(summary.done)} file(s), {_hours(total_audio)} of audio in {summary.wall_s:.2f} s "
+            f"done: {_files(len(summary.done))}, {_hours(total_audio)} of audio in {summary.wall_s:.2f} s "
             f"= {total_audio / max(summary.wall_s, 1e-9):.1f}x real time ({mode} mode){retried}"
         )
     if num_skipped:
@@ -254,3 +254,7 @@ def _print_summary(
         sys.exit(130)
     if failures:
         sys.exit(1)
+
+
+def _files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"

@@ -409,7 +409,8 @@ def test_separate_skips_a_stem_file_unless_asked_and_writes_stem_files(tmp_path,
     result = run(stem_in, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "nothing to separate" in result.output and "--reseparate" in result.output
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    written = [p.name for p in (tmp_path / "out").iterdir()] if (tmp_path / "out").exists() else []
+    assert not [name for name in written if not name.startswith("stembridge-manifest.sqlite")]  # no stems written
 
     result = run(stem_in, tagged_input, "-o", tmp_path / "out", "--format", "stem", "--codec", "alac", "--reseparate")
     assert result.exit_code == 0, result.output
@@ -419,8 +420,15 @@ def test_separate_skips_a_stem_file_unless_asked_and_writes_stem_files(tmp_path,
         q = lambda a: np.round(a.astype(np.float64) * 2**23).astype(np.int64)  # noqa: E731
         np.testing.assert_array_equal(q(back.mixture), q(x))  # the input itself is the mixture stream
         np.testing.assert_array_equal(sum(q(a) for a in back.stems.values()), q(back.mixture))
-    result = run(tagged_input, "-o", tmp_path / "out", "--format", "stem")
+    # a stem file someone else put there is never replaced; one this library wrote is redone with new settings
+    (tmp_path / "o3").mkdir()
+    (tmp_path / "o3" / "song.stem.mp4").write_bytes(b"not ours")
+    result = run(tagged_input, "-o", tmp_path / "o3", "--format", "stem")
     assert result.exit_code == 1 and "output exists" in result.output
+    assert (tmp_path / "o3" / "song.stem.mp4").read_bytes() == b"not ours"
+    result = run(tagged_input, "-o", tmp_path / "out", "--format", "stem")  # aac now: settings changed
+    assert result.exit_code == 0, result.output
+    assert read_stem_file(tmp_path / "out" / "song.stem.mp4").codec == "aac"
     result = run(tagged_input, "-o", tmp_path / "o2", "--format", "stem", "--stems", "vocals")
     assert result.exit_code != 0 and "--stems" in result.output
 

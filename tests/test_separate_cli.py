@@ -158,4 +158,5 @@ def test_without_o_the_stems_go_to_stems_in_the_current_folder_and_one_stem_is_s
     result = separate("song.wav", "--model", tiny_model, "--stems", "vocals")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "stems" / "song").iterdir()) == ["vocals.wav"]
-    assert "song.wav: 1 stem -> stems/song" in result.output and "done: 1 file," in result.output
+    assert "song.wav: 1 stem -> " in result.output and "stems/song (" in result.output
+    assert "done: 1 file," in result.output
