@@ -150,6 +150,18 @@ class StemMixer:
         s = self._stems[stem]
         return {"gain_db": s.gain_db, "mute": s.mute, "solo": s.solo}
 
+    def dry_fallback_scale(self, dry_index: int) -> float:
+        """The gain to put on the dry (unseparated) signal before it plays on stem ``dry_index``'s bus in place of
+        the stems, so that no stem is heard louder than its own gain allows: the smallest target gain of any stem
+        over the dry stem's own. With every stem at one gain this is 1 and the fallback is exact (the stems sum to
+        the dry signal); with a stem muted or a solo active it is 0 (a muted vocal never comes back on a miss; the
+        deck dips instead). Real-time safe."""
+        dry = self._order[dry_index].gain.target
+        if dry <= 0.0:
+            return 0.0
+        lowest = min(s.gain.target for s in self._order)
+        return min(1.0, lowest / dry)
+
     def _update_gains(self) -> None:
         any_solo = any(s.solo for s in self._order)
         for s in self._order:

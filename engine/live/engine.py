@@ -16,6 +16,11 @@ when it catches up, separation fades back in across one block. Because the resid
 input, the master is the same either way: nothing goes silent, nothing clicks, the mix only loses its separation for
 a moment. Misses are counted (``num_misses``) together with the blocks that played any dry signal.
 
+A miss never undoes a mute. The dry signal holds every stem, so it is scaled by
+``StemMixer.dry_fallback_scale`` (the lowest stem gain over the dry stem's, ramped over a block): with every stem at
+one gain that is 1 and the fallback is exact; with a stem muted or a solo active it is 0, and the deck dips for the
+length of the miss (faded out and in) rather than letting a muted vocal back in on "other".
+
 Output channels (``output_names``): master_L, master_R, then <stem>_L, <stem>_R per stem in the model's order.
 Input channels (``input_names``): in<deck>_L, in<deck>_R for each live input deck, in deck order.
 """
@@ -28,7 +33,7 @@ import numpy as np
 from stembridge.engine.commands import CommandQueue
 from stembridge.engine.live.deck import Deck, InputDeck
 from stembridge.engine.live.worker import HIST_BIN_NS, HIST_BINS, SeparationWorker
-from stembridge.engine.mixer import StemMixer
+from stembridge.engine.mixer import Ramp, StemMixer
 from stembridge.engine.rt import add_rows_scaled, multiply_rows
 
 CHANNEL_NAMES = ("L", "R")
@@ -112,6 +117,9 @@ class LiveEngine:
             StemMixer(self.stems, self.num_channels, self.sample_rate, max_block_size=block_size, ramp_ms=ramp_ms)
             for _ in self.decks
         ]
+        # per deck: the gain on its dry signal when it stands in for the stems (StemMixer.dry_fallback_scale),
+        # ramped over one block and advanced every block, so a mute made long before a miss is already at zero
+        self._fallback = [Ramp(1.0, block_size, block_size) for _ in self.decks]
         self.queues = [CommandQueue(queue_len) for _ in self.decks]
         self._slots = [_DeckSlot(d, m) for d, m in zip(self.decks, self.mixers, strict=True)]
         self._appliers = [s.apply for s in self._slots]
@@ -227,6 +235,12 @@ class LiveEngine:
             self._weights[i] = w1
             stems_in = self._stems_in[i]
             dry = self._dry[i]
+            fallback = self._fallback[i]
+            fallback.set(self.mixers[i].dry_fallback_scale(self._dry_index))
+            still_unity = fallback.is_still and fallback.value == 1.0
+            scale = fallback.next_block(n)
+            if not still_unity and not (w0 == 1.0 and w1 == 1.0):
+                multiply_rows(dry, scale, dry)
             if w0 == 1.0 and w1 == 1.0:
                 np.copyto(stems_in, sep[i])
             elif w0 == 0.0 and w1 == 0.0:
