@@ -140,7 +140,14 @@ STATUS_KEYS = (
     show_default=True,
     help="MIDI system for --midi-in/--midi-out.",
 )
-@click.option("--scene", help="Scene preset to load at start (chains and levels), e.g. default or karaoke.")
+@click.option(
+    "--scene",
+    default="default",
+    show_default=True,
+    help="Scene preset to load at start (chains and levels), e.g. karaoke. The default scene loads every stem's "
+    "shipped chain (vocal echo-out, drum filter sweep, bass tightener, DJ filter), so the effect addresses in the "
+    "docs and the shipped MIDI maps work as written; 'none' starts with no effects.",
+)
 @click.option("--paused", is_flag=True, help="File decks start paused (play them over OSC or MIDI).")
 @click.option("--loop", is_flag=True, help="File decks loop the whole file.")
 @click.option(
@@ -298,7 +305,7 @@ class LiveSession:
         for deck, queue in enumerate(self.engine.queues, start=1):
             self.control.attach_queue(deck, queue)
         try:
-            if o["scene"]:
+            if o["scene"] and o["scene"] != "none":
                 self.control.load_scene(o["scene"])
             if o["midi_in"] or o["midi_out"]:
                 self._open_midi()

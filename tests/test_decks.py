@@ -81,3 +81,69 @@ def test_with_every_stem_at_one_gain_the_fallback_is_the_exact_dry_mix(tiny_mode
     engine = make_engine(tiny_model, [FileDeck(a, "a")])
     out = run(engine, 160, late=set(range(100, 106)))
     np.testing.assert_allclose(out[MASTER, P:], a[:, P : 160 * P], atol=2e-5)
+
+
+# -- item 8: defaults that work --
+def live_session(args: list[str]):
+    """A LiveSession opened from `stembridge live` arguments (the CLI's own option parsing and defaults)."""
+    from stembridge.bridge.cli_live import LiveSession, live
+
+    ctx = live.make_context("live", list(args))
+    return LiveSession(ctx.params)
+
+
+def test_live_with_no_options_loads_every_shipped_chain_so_the_documented_addresses_and_maps_work(tiny_model):
+    from stembridge.bridge.presets import find_preset, load_controller_map
+
+    session = live_session(["--backend", "dummy", "--inputs", "1", "--model", str(tiny_model), "--worker", "thread",
+                            "--osc-port", "0", "--osc-tcp-port", "-1", "--thread-rt-priority", "0"])  # fmt: skip
+    try:
+        session.open()
+        control = session.control
+        for stem in control.stems:
+            assert control.chains.get((1, stem)), f"no chain on {stem}"
+        result = control.set("/stembridge/deck/1/stem/drums/fx/hpf/cutoff_frequency_hz", 800.0)
+        assert result.value == 800.0 and not result.clamped
+        mapper = control.add_midi(load_controller_map(find_preset("controllers", "generic_8x8")))
+        assert mapper.unknown_targets() == []
+    finally:
+        session.close()
+
+
+def _write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_presets_check_rejects_unknown_stems_and_targets_naming_the_line(tmp_path):
+    from click.testing import CliRunner
+    from stembridge.bridge.cli_control import presets
+
+    head = 'schema_version = 1\nname = "x"\n\n[[binding]]\ncontrol = "cc"\nnumber = 1\n'
+    bad_stem = _write(tmp_path, "vocal.toml", head + 'target = "deck/1/stem/vocal/level"\n')
+    bad_fx = _write(tmp_path, "fx.toml", head + 'target = "deck/1/stem/drums/fx/hpf/cutof_hz"\n')
+    bad_plugin = _write(tmp_path, "plugin.toml", head + 'target = "deck/1/stem/drums/fx/flanger/rate_hz"\n')
+    good = _write(tmp_path, "good.toml", head + 'target = "deck/1/stem/drums/fx/hpf/cutoff_frequency_hz"\n')
+    scene = _write(tmp_path, "scene.toml", 'schema_version = 1\nname = "s"\n\n[stem.vocal]\nmute = true\n')
+    scene_fx = _write(
+        tmp_path, "scene_fx.toml",
+        'schema_version = 1\nname = "s"\n\n[stem.drums]\nchain = "drum_filter_sweep"\nfx.delay.mix = 0.5\n',
+    )  # fmt: skip
+    runner = CliRunner()
+    for path, words in [
+        (bad_stem, ["vocal.toml:7", "no stem 'vocal'"]),
+        (bad_fx, ["fx.toml:7", "no parameter 'cutof_hz'"]),
+        (bad_plugin, ["plugin.toml:7", "no plugin named 'flanger'"]),
+        (scene, ["scene.toml:4", "no stem 'vocal'"]),
+        (scene_fx, ["scene_fx.toml:6", "no plugin named 'delay' in chain drum_filter_sweep"]),
+    ]:
+        result = runner.invoke(presets, ["check", str(path)])
+        assert result.exit_code == 1, (path, result.output)
+        for word in words:
+            assert word in result.output, (word, result.output)
+    result = runner.invoke(presets, ["check", str(good)])
+    assert result.exit_code == 0, result.output
+    # another model's stems: the same map is fine where a stem is called "vocal"
+    result = runner.invoke(presets, ["check", "--stems", "vocal,drums,bass,other", str(bad_stem)])
+    assert result.exit_code == 0, result.output
