@@ -42,11 +42,25 @@ STATUS_KEYS = (
     help="Play an audio file on a deck (repeatable: one deck each). Decks are numbered 1, 2, ... in order.",
 )
 @click.option(
+    "--decks",
+    "num_decks",
+    type=click.IntRange(1, 8),
+    help="File decks: the --deck files first, the rest start empty; load tracks into any of them while running "
+    "(OSC /stembridge/deck/<n>/load s <path>, /eject, /load_next and /load_prev with --crate). Default: one per "
+    "--deck file.",
+)
+@click.option(
+    "--crate",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A folder of tracks for load_next/load_prev (OSC or a MIDI button) and /stembridge/crate/list; a load "
+    "request may also name a file in it.",
+)
+@click.option(
     "--inputs",
     "num_inputs",
     type=click.IntRange(0, 8),
     help="Live stereo input decks, numbered after the file decks (JACK ports in<N>_L/R, or device input channels "
-    "1-2, 3-4, ...). Default: 1 when no --deck is given, else 0.",
+    "1-2, 3-4, ...). Default: 1 when neither --deck nor --decks is given, else 0.",
 )
 @model_option()
 @device_option()
@@ -209,6 +223,8 @@ class LiveSession:
         self.control = None
         self.monitor = None
         self.recorder = None
+        self.loader = None
+        self.crate = None
         self.failed: str | None = None
         self._stop = threading.Event()
         self._started = 0.0
@@ -224,10 +240,21 @@ class LiveSession:
 
         o = self.opts
         files = list(o["deck_files"])
-        num_inputs = o["num_inputs"] if o["num_inputs"] is not None else (0 if files else 1)
-        if not files and not num_inputs:
-            raise LiveError("no decks: give --deck FILE and/or --inputs N")
-        num_decks = len(files) + num_inputs
+        num_file_decks = o.get("num_decks") or len(files)
+        if num_file_decks < len(files):
+            raise LiveError(f"--decks {num_file_decks} is fewer than the {len(files)} --deck files given")
+        num_inputs = o["num_inputs"] if o["num_inputs"] is not None else (0 if num_file_decks else 1)
+        if not num_file_decks and not num_inputs:
+            raise LiveError("no decks: give --deck FILE, --decks N and/or --inputs N")
+        num_decks = num_file_decks + num_inputs
+        if o.get("crate"):
+            from stembridge.engine.audio_io import AudioFileError
+            from stembridge.engine.live.loader import Crate
+
+            try:
+                self.crate = Crate(o["crate"], num_decks)
+            except AudioFileError as exc:
+                raise LiveError(str(exc)) from exc
         try:
             separator = StreamingSeparator(
                 o["model_path"], device=o["device"], num_streams=num_decks, intra_op_threads=o["threads"], max_hops=64,
@@ -247,7 +274,7 @@ class LiveSession:
                 f"{self.backend.name} runs at {rate} Hz but model {card.name} needs {card.sample_rate} Hz "
                 f"(for JACK: restart jackd with -r {card.sample_rate})"
             )
-        decks = self._make_decks(files, num_inputs, rate)
+        decks = self._make_decks(files, num_file_decks - len(files), num_inputs, rate)
         from stembridge.engine.live.engine import LiveEngine
         from stembridge.engine.rt import freeze_heap
 
@@ -260,6 +287,11 @@ class LiveSession:
             worker_mode=o["worker"],
             worker_rt_priority=o["worker_rt_priority"],
         )
+        from stembridge.engine.live.loader import TrackLoader
+
+        self.loader = TrackLoader(
+            self.engine.decks, self.engine.queues, rate, self.engine.num_channels, on_warning=self._load_warning
+        ).start()
         self.monitor = Monitor(self.engine, self.backend)
         if o["record"]:
             self.recorder = Recorder(o["record"], self.engine.num_outputs, rate, period)
@@ -283,7 +315,7 @@ class LiveSession:
             self._promoted = promote_threads(o["thread_rt_priority"])
         self._announce(card, made)
 
-    def _make_decks(self, files: list[Path], num_inputs: int, rate: int) -> list:
+    def _make_decks(self, files: list[Path], num_empty: int, num_inputs: int, rate: int) -> list:
         from stembridge.engine.audio_io import AudioFileError
         from stembridge.engine.live.deck import FileDeck, InputDeck, load_deck_audio
 
@@ -294,8 +326,42 @@ class LiveSession:
             except AudioFileError as exc:
                 raise LiveError(str(exc)) from exc
             decks.append(FileDeck(audio, path.name, play=not self.opts["paused"], loop=self.opts["loop"]))
+        decks += [FileDeck(None, f"deck {len(decks) + i + 1}") for i in range(num_empty)]
         decks += [InputDeck(f"input {i + 1}") for i in range(num_inputs)]
         return decks
+
+    # -- loading tracks (control side) --
+    def load(self, deck: int, path: str) -> None:
+        """Load ``path`` (a file, or a name in the crate) into deck ``deck``. Raises KeyError for a bad deck."""
+        self.loader.load(deck, self.crate.resolve(path) if self.crate is not None else Path(path).expanduser())
+
+    def load_step(self, deck: int, delta: int) -> Path:
+        """Load the crate's next (+1) or previous (-1) track into ``deck``. Raises LookupError (no crate, empty
+        crate, bad deck)."""
+        if self.crate is None:
+            raise LookupError("no crate: start stembridge live with --crate DIR")
+        self.loader._check(deck)
+        path = self.crate.step(deck, delta)
+        self.loader.load(deck, path)
+        return path
+
+    def _load_warning(self, deck: int, path: str, reason: str) -> None:
+        osc = self.control.osc if self.control is not None else None
+        if osc is not None:
+            osc.broadcast("/stembridge/warning", [f"/stembridge/deck/{deck}/load", reason])
+
+    def _on_change(self, change) -> None:
+        """Tree listener: the crate's load_next/load_prev buttons (from MIDI; OSC calls ``load_step`` itself)."""
+        leaf = change.path.rsplit("/", 1)[-1]
+        if leaf not in ("load_next", "load_prev") or change.value is not True:
+            return
+        deck = int(change.path.split("/")[1])
+        try:
+            self.load_step(deck, 1 if leaf == "load_next" else -1)
+        except LookupError as exc:
+            reason = str(exc.args[0]) if exc.args else str(exc)
+            log.warning("deck %d %s: %s", deck, leaf, reason)
+            self._load_warning(deck, "", reason)
 
     def _open_control(self, num_decks: int) -> None:
         o = self.opts
@@ -313,9 +379,10 @@ class LiveSession:
                 server = self.control.serve_osc(
                     o["osc_host"], o["osc_port"], tcp_port=o["osc_tcp_port"], allow=o["osc_allow"]
                 )
-                route_deck_commands(server, self.engine)
+                route_deck_commands(server, self.engine, self)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise LiveError(str(exc)) from exc
+        self.control.tree.add_listener(self._on_change)
         self.control.start()
         self.monitor.meter_listeners.append(self.control.publish_meters)
         self.monitor.stats_listeners.append(self._push_stats)
@@ -437,6 +504,8 @@ class LiveSession:
             self.backend.close()
         if self.engine is not None:
             self.engine.close()
+        if self.loader is not None:
+            self.loader.close()
         if self.recorder is not None:
             self.recorder.close()
         if self.control is not None:
@@ -449,11 +518,17 @@ class LiveSession:
                 path.write_text(json.dumps(stats, indent=2, default=str) + "\n")
 
 
-def route_deck_commands(server, engine) -> None:
-    """Route deck addresses the parameter tree does not hold yet straight to the decks' command queues:
+def route_deck_commands(server, engine, session=None) -> None:
+    """Route deck addresses the parameter tree does not hold straight to the decks (and, with a ``LiveSession``,
+    to its track loader and crate):
 
         /stembridge/deck/<n>/transport/<play|seek_s|cue|cue_s|loop|loop_start_s|loop_end_s> <value>
         /stembridge/deck/<n>/level_db <value>
+        /stembridge/deck/<n>/load s <path>        decode off the audio thread, then swap in (a crate name works)
+        /stembridge/deck/<n>/eject
+        /stembridge/deck/<n>/load_next, load_prev  the crate's next/previous track (--crate)
+        /stembridge/crate/list                    reply /stembridge/crate/list i <count> s <folder>, then
+                                                  /stembridge/crate/entry i <index> s <name> per track
 
     (A trigger such as play or cue without an argument means 1.) Wraps the OSC router's dispatch; every other
     address, and any of these the parameter tree holds itself, goes on to the router unchanged.
@@ -465,16 +540,51 @@ def route_deck_commands(server, engine) -> None:
     dispatch = router._dispatch
     tree = router.controller.tree
 
+    def loading(deck: int, leaf: str, args: list, reply, address: str) -> None:
+        if session is None or session.loader is None:
+            router._warn(reply, "unknown", address, "track loading needs stembridge live")
+            return
+        try:
+            if leaf == "load":
+                if len(args) != 1 or not isinstance(args[0], str) or not args[0]:
+                    router._warn(reply, "bad_args", address, "expected s <path of an audio file>")
+                    return
+                session.load(deck, args[0])
+            elif leaf == "eject":
+                session.loader.eject(deck)
+            elif not args or args[0]:  # load_next/load_prev: a button release (0) does nothing
+                session.load_step(deck, 1 if leaf == "load_next" else -1)
+        except LookupError as exc:
+            router._warn(reply, "bad_args", address, str(exc.args[0]) if exc.args else str(exc))
+            return
+        router.count("applied")
+
+    def crate_list(reply, address: str) -> None:
+        crate = session.crate if session is not None else None
+        if crate is None:
+            router._warn(reply, "unknown", address, "no crate: start stembridge live with --crate DIR")
+            return
+        entries = crate.rescan()
+        router._send(reply, "/stembridge/crate/list", [len(entries), str(crate.folder)])
+        for k, entry in enumerate(entries):
+            router._send(reply, "/stembridge/crate/entry", [k, entry.name])
+        router.count("applied")
+
     def deck_dispatch(address: str, args: list, client, reply, connection) -> None:
         parts = address.split("/")
+        if parts[:3] == ["", "stembridge", "crate"] and parts[3:] == ["list"]:
+            return crate_list(reply, address)
         if len(parts) < 5 or parts[1] != "stembridge" or parts[2] != "deck":
             return dispatch(address, args, client, reply, connection)
         path = "/".join(parts[4:])
-        if path not in TRANSPORT_PATHS or address in tree:  # the tree's own parameters keep its feedback
-            return dispatch(address, args, client, reply, connection)
+        actions = ("load", "eject", "load_next", "load_prev")
+        if path not in actions and (path not in TRANSPORT_PATHS or address in tree):
+            return dispatch(address, args, client, reply, connection)  # the tree's own parameters keep feedback
         if not parts[3].isdigit() or not 1 <= int(parts[3]) <= len(engine.decks):
             router._warn(reply, "unknown", address, f"no deck {parts[3]} (decks 1..{len(engine.decks)})")
             return None
+        if path in actions:
+            return loading(int(parts[3]), path, args, reply, address)
         try:
             value = 1.0 if not args else float(args[0])
         except (TypeError, ValueError):

@@ -11,6 +11,7 @@ Every controllable value lives here, per deck and stem, with its range, unit, de
     deck/<n>/master/gain_db, deck/<n>/master/level
     deck/<n>/level_db                     float dB: the deck's level (the live engine applies it to the deck)
     deck/<n>/transport/<play|cue|loop>    bool actions; transport/<seek_s|cue_s|loop_start_s|loop_end_s> seconds
+    deck/<n>/load_next, load_prev         bool actions for the crate (carried out by the live session's loader)
 
 Fader curve (``level`` <-> ``gain_db``): a cubic amplitude taper with unity at 0.8,
 
@@ -275,7 +276,12 @@ def deck_param_specs() -> dict[str, ParamSpec]:
         "transport/cue_s": ParamSpec("float", description="set the cue point (-1: at the playhead)", **seconds),
         "transport/loop_start_s": ParamSpec("float", description="loop start (-1: at the playhead)", **seconds),
         "transport/loop_end_s": ParamSpec("float", description="loop end (-1: at the playhead)", **seconds),
+        "load_next": ParamSpec("bool", stateful=False, description="1 loads the crate's next track (--crate)"),
+        "load_prev": ParamSpec("bool", stateful=False, description="1 loads the crate's previous track (--crate)"),
     }  # fmt: skip
+
+
+CONTROL_SIDE_PATHS = frozenset({"load_next", "load_prev"})  # deck actions carried out by the control side
 
 
 def _linked(path: str) -> str | None:
@@ -339,7 +345,8 @@ class ParamTree:
             for key in [k for k in self._params if k.startswith(f"deck/{deck}/master/")]:
                 self._params[key].spec.description = self._params[key].spec.description.replace("stem", "master")
             for leaf, spec in deck_param_specs().items():
-                self._add(Param(f"deck/{deck}/{leaf}", deck, spec, leaf, spec.default))
+                engine = None if leaf in CONTROL_SIDE_PATHS else leaf
+                self._add(Param(f"deck/{deck}/{leaf}", deck, spec, engine, spec.default))
 
     # -- structure --
     def _add(self, param: Param) -> None:
@@ -511,7 +518,7 @@ class ParamTree:
                     linked_value = gain_db_to_level(float(value))
                     linked_changed = linked_value != linked.value
                     linked.value = linked_value
-                if emit:
+                if emit and p.engine_path is not None:  # None: an action the control side carries out
                     self._send(p, float(value), fade_s)
             if changed or notify_unchanged:
                 self._notify(Change(p.path, value, source))

@@ -37,6 +37,14 @@ class SwapChain:
     names: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LoadTrack:
+    """Give a file deck a new track (an ``engine.live.loader.Track``, decoded off the audio thread; an empty one
+    ejects). A playing deck fades out first; the new track waits at its start, paused."""
+
+    track: Any
+
+
 class CommandQueue:
     """A bounded multi-producer, single-consumer queue. ``push`` never blocks; ``drain`` is real-time safe.
 

@@ -124,7 +124,11 @@ def test_presets_check_rejects_unknown_stems_and_targets_naming_the_line(tmp_pat
     bad_stem = _write(tmp_path, "vocal.toml", head + 'target = "deck/1/stem/vocal/level"\n')
     bad_fx = _write(tmp_path, "fx.toml", head + 'target = "deck/1/stem/drums/fx/hpf/cutof_hz"\n')
     bad_plugin = _write(tmp_path, "plugin.toml", head + 'target = "deck/1/stem/drums/fx/flanger/rate_hz"\n')
-    good = _write(tmp_path, "good.toml", head + 'target = "deck/1/stem/drums/fx/hpf/cutoff_frequency_hz"\n')
+    good = _write(
+        tmp_path, "good.toml",
+        head + 'target = "deck/1/stem/drums/fx/hpf/cutoff_frequency_hz"\n\n[[binding]]\ncontrol = "note"\n'
+        'number = 2\nmode = "momentary"\ntarget = "deck/1/load_next"\n',
+    )  # fmt: skip
     scene = _write(tmp_path, "scene.toml", 'schema_version = 1\nname = "s"\n\n[stem.vocal]\nmute = true\n')
     scene_fx = _write(
         tmp_path, "scene_fx.toml",
@@ -147,3 +151,216 @@ def test_presets_check_rejects_unknown_stems_and_targets_naming_the_line(tmp_pat
     # another model's stems: the same map is fine where a stem is called "vocal"
     result = runner.invoke(presets, ["check", "--stems", "vocal,drums,bass,other", str(bad_stem)])
     assert result.exit_code == 0, result.output
+
+
+# -- item 1: load and eject at run time --
+def loader_for(engine, warnings=None):
+    from stembridge.engine.live.loader import TrackLoader
+
+    def warn(deck, path, reason):
+        if warnings is not None:
+            warnings.append((deck, path, reason))
+
+    return TrackLoader(engine.decks, engine.queues, engine.sample_rate, on_warning=warn).start()
+
+
+def test_a_track_loaded_into_an_empty_deck_leaves_the_playing_deck_untouched_and_plays(tiny_model, tmp_path):
+    import soundfile as sf
+
+    a, b = song(3.0, 0), song(2.0, 1)
+    sf.write(tmp_path / "b.wav", b.T, SR, subtype="FLOAT")
+    solo = make_engine(tiny_model, [FileDeck(a, "a"), FileDeck(None, "deck 2")])
+    ref = run(solo, 200)
+    engine = make_engine(tiny_model, [FileDeck(a, "a"), FileDeck(None, "deck 2")])
+    loader = loader_for(engine)
+
+    def before(block):
+        if block == 40:
+            loader.load(2, tmp_path / "b.wav")
+            assert loader.wait_idle()
+
+    try:
+        out = run(engine, 200, events={60: [(2, SetParam("transport/play", 1))]}, before_block=before)
+    finally:
+        loader.close()
+    deck2 = engine.decks[1]
+    assert deck2.track.name == "b.wav" and deck2.track.complete and deck2.num_loads == 1
+    # until deck 2 plays, everything is deck 1 alone, sample for sample
+    np.testing.assert_array_equal(out[:, : 60 * P], ref[:, : 60 * P])
+    # then the master is deck 1's plus the new track from its start (after its one-block fade-in)
+    s = 61 * P
+    np.testing.assert_allclose(out[MASTER, s:] - ref[MASTER, s:], b[:, P : P + 200 * P - s], atol=5e-5)
+
+
+def test_loading_into_a_playing_deck_fades_it_out_and_the_new_track_waits_at_its_start(tiny_model, tmp_path):
+    import soundfile as sf
+
+    a, b = song(3.0, 0), song(2.0, 1)
+    sf.write(tmp_path / "b.wav", b.T, SR, subtype="FLOAT")
+    engine = make_engine(tiny_model, [FileDeck(a, "a")])
+    loader = loader_for(engine)
+
+    def before(block):
+        if block == 50:
+            loader.load(1, tmp_path / "b.wav")
+            assert loader.wait_idle()
+
+    try:
+        out = run(engine, 120, events={80: [(1, SetParam("transport/play", 1))]}, before_block=before)
+    finally:
+        loader.close()
+    fade = slice(50 * P, 51 * P)
+    ramp = 1.0 - np.arange(1, P + 1, dtype=np.float32) / P
+    np.testing.assert_allclose(out[MASTER, fade], a[:, fade] * ramp, atol=5e-5)  # faded out over one block
+    assert np.abs(out[:, 51 * P : 80 * P]).max() == 0.0  # then paused with the new track
+    np.testing.assert_allclose(out[MASTER, 81 * P :], b[:, P : 40 * P], atol=5e-5)  # played from its start
+
+
+def test_a_file_that_fails_is_reported_and_the_deck_keeps_playing_what_it_had(tiny_model, tmp_path):
+    a = song(3.0, 0)
+    bad = tmp_path / "broken.mp3"
+    bad.write_bytes(b"not audio at all" * 100)
+    engine = make_engine(tiny_model, [FileDeck(a, "a")])
+    warnings: list = []
+    loader = loader_for(engine, warnings)
+
+    def before(block):
+        if block == 30:
+            loader.load(1, bad)
+            assert loader.wait_idle()
+            loader.load(1, tmp_path / "missing.wav")
+            assert loader.wait_idle()
+
+    try:
+        out = run(engine, 60, before_block=before)
+    finally:
+        loader.close()
+    assert [w[0] for w in warnings] == [1, 1]
+    assert "broken.mp3" in warnings[0][2] and "cannot decode" in warnings[0][2]
+    assert "missing.wav" in warnings[1][2] and "not found" in warnings[1][2]
+    np.testing.assert_allclose(out[MASTER, P:], a[:, P : 60 * P], atol=2e-5)
+    assert engine.decks[0].track.name == "a" and engine.decks[0].num_loads == 0
+
+
+def test_an_mp3_and_a_48_khz_file_decode_to_the_engine_rate_and_eject_empties_the_deck(tiny_model, tmp_path):
+    import soundfile as sf
+
+    t = np.arange(int(1.5 * 48000)) / 48000
+    tone = (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    sf.write(tmp_path / "tone48.wav", np.stack([tone, tone], 1), 48000, subtype="FLOAT")
+    sf.write(tmp_path / "song.mp3", song(1.5, 2).T, SR, format="MP3")
+    engine = make_engine(tiny_model, [FileDeck(None, "deck 1")])
+    loader = loader_for(engine)
+    try:
+        loader.load(1, tmp_path / "tone48.wav")
+        assert loader.wait_idle()
+        run(engine, 2)
+        track = engine.decks[0].track
+        assert track.complete and abs(track.num_frames - int(1.5 * SR)) <= 64
+        # resampled, not just relabelled: still a 1 kHz tone at 44.1 kHz
+        spectrum = np.abs(np.fft.rfft(track.audio[0, 4096 : 4096 + SR]))
+        assert abs(np.argmax(spectrum) - 1000) <= 1
+        loader.load(1, tmp_path / "song.mp3")
+        assert loader.wait_idle()
+        run(engine, 2)
+        track = engine.decks[0].track
+        assert track.name == "song.mp3" and abs(track.num_frames - int(1.5 * SR)) < 2048
+        loader.eject(1)
+        assert loader.wait_idle()
+        run(engine, 2)
+        assert engine.decks[0].track.num_frames == 0 and engine.decks[0].status()["track"] == ""
+    finally:
+        loader.close()
+
+
+def _osc_messages(sock, seconds: float = 1.0, until=None) -> list[tuple[str, list]]:
+    """Every OSC message (bundles opened) that reaches ``sock`` within ``seconds`` (or until ``until(msgs)``)."""
+    import time
+
+    from stembridge.bridge.osc_codec import parse_packet
+
+    got: list = []
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.05)
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except (TimeoutError, BlockingIOError):
+            if until is not None and until(got):
+                return got
+            continue
+        got += parse_packet(data)
+        if until is not None and until(got):
+            return got
+    return got
+
+
+def test_live_loads_and_ejects_over_osc_with_a_crate_and_warns_about_a_bad_file(tiny_model, tmp_path):
+    import socket
+    import time
+
+    import soundfile as sf
+
+    crate = tmp_path / "crate"
+    crate.mkdir()
+    for k, name in enumerate(["a_first.wav", "b_second.flac"]):
+        sf.write(crate / name, song(1.0, k).T, SR)
+    (crate / "c_broken.wav").write_bytes(b"RIFF....WAVEjunk" * 50)
+    (crate / "notes.txt").write_text("not a track")
+    session = live_session(["--backend", "dummy", "--decks", "2", "--crate", str(crate), "--model", str(tiny_model),
+                            "--worker", "thread", "--osc-port", "0", "--osc-tcp-port", "-1",
+                            "--thread-rt-priority", "0"])  # fmt: skip
+    me = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    me.bind(("127.0.0.1", 0))
+    try:
+        session.open()
+        engine = session.engine
+        assert [d.track.num_frames for d in engine.decks] == [0, 0]  # two empty decks
+        host, port = session.control.osc.address
+
+        def send(address, *args):
+            from pythonosc.osc_message_builder import OscMessageBuilder
+
+            builder = OscMessageBuilder(address)
+            for arg in args:
+                builder.add_arg(arg)
+            me.sendto(builder.build().dgram, (host, port))
+
+        send("/stembridge/crate/list")
+        got = _osc_messages(me, until=lambda m: sum(a == "/stembridge/crate/entry" for a, _ in m) >= 3)
+        assert ("/stembridge/crate/list", [3, str(crate)]) in got
+        assert [args for a, args in got if a == "/stembridge/crate/entry"] == [
+            [0, "a_first.wav"], [1, "b_second.flac"], [2, "c_broken.wav"],
+        ]  # fmt: skip
+        send("/stembridge/subscribe")
+        _osc_messages(me, 0.3)
+        send("/stembridge/deck/2/load", "b_second.flac")  # a crate entry by name
+        send("/stembridge/deck/1/load_next")  # the crate's first entry
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+            engine.decks[0].track.name == "a_first.wav" and engine.decks[1].track.name == "b_second.flac"
+        ):
+            time.sleep(0.02)
+        assert engine.decks[0].track.name == "a_first.wav" and engine.decks[1].track.name == "b_second.flac"
+        send("/stembridge/deck/1/load_next")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and engine.decks[0].track.name != "b_second.flac":
+            time.sleep(0.02)
+        send("/stembridge/deck/1/load_next")  # the broken file: a warning, and deck 1 keeps what it had
+        got = _osc_messages(me, 5.0, until=lambda m: any(a == "/stembridge/warning" for a, _ in m))
+        warning = [args for a, args in got if a == "/stembridge/warning"]
+        assert warning and warning[0][0] == "/stembridge/deck/1/load" and "c_broken.wav" in warning[0][1]
+        assert "cannot decode" in warning[0][1]
+        time.sleep(0.1)
+        assert engine.decks[0].track.name == "b_second.flac"
+        send("/stembridge/deck/2/eject")
+        send("/stembridge/deck/5/load", "x.wav")  # no such deck
+        got = _osc_messages(me, 2.0, until=lambda m: any(a == "/stembridge/warning" for a, _ in m))
+        assert any(a == "/stembridge/warning" and "no deck 5" in args[1] for a, args in got)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and engine.decks[1].track.num_frames:
+            time.sleep(0.02)
+        assert engine.decks[1].track.num_frames == 0
+    finally:
+        me.close()
+        session.close()

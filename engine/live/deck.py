@@ -26,7 +26,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from stembridge.engine.commands import SetParam
+from stembridge.engine.commands import LoadTrack, SetParam
 from stembridge.engine.mixer import Ramp, db_to_gain
 from stembridge.engine.rt import add_rows_scaled, multiply_rows
 
@@ -147,17 +147,35 @@ class InputDeck(Deck):
 
 
 class FileDeck(Deck):
-    """Plays a file held in memory: play, pause, seek, loop, cue and level, with separation read ahead.
+    """Plays a track held in memory: play, pause, seek, loop, cue and level, with separation read ahead; takes a new
+    track at run time (``LoadTrack``, see ``engine.live.loader``).
 
-    audio: float32 (num_channels, num_frames) at the engine's sample rate (see ``load_deck_audio``).
+    audio: float32 (num_channels, num_frames) at the engine's sample rate (see ``load_deck_audio``), or None for an
+    empty deck. A track that is still decoding plays what is decoded (``Track.num_frames``, re-read each block).
     """
 
     kind = "file"
+    loadable = True
 
-    def __init__(self, audio: np.ndarray, name: str = "deck", *, play: bool = True, loop: bool = False) -> None:
-        super().__init__(name, audio.shape[0])
-        self.audio = np.ascontiguousarray(audio, dtype=np.float32)
-        self.num_frames = self.audio.shape[1]
+    def __init__(
+        self,
+        audio: np.ndarray | None = None,
+        name: str = "deck",
+        *,
+        play: bool = True,
+        loop: bool = False,
+        num_channels: int = 2,
+    ) -> None:
+        from stembridge.engine.live.loader import Track
+
+        if audio is None:
+            track = Track.empty(num_channels)
+        else:
+            track = Track(np.ascontiguousarray(audio, dtype=np.float32), name)
+        super().__init__(name, track.audio.shape[0])
+        self.track = track
+        self.audio = track.audio
+        self.num_frames = track.num_frames
         self.playhead = 0
         self.playing = False
         self.cue_pos = 0
@@ -165,7 +183,9 @@ class FileDeck(Deck):
         self.loop_end = self.num_frames
         self.loop_on = loop and self.num_frames >= MIN_LOOP_FRAMES
         self.num_jumps = 0
-        self._autoplay = play
+        self.num_loads = 0  # tracks swapped in at run time
+        self.num_starved = 0  # blocks that played past the decoded part of a track still decoding
+        self._autoplay = play and self.num_frames > 0
         self._feed_pos = 0
         self._valid_from = 0
         self._want_play: bool | None = None
@@ -173,6 +193,7 @@ class FileDeck(Deck):
         self._jump_at_end: int | None = None
         self._loop_changed = False
         self._stopping = False
+        self._pending = None  # a Track waiting for the deck to fade out
         self._block = 0
 
     def prepare(self, **kwargs) -> None:
@@ -188,7 +209,10 @@ class FileDeck(Deck):
             self._want_play = True
 
     # -- control (drained on the audio thread) --
-    def apply(self, command: SetParam) -> bool:
+    def apply(self, command) -> bool:
+        if isinstance(command, LoadTrack):
+            self._pending = command.track
+            return True
         path, value = command.path, float(command.value)
         if not path.startswith("transport/"):
             return super().apply(command)
@@ -221,7 +245,7 @@ class FileDeck(Deck):
         return True
 
     def _frames(self, seconds: float) -> int:
-        return min(max(int(round(seconds * self.sample_rate)), 0), self.num_frames)
+        return min(max(int(round(seconds * self.sample_rate)), 0), self.track.total_frames)
 
     def _at(self, seconds: float) -> int:
         return self.playhead if seconds < 0 else self._frames(seconds)
@@ -231,10 +255,31 @@ class FileDeck(Deck):
             self.loop_on = False
         self._loop_changed = True
 
+    def _swap_track(self, block: int) -> None:
+        """Put the pending track in (the deck is paused): at its start, no loop, cue at 0. Real-time safe (the old
+        track is still referenced by the loader, so nothing is freed here)."""
+        self.track, self._pending = self._pending, None
+        self.playhead = self.cue_pos = self.loop_start = 0
+        self.loop_end = self.track.total_frames
+        self.loop_on = False
+        self._jump = self._jump_at_end = None
+        self.num_loads += 1
+        self._feed_pos = self.latency_samples
+        self._valid_from = block + self.settle_blocks
+
     # -- audio --
     def begin_block(self, block: int) -> None:
         self._block = block
         self._xfade_from = None
+        if self._pending is not None:
+            if self.playing and not self._stopping:  # loading into a playing deck: fade out first
+                self._stopping = True
+                self._transport.set(0.0)
+            if self.playing:
+                self._refresh()
+                return  # the fade runs; transport commands wait for the new track
+            self._swap_track(block)
+        self._refresh()
         resync = False
         if self._jump is not None and self._want_play is False and self.playing:
             # cue while playing: fade out where we are, then land on the cue point (paused) at the block's end
@@ -248,8 +293,8 @@ class FileDeck(Deck):
             resync = True
         want = self._want_play
         self._want_play = None
-        if want is True and (not self.playing or self._stopping):
-            if self.playhead >= self.num_frames and not self.loop_on:
+        if want is True and (not self.playing or self._stopping) and self.track.total_frames > 0:
+            if self.playhead >= self.track.total_frames and not self.loop_on:
                 self.playhead = 0  # play at the end starts over
             self.playing = True
             self._stopping = False
@@ -265,6 +310,13 @@ class FileDeck(Deck):
         if resync:
             self._feed_pos = self._advance(self.playhead, self.latency_samples)
             self._valid_from = block + self.settle_blocks
+
+    def _refresh(self) -> None:
+        """Take the track's decoded length, then its buffer (the loader writes them in the other order, so the
+        buffer read here always holds the frames counted). Real-time safe."""
+        track = self.track
+        self.num_frames = track.num_frames
+        self.audio = track.audio
 
     def feed(self, dst: np.ndarray, inp: np.ndarray) -> None:
         if self.playing:
@@ -307,12 +359,15 @@ class FileDeck(Deck):
             self.playhead, self._jump_at_end = self._jump_at_end, None
             self.num_jumps += 1
         if self.playing and self.playhead >= self.num_frames and not self.loop_on:
-            self.playing = False  # the end of the file (its last block was already heard in full)
-            self._transport.set(0.0)
-            self._transport.next_block(self.block_size)
+            if self.track.complete and self.playhead >= self.track.num_frames:
+                self.playing = False  # the end of the file (its last block was already heard in full)
+                self._transport.set(0.0)
+                self._transport.next_block(self.block_size)
+            else:
+                self.num_starved += 1  # ahead of the decoder (zeros were played)
 
     def _read(self, pos: int, dst: np.ndarray) -> int:
-        """Copy frames from ``pos`` into dst (num_channels, n), following the loop; zeros past the end.
+        """Copy frames from ``pos`` into dst (num_channels, n), following the loop; zeros past the decoded end.
         Returns the position after them. Real-time safe."""
         n = dst.shape[-1]
         audio, length = self.audio, self.num_frames
@@ -321,8 +376,14 @@ class FileDeck(Deck):
             if self.loop_on and pos == self.loop_end:
                 pos = self.loop_start
             limit = self.loop_end if (self.loop_on and pos < self.loop_end) else length
-            take = min(n - i, limit - pos)
+            take = min(n - i, limit - pos, length - pos)
             if take <= 0:
+                if self.loop_on and pos < self.loop_end:  # a loop reaching past what is decoded yet
+                    take = min(n - i, self.loop_end - pos)
+                    dst[:, i : i + take] = 0.0
+                    i += take
+                    pos += take
+                    continue
                 dst[:, i:] = 0.0
                 return pos + (n - i)
             dst[:, i : i + take] = audio[:, pos : pos + take]
@@ -341,14 +402,18 @@ class FileDeck(Deck):
 
     def status(self) -> dict:
         sr = float(self.sample_rate)
+        track = self.track
         return super().status() | {
+            "track": track.name,
             "playing": self.playing,
             "position_s": self.playhead / sr,
-            "duration_s": self.num_frames / sr,
+            "duration_s": track.total_frames / sr,
+            "loaded": track.progress,
             "cue_s": self.cue_pos / sr,
             "loop": self.loop_on,
             "loop_start_s": self.loop_start / sr,
             "loop_end_s": self.loop_end / sr,
+            "loads": self.num_loads,
         }
 
 

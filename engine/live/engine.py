@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from stembridge.engine.commands import CommandQueue
+from stembridge.engine.commands import CommandQueue, LoadTrack
 from stembridge.engine.live.deck import Deck, InputDeck
 from stembridge.engine.live.worker import HIST_BIN_NS, HIST_BINS, SeparationWorker
 from stembridge.engine.mixer import Ramp, StemMixer
@@ -58,7 +58,7 @@ class _DeckSlot:
 
     def apply(self, command) -> None:
         path = getattr(command, "path", "")
-        if path.startswith("transport/") or path == "level_db":
+        if path.startswith("transport/") or path == "level_db" or isinstance(command, LoadTrack):
             self.deck.apply(command)
         elif not self.mixer.apply(command):
             self.num_rejected += 1

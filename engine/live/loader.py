@@ -1,0 +1,323 @@
+"""Loading tracks into file decks while the engine runs: decoded off the audio thread, swapped in by reference.
+
+``TrackLoader`` owns one thread. ``load(deck, path)`` queues a job; the thread opens the file, decodes a first
+chunk (a quarter of a second), hands the deck a ``Track`` through the deck's command queue (``LoadTrack``, applied at
+a block boundary) and keeps decoding the rest into the same buffer, publishing how far it got
+(``Track.num_frames``). The deck plays whatever is decoded; decoding runs far faster than real time (a 5-minute MP3
+in ~0.4 s here), so the playhead never catches up with it. A file that cannot be opened or decoded is reported
+(``on_warning(deck, path, reason)``) and the deck keeps what it had.
+
+Memory: the audio thread never frees a track. The loader keeps a reference to each deck's current and previous
+tracks, so the last reference to a replaced track is dropped here, on the loader thread, when that deck's next
+track arrives.
+
+Decoding is behind one function, ``iter_decoded``: soundfile blocks (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1),
+resampled to the engine's rate by soxr's streaming resampler when the file's rate differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from stembridge.engine.audio_io import AudioFileError
+
+log = logging.getLogger(__name__)
+
+FIRST_CHUNK_S = 0.25  # decoded before the deck gets the track
+CHUNK_S = 2.0  # decoded per step afterwards
+
+
+class Track:
+    """A decoded (or decoding) track: ``audio`` float32 (num_channels, capacity), of which ``num_frames`` are
+    valid. ``complete`` once decoding ended; ``total_frames`` is the expected length (the final one when complete).
+
+    Written by the loader thread only (frames first, then the count), read by the audio thread."""
+
+    __slots__ = ("audio", "num_frames", "total_frames", "complete", "name", "path", "sample_rate", "error")
+
+    def __init__(self, audio: np.ndarray, name: str, *, path: str = "", num_frames: int | None = None) -> None:
+        self.audio = audio
+        self.num_frames = audio.shape[1] if num_frames is None else num_frames
+        self.total_frames = audio.shape[1] if num_frames is None else audio.shape[1]
+        self.complete = num_frames is None
+        self.name = name
+        self.path = path
+        self.error = ""
+
+    @classmethod
+    def empty(cls, num_channels: int = 2) -> Track:
+        return cls(np.zeros((num_channels, 0), dtype=np.float32), "")
+
+    @property
+    def progress(self) -> float:
+        """0..1: how much of the track is decoded."""
+        if self.complete:
+            return 1.0
+        return self.num_frames / self.total_frames if self.total_frames else 0.0
+
+
+def iter_decoded(path: str | Path, sample_rate: int, num_channels: int, block_frames: int) -> Iterator[np.ndarray]:
+    """Decode ``path`` in blocks: float32 (num_channels, k) at ``sample_rate`` (mono is doubled; other rates are
+    resampled with soxr). The first item yielded is the expected total length (an int) at ``sample_rate``.
+    Raises AudioFileError naming the file and the reason."""
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.exists():
+        raise AudioFileError(f"{p}: file not found")
+    if p.is_dir():
+        raise AudioFileError(f"{p}: is a folder, not an audio file")
+    try:
+        f = sf.SoundFile(str(p))
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+        raise AudioFileError(f"{p}: cannot decode audio (corrupt or unsupported format): {exc}") from exc
+    with f:
+        if f.channels > 2:
+            raise AudioFileError(f"{p}: has {f.channels} channels; only mono and stereo inputs are supported")
+        rate = int(f.samplerate)
+        resampler = None
+        if rate != sample_rate:
+            import soxr
+
+            resampler = soxr.ResampleStream(rate, sample_rate, f.channels, dtype="float32", quality="HQ")
+        total = int(round(f.frames * sample_rate / rate)) if f.frames > 0 else 0
+        yield total
+        step = max(1, int(round(block_frames * rate / sample_rate)))
+        got_any = False
+        while True:
+            try:
+                data = f.read(step, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+                raise AudioFileError(f"{p}: decoding failed part-way: {exc}") from exc
+            last = data.shape[0] < step
+            if resampler is not None:
+                data = resampler.resample_chunk(data, last=last)
+            if data.shape[0]:
+                if not np.all(np.isfinite(data)):
+                    raise AudioFileError(f"{p}: contains NaN or infinite samples")
+                got_any = True
+                block = data.T
+                if block.shape[0] == 1 and num_channels == 2:
+                    block = np.repeat(block, 2, axis=0)
+                yield np.ascontiguousarray(block, dtype=np.float32)
+            if last:
+                break
+        if not got_any:
+            raise AudioFileError(f"{p}: contains no audio frames")
+
+
+Warning = Callable[[int, str, str], None]
+
+
+class TrackLoader:
+    """Loads tracks into decks from its own thread. ``decks``: the engine's decks (1-based numbers in the calls);
+    ``queues``: their command queues; ``on_warning(deck, path, reason)`` and ``on_loaded(deck, track)`` are
+    called from the loader thread."""
+
+    def __init__(
+        self,
+        decks: list,
+        queues: list,
+        sample_rate: int,
+        num_channels: int = 2,
+        *,
+        on_warning: Warning | None = None,
+        on_loaded: Callable[[int, Track], None] | None = None,
+    ) -> None:
+        self.decks = decks
+        self.queues = queues
+        self.sample_rate = int(sample_rate)
+        self.num_channels = num_channels
+        self.on_warning = on_warning
+        self.on_loaded = on_loaded
+        self.num_loaded = 0
+        self.num_failed = 0
+        self._jobs: queue.Queue = queue.Queue()
+        self._keep: dict[int, list[Track]] = {}  # per deck: the tracks the audio thread may still hold
+        self._generation = [0] * len(decks)
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._num_jobs = 0
+        self._jobs_lock = threading.Lock()
+
+    def start(self) -> TrackLoader:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="stembridge-loader", daemon=True)
+            self._thread.start()
+        return self
+
+    def load(self, deck: int, path: str | Path) -> None:
+        """Queue loading ``path`` into deck ``deck`` (1-based). A newer load into the same deck cancels the older."""
+        self._check(deck)
+        self._generation[deck - 1] += 1
+        self._put((deck, str(path), self._generation[deck - 1]))
+
+    def eject(self, deck: int) -> None:
+        """Empty deck ``deck`` (it fades out first if playing)."""
+        self._check(deck)
+        self._generation[deck - 1] += 1
+        self._put((deck, None, self._generation[deck - 1]))
+
+    def _put(self, job: tuple) -> None:
+        with self._jobs_lock:
+            self._num_jobs += 1
+            self._idle.clear()
+        self._jobs.put(job)
+
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queued job has finished decoding (for tests and benchmarks)."""
+        return self._idle.wait(timeout_s)
+
+    def _check(self, deck: int) -> None:
+        if not 1 <= deck <= len(self.decks):
+            raise KeyError(f"no deck {deck} (decks 1..{len(self.decks)})")
+        if not getattr(self.decks[deck - 1], "loadable", False):
+            raise KeyError(f"deck {deck} is a live input; only file decks load tracks")
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._do(*job)
+            except Exception:  # never let the loader die: the next load must still work
+                log.exception("track loader failed")
+            finally:
+                with self._jobs_lock:
+                    self._num_jobs -= 1
+                    if self._num_jobs == 0:
+                        self._idle.set()
+
+    def _cancelled(self, deck: int, generation: int) -> bool:
+        return self._generation[deck - 1] != generation
+
+    def _do(self, deck: int, path: str | None, generation: int) -> None:
+        from stembridge.engine.commands import LoadTrack
+
+        if self._cancelled(deck, generation):
+            return
+        if path is None:
+            self._hand_over(deck, Track.empty(self.num_channels), LoadTrack)
+            return
+        rate, chunk = self.sample_rate, int(CHUNK_S * self.sample_rate)
+        try:
+            blocks = iter_decoded(path, rate, self.num_channels, int(FIRST_CHUNK_S * rate))
+            total = next(blocks)
+            first = next(blocks)
+        except (AudioFileError, StopIteration) as exc:
+            self._warn(deck, path, str(exc) if isinstance(exc, AudioFileError) else f"{path}: no audio")
+            return
+        capacity = max(total, first.shape[1]) + rate  # a margin: MP3 lengths are estimates
+        track = Track(np.zeros((self.num_channels, capacity), dtype=np.float32), Path(path).name, path=path,
+                      num_frames=0)  # fmt: skip
+        track.total_frames = max(total, first.shape[1])
+        self._append(track, first)
+        if not self._hand_over(deck, track, LoadTrack):
+            return
+        blocks_iter = blocks
+        try:
+            # later blocks are bigger (fewer Python round trips); the generator's block size was the first chunk's
+            pending = np.zeros((self.num_channels, 0), dtype=np.float32)
+            for block in blocks_iter:
+                if self._cancelled(deck, generation):
+                    track.error = "cancelled by a newer load"
+                    break
+                pending = block if not pending.shape[1] else np.concatenate([pending, block], axis=1)
+                if pending.shape[1] >= chunk:
+                    self._append(track, pending)
+                    pending = pending[:, :0]
+            if pending.shape[1]:
+                self._append(track, pending)
+        except AudioFileError as exc:
+            track.error = str(exc)
+            self._warn(deck, path, f"{exc} (the deck plays the {track.num_frames / rate:.1f} s decoded so far)")
+        track.total_frames = track.num_frames
+        track.complete = True
+        if self.on_loaded is not None:
+            self.on_loaded(deck, track)
+
+    def _append(self, track: Track, block: np.ndarray) -> None:
+        a = track.num_frames
+        b = a + block.shape[1]
+        if b > track.audio.shape[1]:  # longer than estimated: a bigger buffer, swapped by reference
+            bigger = np.zeros((self.num_channels, max(b, 2 * track.audio.shape[1])), dtype=np.float32)
+            bigger[:, :a] = track.audio[:, :a]
+            track.audio = bigger
+        track.audio[:, a:b] = block
+        track.num_frames = b  # published after the frames are in place
+        if b > track.total_frames:
+            track.total_frames = b
+
+    def _hand_over(self, deck: int, track: Track, command_type) -> bool:
+        d = self.decks[deck - 1]
+        keep = self._keep.setdefault(deck, [])
+        keep.append(d.track)  # the audio thread may still be playing it: it is freed here, later
+        keep.append(track)
+        del keep[:-3]
+        if not self.queues[deck - 1].push(command_type(track)):
+            self._warn(deck, track.path or "eject", "the deck's command queue is full; try again")
+            return False
+        if track.num_frames or track.path:
+            self.num_loaded += 1
+        return True
+
+    def _warn(self, deck: int, path: str, reason: str) -> None:
+        self.num_failed += 1
+        log.warning("deck %d: %s", deck, reason)
+        if self.on_warning is not None:
+            self.on_warning(deck, path, reason)
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".opus")
+
+
+class Crate:
+    """A folder of tracks for ``load_next``/``load_prev``: its audio files (by suffix), sorted by name, with one
+    position per deck (before the first entry until that deck loads from the crate)."""
+
+    def __init__(self, folder: str | Path, num_decks: int) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise AudioFileError(f"{self.folder}: crate folder not found")
+        self.positions = [-1] * num_decks
+        self.entries: list[Path] = []
+        self.rescan()
+
+    def rescan(self) -> list[Path]:
+        """Read the folder again (files added during the set appear)."""
+        self.entries = sorted(
+            (p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES),
+            key=lambda p: p.name.lower(),
+        )
+        return self.entries
+
+    def step(self, deck: int, delta: int) -> Path:
+        """The entry ``delta`` places after deck ``deck``'s current one (clamped to the crate); moves there.
+        Raises IndexError when the crate is empty."""
+        self.rescan()
+        if not self.entries:
+            raise IndexError(f"the crate {self.folder} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        k = self.positions[deck - 1] + delta
+        k = min(max(k, 0), len(self.entries) - 1)
+        self.positions[deck - 1] = k
+        return self.entries[k]
+
+    def resolve(self, path: str) -> Path:
+        """A path from a load request: as given if it exists, else an entry of the crate by name."""
+        p = Path(path).expanduser()
+        if not p.is_absolute() and not p.exists() and (self.folder / p).exists():
+            return self.folder / p
+        return p
