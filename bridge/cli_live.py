@@ -225,6 +225,7 @@ class LiveSession:
         self.recorder = None
         self.loader = None
         self.crate = None
+        self.feedback = None
         self.failed: str | None = None
         self._stop = threading.Event()
         self._started = 0.0
@@ -383,6 +384,9 @@ class LiveSession:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise LiveError(str(exc)) from exc
         self.control.tree.add_listener(self._on_change)
+        from stembridge.bridge.deck_feedback import DeckFeedback
+
+        self.feedback = DeckFeedback(self.engine, self.control).start()
         self.control.start()
         self.monitor.meter_listeners.append(self.control.publish_meters)
         self.monitor.stats_listeners.append(self._push_stats)
@@ -498,6 +502,8 @@ class LiveSession:
             from stembridge.engine.live.worker import demote_threads
 
             demote_threads(self._promoted)
+        if self.feedback is not None:
+            self.feedback.stop()
         if self.monitor is not None:
             self.monitor.stop()
         if self.backend is not None:

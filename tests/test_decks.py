@@ -364,3 +364,52 @@ def test_live_loads_and_ejects_over_osc_with_a_crate_and_warns_about_a_bad_file(
     finally:
         me.close()
         session.close()
+
+
+# -- item 2: deck feedback --
+def test_a_subscriber_gets_true_deck_state_first_then_position_at_10_hz_and_load_progress(tiny_model, tmp_path):
+    import socket
+    import time
+
+    import soundfile as sf
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    sf.write(tmp_path / "first.wav", song(3.0, 0).T, SR)
+    sf.write(tmp_path / "second.wav", song(2.0, 1).T, SR)
+    session = live_session(["--backend", "dummy", "--deck", str(tmp_path / "first.wav"), "--decks", "2", "--loop",
+                            "--model", str(tiny_model), "--worker", "thread", "--osc-port", "0",
+                            "--osc-tcp-port", "-1", "--thread-rt-priority", "0"])  # fmt: skip
+    me = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    me.bind(("127.0.0.1", 0))
+    try:
+        session.open()
+        host, port = session.control.osc.address
+        me.sendto(OscMessageBuilder("/stembridge/subscribe").build().dgram, (host, port))
+        got = _osc_messages(me, 3.0, until=lambda m: any(a == "/stembridge/subscribed" for a, _ in m))
+        dump = {a: args for a, args in got[: [a for a, _ in got].index("/stembridge/subscribed")]}
+        # the first state dump tells the truth: deck 1 plays (it started by itself), deck 2 is empty and stopped
+        assert dump["/stembridge/deck/1/transport/play"] == [1]
+        assert dump["/stembridge/deck/1/transport/loop"] == [1]
+        assert dump["/stembridge/deck/2/transport/play"] == [0]
+        assert dump["/stembridge/deck/1/track"] == ["first.wav"] and dump["/stembridge/deck/2/track"] == [""]
+        assert abs(dump["/stembridge/deck/1/duration_s"][0] - 3.0) < 1e-3
+        assert dump["/stembridge/deck/1/tempo"] == [1.0] and dump["/stembridge/deck/1/hq"] == [0]
+        t0 = time.monotonic()
+        got = _osc_messages(me, 1.0)
+        positions = [args[0] for a, args in got if a == "/stembridge/deck/1/position_s"]
+        assert 6 <= len(positions) <= 14, positions  # about 10 a second
+        assert all(b > a for a, b in zip(positions, positions[1:], strict=False)), positions  # it moves on
+        assert not any(a == "/stembridge/deck/2/position_s" for a, _ in got)  # a stopped deck stays quiet
+        session.load(2, str(tmp_path / "second.wav"))
+        got = _osc_messages(me, 3.0, until=lambda m: ("/stembridge/deck/2/loaded", [1.0]) in m)
+        assert ("/stembridge/deck/2/track", ["second.wav"]) in got and ("/stembridge/deck/2/loaded", [1.0]) in got
+        assert any(a == "/stembridge/deck/2/duration_s" and abs(args[0] - 2.0) < 1e-3 for a, args in got)
+        # a pause reaches the tree (and so every LED and subscriber) from the deck itself
+        session.engine.push(1, SetParam("transport/play", 0))
+        got = _osc_messages(me, 2.0, until=lambda m: ("/stembridge/deck/1/transport/play", [0]) in m)
+        assert ("/stembridge/deck/1/transport/play", [0]) in got
+        assert session.control.get("deck/1/transport/play") is False
+        assert time.monotonic() - t0 < 10
+    finally:
+        me.close()
+        session.close()

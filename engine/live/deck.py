@@ -184,6 +184,7 @@ class FileDeck(Deck):
         self.loop_on = loop and self.num_frames >= MIN_LOOP_FRAMES
         self.num_jumps = 0
         self.num_loads = 0  # tracks swapped in at run time
+        self.tempo = 1.0  # playback rate (1 = the track's own tempo)
         self.num_starved = 0  # blocks that played past the decoded part of a track still decoding
         self._autoplay = play and self.num_frames > 0
         self._feed_pos = 0
@@ -403,9 +404,15 @@ class FileDeck(Deck):
     def status(self) -> dict:
         sr = float(self.sample_rate)
         track = self.track
+        if self._want_play is not None:  # the intended state: a play or pause queued shows at once
+            playing = self._want_play and track.total_frames > 0
+        else:
+            playing = self.playing and not self._stopping
         return super().status() | {
             "track": track.name,
-            "playing": self.playing,
+            "playing": playing,
+            "tempo": self.tempo,
+            "hq": int(track.hq),
             "position_s": self.playhead / sr,
             "duration_s": track.total_frames / sr,
             "loaded": track.progress,

@@ -35,10 +35,11 @@ CHUNK_S = 2.0  # decoded per step afterwards
 class Track:
     """A decoded (or decoding) track: ``audio`` float32 (num_channels, capacity), of which ``num_frames`` are
     valid. ``complete`` once decoding ended; ``total_frames`` is the expected length (the final one when complete).
+    ``hq`` tells deck feedback whether high-quality stems for the track are ready (nothing computes them yet: 0).
 
     Written by the loader thread only (frames first, then the count), read by the audio thread."""
 
-    __slots__ = ("audio", "num_frames", "total_frames", "complete", "name", "path", "sample_rate", "error")
+    __slots__ = ("audio", "num_frames", "total_frames", "complete", "name", "path", "error", "hq")
 
     def __init__(self, audio: np.ndarray, name: str, *, path: str = "", num_frames: int | None = None) -> None:
         self.audio = audio
@@ -48,6 +49,7 @@ class Track:
         self.name = name
         self.path = path
         self.error = ""
+        self.hq = False  # True once high-quality stems for this track are ready (set by whoever computes them)
 
     @classmethod
     def empty(cls, num_channels: int = 2) -> Track:
@@ -55,8 +57,8 @@ class Track:
 
     @property
     def progress(self) -> float:
-        """0..1: how much of the track is decoded."""
-        if self.complete:
+        """0..1: how much of the track is decoded (0 for no track)."""
+        if self.complete and self.total_frames:
             return 1.0
         return self.num_frames / self.total_frames if self.total_frames else 0.0
 
