@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 RATE_HZ = 10.0
 FIELDS = (("track", str), ("duration_s", float), ("loaded", float), ("tempo", float), ("hq", int))
-TREE_FIELDS = (("playing", "transport/play", bool), ("loop", "transport/loop", bool), ("cue_s", "transport/cue_s", float))
+TREE_FIELDS = (
+    ("playing", "transport/play", bool),
+    ("loop", "transport/loop", bool),
+    ("cue_s", "transport/cue_s", float),
+)
 
 
 class DeckFeedback:
