@@ -165,9 +165,32 @@ STATUS_KEYS = (
 @click.option("--paused", is_flag=True, help="File decks start paused (play them over OSC or MIDI).")
 @click.option("--loop", is_flag=True, help="File decks loop the whole file.")
 @click.option(
+    "--outputs",
+    type=click.Choice(["summed", "per-deck", "both"]),
+    default="both",
+    show_default=True,
+    help="Output pairs: summed (master_L/R and <stem>_L/R over all decks), per-deck (deck<n>_master_L/R and "
+    "deck<n>_<stem>_L/R for each deck, for a DJ mixer or a DAW), or both (summed first).",
+)
+@click.option(
+    "--cue/--no-cue",
+    default=True,
+    show_default=True,
+    help="A headphone pair cue_L/R: the decks whose deck/<n>/pfl is on (pre-fader), blended with the master by "
+    "cue/mix (0 cue .. 1 master). JACK: after the other ports; PortAudio: on channels 3-4, right after master.",
+)
+@click.option(
     "--record",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Also record every output channel (master then the stems) to this WAV file.",
+    help="Also record output channels to this WAV file (their names go to <file>.channels.txt).",
+)
+@click.option(
+    "--record-outputs",
+    default="all",
+    show_default=True,
+    metavar="LAYOUT",
+    help="What --record takes: all (every output channel, in port order), summed, per-deck, cue, or a "
+    "comma-separated list of pairs such as master,deck2_master,cue.",
 )
 @click.option("--duration", type=click.FloatRange(0.1, None), help="Stop after this many seconds (default: Ctrl-C).")
 @click.option(
@@ -184,16 +207,20 @@ STATUS_KEYS = (
 def live(**opts) -> None:
     """Run the live engine: decks in, four stereo stem busses and a stereo master out, controlled over OSC/MIDI.
 
-    JACK ports: stembridge:master_L/R and stembridge:<stem>_L/R for vocals, drums, bass and other (a PortAudio
-    device gets master on channels 1-2, then the stems). Separation runs on a worker thread behind a FIFO of
-    fixed latency; when it falls behind, the dry mix plays on the "other" bus and separation fades back in.
-    Control: OSC on --osc-port (/stembridge/deck/1/stem/vocals/mute 1, ...); deck transport under
-    /stembridge/deck/<n>/transport/ play|seek_s|cue|cue_s|loop|loop_start_s|loop_end_s, and
-    /stembridge/deck/<n>/level_db.
+    JACK ports: stembridge:master_L/R and stembridge:<stem>_L/R for vocals, drums, bass and other (all decks
+    summed), deck<n>_master_L/R and deck<n>_<stem>_L/R per deck, and the headphone pair cue_L/R (see --outputs,
+    --cue). A PortAudio device gets master on channels 1-2, cue on 3-4, then the rest in that order. Separation
+    runs in a worker behind a FIFO of fixed latency; when it falls behind, the dry mix plays on the "other" bus
+    (scaled so a muted stem stays muted) and separation fades back in. Control: OSC on --osc-port
+    (/stembridge/deck/1/stem/vocals/mute 1, ...); deck transport under /stembridge/deck/<n>/transport/
+    play|seek_s|cue|cue_s|loop|loop_start_s|loop_end_s, /stembridge/deck/<n>/level_db and pfl, tracks with
+    /stembridge/deck/<n>/load s <file>, eject, load_next, load_prev (docs/live.md).
 
     Examples:
 
       stembridge live --deck song.wav --connect master=system:playback
+
+      stembridge live --decks 2 --crate ~/Music/set --connect master=system:playback --connect cue=system:playback_3
 
       stembridge live --inputs 1 --auto-connect --midi-in "APC mini" --midi-map akai_apc_mini_mk2
     """
@@ -207,6 +234,27 @@ def live(**opts) -> None:
         session.close()
     if session.failed:
         raise click.ClickException(session.failed)
+
+
+def record_rows(names: list[str], layout: str, num_decks: int) -> list[int]:
+    """Output channel indices for ``--record-outputs``: all, summed, per-deck, cue, or pairs like master,cue.
+    Raises LiveError naming a pair that is not among the outputs."""
+    pairs = list(dict.fromkeys(name.rsplit("_", 1)[0] for name in names))
+    if layout == "all":
+        wanted = pairs
+    elif layout == "summed":
+        wanted = [p for p in pairs if not p.startswith("deck") and p != "cue"]
+    elif layout == "per-deck":
+        wanted = [p for p in pairs if p.startswith("deck")]
+    else:
+        wanted = [w.strip() for w in layout.split(",") if w.strip()]
+    missing = [w for w in wanted if w not in pairs]
+    if missing or not wanted:
+        raise LiveError(
+            f"--record-outputs {layout}: {', '.join(missing) or 'nothing'} not among the outputs "
+            f"({', '.join(pairs)}); --outputs both gives summed and per-deck pairs"
+        )
+    return [k for k, name in enumerate(names) if name.rsplit("_", 1)[0] in wanted]
 
 
 class LiveError(Exception):
@@ -287,6 +335,9 @@ class LiveSession:
             fifo_periods=o["fifo_periods"],
             worker_mode=o["worker"],
             worker_rt_priority=o["worker_rt_priority"],
+            outputs=o.get("outputs", "summed"),
+            cue=o.get("cue", False),
+            cue_first=o["backend"] == "portaudio",
         )
         from stembridge.engine.live.loader import TrackLoader
 
@@ -295,7 +346,11 @@ class LiveSession:
         ).start()
         self.monitor = Monitor(self.engine, self.backend)
         if o["record"]:
-            self.recorder = Recorder(o["record"], self.engine.num_outputs, rate, period)
+            names = self.engine.output_names()
+            rows = record_rows(names, o.get("record_outputs", "all"), len(self.engine.decks))
+            self.recorder = Recorder(
+                o["record"], self.engine.num_outputs, rate, period, rows=rows, channel_names=[names[r] for r in rows]
+            )
             self.engine.taps.append(self.recorder)
         self._open_control(num_decks)
         self.engine.start()
@@ -371,6 +426,7 @@ class LiveSession:
         self.control = Controller(self.engine.stems, num_decks)
         for deck, queue in enumerate(self.engine.queues, start=1):
             self.control.attach_queue(deck, queue)
+        self.control.attach_queue(0, self.engine.engine_queue)  # engine-wide: cue/mix, cue/gain_db
         try:
             if o["scene"] and o["scene"] != "none":
                 self.control.load_scene(o["scene"])

@@ -500,7 +500,8 @@ _TARGET = re.compile(
     r"^(?:deck/(?P<deck>[1-9][0-9]*)/(?:stem/(?P<stem>[A-Za-z0-9_\-]+)/"
     r"(?:(?P<leaf>gain_db|level|mute|solo)|fx/(?P<plugin>[A-Za-z0-9_\-]+)/(?P<param>[A-Za-z0-9_\-]+))"
     r"|master/(?:gain_db|level)"
-    r"|(?P<deck_leaf>level_db|transport/(?:play|cue|loop)|load_next|load_prev))"
+    r"|(?P<deck_leaf>level_db|pfl|transport/(?:play|cue|loop)|load_next|load_prev))"
+    r"|cue/(?:mix|gain_db)"
     r"|scene/(?P<scene>[A-Za-z0-9_\-]+)/(?P<action>recall|store))$"
 )
 
@@ -598,8 +599,8 @@ def parse_binding(ctx: _Ctx, table: dict, where: tuple) -> Binding:
             where + ("target",),
             f"target {target!r} is not deck/<n>/stem/<stem>/<gain_db|level|mute|solo>, "
             "deck/<n>/stem/<stem>/fx/<plugin>/<param>, deck/<n>/master/<gain_db|level>, "
-            "deck/<n>/<level_db|transport/play|transport/cue|transport/loop|load_next|load_prev> "
-            "or scene/<k>/<recall|store>",
+            "deck/<n>/<level_db|pfl|transport/play|transport/cue|transport/loop|load_next|load_prev>, "
+            "cue/<mix|gain_db> or scene/<k>/<recall|store>",
         )
     is_action = m.group("scene") is not None
     modes = (

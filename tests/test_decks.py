@@ -413,3 +413,81 @@ def test_a_subscriber_gets_true_deck_state_first_then_position_at_10_hz_and_load
     finally:
         me.close()
         session.close()
+
+
+# -- item 3: per-deck outputs and the headphone cue --
+def pairs(engine) -> dict[str, slice]:
+    names = engine.output_names()
+    return {names[k][:-2]: slice(k, k + 2) for k in range(0, len(names), 2)}
+
+
+def test_per_deck_outputs_carry_only_their_deck_and_a_deck_is_sample_exact_while_another_loads(tiny_model, tmp_path):
+    import soundfile as sf
+
+    a, b = song(3.0, 0), song(2.0, 1)
+    sf.write(tmp_path / "b.wav", b.T, SR, subtype="FLOAT")
+    kw = dict(outputs="both", cue=True)
+    solo = make_engine(tiny_model, [FileDeck(a, "a"), FileDeck(None, "deck 2")], **kw)
+    ref = run(solo, 200)
+    engine = make_engine(tiny_model, [FileDeck(a, "a"), FileDeck(None, "deck 2")], **kw)
+    out_pairs = pairs(engine)
+    assert list(out_pairs)[:6] == ["master", "vocals", "drums", "bass", "other", "deck1_master"]
+    assert list(out_pairs)[-1] == "cue" and len(out_pairs) == 5 + 2 * 5 + 1
+    loader = loader_for(engine)
+
+    def before(block):
+        if block == 40:
+            loader.load(2, tmp_path / "b.wav")
+            assert loader.wait_idle()
+
+    events = {
+        60: [(2, SetParam("transport/play", 1))],
+        100: [(2, SetParam("pfl", 1)), (2, SetParam("level_db", -120.0))],  # cue deck 2 with its fader down
+        140: [(0, SetParam("cue/mix", 1.0))],  # headphones: master only
+    }
+    try:
+        out = run(engine, 200, events=events, before_block=before)
+    finally:
+        loader.close()
+    # deck 1's own ports are deck 1 alone, sample for sample, through the load into deck 2 and its playing
+    for name in ["deck1_master", "deck1_vocals", "deck1_drums", "deck1_bass", "deck1_other"]:
+        np.testing.assert_array_equal(out[out_pairs[name]], ref[out_pairs[name]])
+    # deck 2's ports carry the new track from its start (after the one-block fade-in), until its fader goes down
+    s, e = 61 * P, 100 * P
+    np.testing.assert_allclose(out[out_pairs["deck2_master"], s:e], b[:, P : P + e - s], atol=5e-5)
+    deck2_stems = sum(out[out_pairs[f"deck2_{stem}"], s:e] for stem in engine.stems)
+    np.testing.assert_allclose(deck2_stems, out[out_pairs["deck2_master"], s:e], atol=5e-5)
+    assert np.abs(out[out_pairs["deck2_master"], 102 * P :]).max() == 0.0  # the fader is down
+    # the summed busses are the sum of the decks
+    for stem in ("master", *engine.stems):
+        total = out[out_pairs[f"deck1_{stem}"]] + out[out_pairs[f"deck2_{stem}"]]
+        np.testing.assert_allclose(out[out_pairs[stem]], total, atol=1e-6)
+    # the cue: silent until deck 2's switch is on, then deck 2 before its fader (pre-fader listening), then the
+    # master once the blend is at 1
+    cue = out[out_pairs["cue"]]
+    assert np.abs(cue[:, : 100 * P]).max() == 0.0
+    np.testing.assert_allclose(cue[:, 102 * P : 140 * P], b[:, 102 * P - 60 * P : 140 * P - 60 * P], atol=5e-5)
+    np.testing.assert_allclose(cue[:, 142 * P :], out[MASTER, 142 * P :], atol=1e-6)
+
+
+def test_the_recorder_takes_any_layout_and_names_its_channels(tiny_model, tmp_path):
+    import soundfile as sf
+    from stembridge.bridge.cli_live import LiveError, record_rows
+    from stembridge.engine.live.monitor import Recorder
+
+    engine = make_engine(tiny_model, [FileDeck(song(1.0, 0), "a"), FileDeck(song(1.0, 1), "b")], outputs="both",
+                         cue=True)  # fmt: skip
+    names = engine.output_names()
+    rows = record_rows(names, "deck2_master,cue", 2)
+    assert [names[r] for r in rows] == ["deck2_master_L", "deck2_master_R", "cue_L", "cue_R"]
+    assert len(record_rows(names, "per-deck", 2)) == 20 and len(record_rows(names, "summed", 2)) == 10
+    with pytest.raises(LiveError, match="deck3_master"):
+        record_rows(names, "deck3_master", 2)
+    rec = Recorder(tmp_path / "r.wav", engine.num_outputs, SR, P, rows=rows, channel_names=[names[r] for r in rows])
+    engine.taps.append(rec)
+    out = run(engine, 20)
+    rec.close()
+    data, _ = sf.read(tmp_path / "r.wav", dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(data.T, out[rows])
+    assert (tmp_path / "r.wav.channels.txt").read_text().split() == ["deck2_master_L", "deck2_master_R", "cue_L",
+                                                                     "cue_R"]  # fmt: skip

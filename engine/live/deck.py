@@ -40,6 +40,7 @@ TRANSPORT_PATHS = {
     "transport/loop_start_s": "loop start in seconds (a negative value: at the playhead)",
     "transport/loop_end_s": "loop end in seconds (a negative value: at the playhead)",
     "level_db": "deck level in dB (-120 = silence), ramped; scales every bus this deck feeds",
+    "pfl": "1 sends the deck to the headphone cue (cue_L/R), 0 takes it out (ramped)",
 }
 MIN_LOOP_FRAMES = 64
 
@@ -54,6 +55,7 @@ class Deck:
         self.name = name
         self.num_channels = num_channels
         self.level_db = 0.0
+        self.pfl = False  # the headphone cue switch
         self.num_rejected = 0
         self.block_size = 0
         self.latency_samples = 0
@@ -67,14 +69,17 @@ class Deck:
         self.latency_samples = latency_samples
         self.settle_blocks = settle_blocks
         self._level = Ramp(1.0, block_size, block_size)
-        self._gain = np.zeros(block_size, dtype=np.float32)
-        self._ones = np.ones(block_size, dtype=np.float32)
+        self._pfl = Ramp(1.0 if self.pfl else 0.0, block_size, block_size)
 
     def apply(self, command: SetParam) -> bool:
-        """Apply a deck command (``level_db`` here; transport in FileDeck). Real-time safe."""
+        """Apply a deck command (``level_db`` and ``pfl`` here; transport in FileDeck). Real-time safe."""
         if command.path == "level_db":
             self.level_db = float(command.value)
             self._level.set(db_to_gain(self.level_db))
+            return True
+        if command.path == "pfl":
+            self.pfl = float(command.value) >= 0.5
+            self._pfl.set(1.0 if self.pfl else 0.0)
             return True
         self.num_rejected += 1
         return False
@@ -93,11 +98,25 @@ class Deck:
         raise NotImplementedError
 
     def gain(self, n: int) -> np.ndarray | None:
-        """This block's per-sample deck gain float32 (n,), or None when it is exactly 1. Real-time safe."""
+        """This block's per-sample transport gain (play/pause fades) on the deck's stems before its mixer, float32
+        (n,), or None when it is exactly 1. Real-time safe."""
+        return None
+
+    def level_gain(self, n: int) -> np.ndarray | None:
+        """This block's per-sample deck level (the channel fader) after its mixer, float32 (n,), or None when it is
+        exactly 1. The headphone cue taps the deck before it (pre-fader listening). Real-time safe."""
         level = self._level
         if level.is_still and level.value == 1.0:
             return None
         return level.next_block(n)
+
+    def pfl_gain(self, n: int) -> np.ndarray | None:
+        """This block's per-sample gain of the deck into the headphone cue float32 (n,), or None when it is out of
+        the cue (settled). Real-time safe."""
+        pfl = self._pfl
+        if pfl.is_still and pfl.value == 0.0:
+            return None
+        return pfl.next_block(n)
 
     def sep_valid(self, block: int) -> bool:
         """Whether the separated stems played at ``block`` belong to what the deck plays then. Real-time safe."""
@@ -105,15 +124,15 @@ class Deck:
 
     @property
     def silent(self) -> bool:
-        """True when the deck is settled at zero gain (paused or level at silence). Real-time safe."""
-        return self._level.is_still and self._level.value == 0.0
+        """True when the deck feeds nothing (a file deck paused). Real-time safe."""
+        return False
 
     def end_block(self) -> None:
         """Finish the block. Real-time safe."""
 
     def status(self) -> dict:
         """A snapshot for the control side (not real-time)."""
-        return {"name": self.name, "kind": self.kind, "level_db": self.level_db}
+        return {"name": self.name, "kind": self.kind, "level_db": self.level_db, "pfl": self.pfl}
 
 
 class InputDeck(Deck):
@@ -338,16 +357,14 @@ class FileDeck(Deck):
             self.playhead = self._read(self.playhead, dst)
 
     def gain(self, n: int) -> np.ndarray | None:
-        transport, level = self._transport, self._level
+        transport = self._transport
         if transport.is_still and transport.value == 1.0:
-            return super().gain(n)
-        gain = self._gain[:n]
-        np.multiply(transport.next_block(n), level.next_block(n), out=gain)
-        return gain
+            return None
+        return transport.next_block(n)
 
     @property
     def silent(self) -> bool:
-        return (not self.playing) or super().silent
+        return not self.playing
 
     def sep_valid(self, block: int) -> bool:
         return block >= self._valid_from
