@@ -21,7 +21,7 @@ log = logging.getLogger("stembridge.live")
 ENGINE_STATUS_ADDRESS = "/stembridge/engine/status"
 STATUS_KEYS = (
     "xruns", "deadline_misses", "dry_blocks", "skipped_blocks", "backend_errors", "commands_dropped",
-    "callback_ms_p99", "worker_ms_p99", "cpu_pct", "latency_ms",
+    "callback_ms_p99", "worker_ms_p99", "cpu_pct", "latency_ms", "resample_latency_ms", "sample_rate",
 )  # fmt: skip
 
 
@@ -76,7 +76,14 @@ STATUS_KEYS = (
 @click.option(
     "--sample-rate",
     type=click.IntRange(8000, 192000),
-    help="Sample rate for portaudio and dummy. Default: the model's (JACK uses its server's; it must match).",
+    help="Sample rate for portaudio and dummy. Default: the model's (JACK uses its server's). Any rate works: the "
+    "separation worker resamples to the model's rate and back (the latency this adds is reported).",
+)
+@click.option(
+    "--resample-quality",
+    type=click.Choice(["lq", "mq", "hq", "vhq"], case_sensitive=False),
+    help="When the host runs at another rate than the model (48, 88.2, 96 kHz...), the worker resamples with soxr "
+    "at this quality. Default: hq (adds ~46 ms at 48 kHz) with file decks only, lq (~17 ms) with a live input.",
 )
 @click.option("--audio-device", help="PortAudio device name or index (see `stembridge devices`). Default: the default.")
 @click.option("--client-name", default="stembridge", show_default=True, help="JACK client name (port prefix).")
@@ -318,11 +325,11 @@ class LiveSession:
             rate, period = self.backend.open(o["sample_rate"] or card.sample_rate, o["period"])
         except BackendError as exc:
             raise LiveError(str(exc)) from exc
-        if rate != card.sample_rate:
-            raise LiveError(
-                f"{self.backend.name} runs at {rate} Hz but model {card.name} needs {card.sample_rate} Hz "
-                f"(for JACK: restart jackd with -r {card.sample_rate})"
-            )
+        if rate != card.sample_rate:  # the worker resamples to the model's rate and back (engine.live.resample)
+            from stembridge.engine.live.resample import ResampledSeparator
+
+            quality = o.get("resample_quality") or ("LQ" if num_inputs else "HQ")
+            separator = ResampledSeparator(separator, rate, period, quality=quality.upper())
         decks = self._make_decks(files, num_file_decks - len(files), num_inputs, rate)
         from stembridge.engine.live.engine import LiveEngine
         from stembridge.engine.rt import freeze_heap
@@ -482,10 +489,19 @@ class LiveSession:
         lines = [
             f"stembridge live: {b.describe()}; model {card.name}{' + spatial filter' if e.separator.spatial else ''} "
             f"on {e.separator.active_provider}",
+        ]
+        inner = getattr(e.separator, "inner", None)
+        if inner is not None:
+            added = e.separator.resampler_latency_samples
+            lines.append(
+                f"resampling: host {e.sample_rate} Hz <-> model {card.sample_rate} Hz (soxr {e.separator.quality}), "
+                f"adding {added} samples ({1000.0 * added / e.sample_rate:.1f} ms) to the separation latency"
+            )
+        lines += [
             f"decks: {decks}",
             f"latency: live input {e.latency_samples} samples ({e.latency_ms:.1f} ms) = separation {sep} "
-            f"(model {e.separator.latency_samples}{hop_fill}) + {e.fifo_periods} periods of {e.block_size}; "
-            "file decks read ahead (nothing added)",
+            f"(model{' + resampling' if inner is not None else ''} {e.separator.latency_samples}{hop_fill}) + "
+            f"{e.fifo_periods} periods of {e.block_size}; file decks read ahead (nothing added)",
         ]
         if b.name == "jack":
             lines.append(f"ports: {b.client_name}:" + f", {b.client_name}:".join(e.output_names() + e.input_names()))

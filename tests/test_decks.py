@@ -491,3 +491,54 @@ def test_the_recorder_takes_any_layout_and_names_its_channels(tiny_model, tmp_pa
     np.testing.assert_array_equal(data.T, out[rows])
     assert (tmp_path / "r.wav.channels.txt").read_text().split() == ["deck2_master_L", "deck2_master_R", "cue_L",
                                                                      "cue_R"]  # fmt: skip
+
+
+# -- item 5: any host sample rate --
+@pytest.mark.parametrize("host_rate", [48000, 88200, 96000])
+def test_at_another_host_rate_the_stems_are_separated_and_sum_to_the_input_band_above_22_khz_included(
+    tiny_model, host_rate
+):
+    from stembridge.engine.live import InputDeck
+    from stembridge.engine.live.resample import ResampledSeparator
+
+    inner = StreamingSeparator(tiny_model, num_streams=1, max_hops=64)
+    sep = ResampledSeparator(inner, host_rate, P)
+    engine = LiveEngine(sep, [InputDeck("in")], P, fifo_periods=2)
+    assert engine.sample_rate == host_rate and engine.latency_samples == sep.latency_samples + 2 * P
+    assert sep.resampler_latency_samples > 0
+    n = (int(1.5 * host_rate) // P) * P
+    t = np.arange(n) / host_rate
+    rng = np.random.default_rng(4)
+    x = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(n)
+    if host_rate > 88200:
+        x += 0.2 * np.sin(2 * np.pi * 30000 * t)  # above the model's Nyquist frequency
+    x = np.stack([x, 0.8 * x]).astype(np.float32)
+    out = np.zeros((engine.num_outputs, n), np.float32)
+    for b in range(n // P):
+        engine.process_block(x[:, b * P : (b + 1) * P], out[:, b * P : (b + 1) * P])
+        engine.worker.step()
+    lat = engine.latency_samples
+    assert engine.num_misses == 0
+    # the master is the input delayed by exactly the reported latency, whatever the rates
+    np.testing.assert_allclose(out[MASTER, lat:], x[:, : n - lat], atol=2e-5)
+    on = lat + 8 * P
+    stems = out[2:10, on:].reshape(4, 2, -1)
+    np.testing.assert_allclose(stems.sum(0), x[:, on - lat : n - lat], atol=2e-5)  # separated, and summing exactly
+    assert np.abs(stems[0]).max() > 0.01  # the vocal stem carries the model's output
+    if host_rate > 88200:  # the 30 kHz tone is in the residual ("other") and nowhere else
+        spectrum = np.abs(np.fft.rfft(stems[0, 0, -host_rate // 2 :]))
+        k = 30000 * (host_rate // 2) // host_rate
+        assert spectrum[k - 2 : k + 3].max() < 1e-3 * np.abs(np.fft.rfft(stems[3, 0, -host_rate // 2 :]))[k]
+
+
+def test_a_file_deck_at_48_khz_plays_the_file_at_its_playhead(tiny_model):
+    from stembridge.engine.live.resample import ResampledSeparator
+
+    rate = 48000
+    t = np.arange(3 * rate) / rate
+    a = np.stack([0.3 * np.sin(2 * np.pi * 330 * t)] * 2).astype(np.float32)
+    sep = ResampledSeparator(StreamingSeparator(tiny_model, num_streams=1, max_hops=64), rate, P)
+    engine = LiveEngine(sep, [FileDeck(a, "a")], P)
+    out = run(engine, 400)
+    np.testing.assert_allclose(out[MASTER, P:], a[:, P : 400 * P], atol=2e-5)
+    assert np.abs(out[VOCALS, 200 * P :]).max() > 0.01 and engine.num_misses == 0

@@ -246,3 +246,56 @@ def test_two_empty_decks_load_over_osc_while_one_plays_per_deck_ports_and_the_cu
     after = slice(on + 2 * 256, end)
     np.testing.assert_allclose(cue[:, after], deck2[:, after], atol=1e-6)
     assert np.abs(cue[:, after]).max() > 0.1
+
+
+def _status(sock: socket.socket, address: bytes, seconds: float = 3.0) -> dict:
+    from pythonosc.osc_message import OscMessage
+
+    sock.settimeout(0.05)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except (TimeoutError, BlockingIOError):
+            continue
+        if data.startswith(address):
+            params = OscMessage(data).params
+            return dict(zip(params[0::2], params[1::2], strict=True))
+    return {}
+
+
+def test_live_runs_on_a_48_khz_jack_server_separates_and_reports_the_resampling_latency(jack_at, tmp_path, tiny_model):
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    rate = 48000
+    server = jack_at(rate)
+    a = tone_song(2.0, 330, rate, 3)
+    sf.write(tmp_path / "a.wav", a.T, rate, subtype="FLOAT")
+    name, osc_port = f"sb28r{os.getpid()}", _free_udp_port()
+    live = start_live(server, name, osc_port, tiny_model, "--deck", str(tmp_path / "a.wav"), "--loop",
+                      "--scene", "none")  # fmt: skip
+    recorder = None
+    me = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    me.bind(("127.0.0.1", 0))
+    try:
+        wait_for_port(server, live, f"{name}:cue_R")
+        recorder = PortRecorder(server, name, ["master_L", "master_R", "vocals_L", "vocals_R"], 3.0, rate)
+        time.sleep(1.5)
+        me.sendto(OscMessageBuilder("/stembridge/status").build().dgram, ("127.0.0.1", osc_port))
+        status = _status(me, b"/stembridge/status\0")
+        recorder.close()
+    finally:
+        me.close()
+        if recorder is not None:
+            recorder.close()
+        output = stop_live(live)
+    assert live.returncode == 0, output
+    assert "resampling: host 48000 Hz <-> model 44100 Hz" in output, output
+    assert status.get("sample_rate") == rate and status.get("resample_latency_ms", 0) > 0, status
+    assert status["latency_ms"] > status["resample_latency_ms"]
+    master = recorder.get("master")[:, recorder.connected_at :]
+    p = block_offsets(master, a)
+    lead = next(k for k, off in enumerate(p) if off >= 0)
+    assert lead <= 8 and p[lead:].count(-1) <= recorder.num_xruns  # the file, at the host's rate, unchanged
+    vocals = recorder.get("vocals")[:, -rate // 2 :]
+    assert np.sqrt(np.mean(vocals**2)) > 0.005  # and separated
