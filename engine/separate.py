@@ -3,7 +3,9 @@
 A file is fed block by block through the same ``BlockAdapter`` + ``StreamingSeparator`` that live use runs; the
 reported latency is removed by feeding that many samples of silence after the end and dropping the first samples,
 so every stem lines up with the input and has its length. Inputs at another sample rate are resampled to the
-model's rate and the stems back to the input's rate; mono inputs are separated as centred stereo and folded back.
+model's rate and the stems back to the input's rate, the residual stem taking what the others leave at the input's
+rate (so the stems sum to the input exactly at any rate); mono inputs are separated as centred stereo and folded
+back.
 
 When the block size is a whole number of hops (the adapter then only passes blocks through), the separator's three
 stages are overlapped: the model call for block ``b`` runs on a helper thread (ONNX Runtime releases the GIL) while
@@ -142,11 +144,19 @@ def separate_file(
     if on_loaded is not None:
         on_loaded(model_audio.shape[1])
     separated = separate_audio(adapter, model_audio, block_size, progress)
+    outputs = {
+        stem: _fit_length(_resample(separated[k], sep.sample_rate, rate), audio.shape[1])
+        for k, stem in enumerate(sep.stems)
+    }
+    residual = sep.card.residual_stem
+    if rate != sep.sample_rate and residual in outputs:
+        # the residual takes what the other stems leave at the input's own rate (the band above the model's
+        # Nyquist frequency of a 48/96 kHz file included), so the stems still sum to the input exactly
+        others = sum(out for stem, out in outputs.items() if stem != residual)
+        outputs[residual] = (audio - others).astype(np.float32)
     with writer:
         for stem in stems:
-            out = _resample(separated[sep.stems.index(stem)], sep.sample_rate, rate)
-            out = _fit_length(out, audio.shape[1])
-            writer.write(stem, out)
+            writer.write(stem, outputs[stem])
     return SeparationResult(
         input=path,
         outputs=list(writer.targets.values()),

@@ -542,3 +542,24 @@ def test_a_file_deck_at_48_khz_plays_the_file_at_its_playhead(tiny_model):
     out = run(engine, 400)
     np.testing.assert_allclose(out[MASTER, P:], a[:, P : 400 * P], atol=2e-5)
     assert np.abs(out[VOCALS, 200 * P :]).max() > 0.01 and engine.num_misses == 0
+
+
+def test_separate_keeps_the_stems_sum_exact_for_a_96_khz_file_the_band_above_22_khz_included(tiny_model, tmp_path):
+    import soundfile as sf
+    from click.testing import CliRunner
+    from stembridge.bridge.cli import main
+
+    rate = 96000
+    t = np.arange(rate) / rate
+    x = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 30000 * t)
+    x = np.stack([x, 0.7 * x], axis=1).astype(np.float32)
+    sf.write(tmp_path / "hi.wav", x, rate, subtype="FLOAT")
+    result = CliRunner().invoke(main, ["separate", str(tmp_path / "hi.wav"), "-o", str(tmp_path / "out"),
+                                       "--model", str(tiny_model)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stems = {p.stem: sf.read(p, dtype="float32")[0] for p in (tmp_path / "out").rglob("*.wav")}
+    assert set(stems) == {"vocals", "drums", "bass", "other"}
+    total = sum(stems.values())
+    np.testing.assert_allclose(total, x, atol=1e-5)  # 24-bit files: a few LSB
+    spectrum = np.abs(np.fft.rfft(stems["other"][:, 0]))
+    assert spectrum[30000] > 0.5 * np.abs(np.fft.rfft(x[:, 0]))[30000]  # the 30 kHz tone is kept, in "other"
