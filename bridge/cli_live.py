@@ -22,6 +22,7 @@ ENGINE_STATUS_ADDRESS = "/stembridge/engine/status"
 STATUS_KEYS = (
     "xruns", "deadline_misses", "dry_blocks", "skipped_blocks", "backend_errors", "commands_dropped",
     "callback_ms_p99", "worker_ms_p99", "cpu_pct", "latency_ms", "resample_latency_ms", "sample_rate",
+    "fx_latency_samples",
 )  # fmt: skip
 
 
@@ -431,6 +432,7 @@ class LiveSession:
         from stembridge.bridge.control import Controller
 
         self.control = Controller(self.engine.stems, num_decks)
+        self.control.sample_rate, self.control.block_size = float(self.engine.sample_rate), self.engine.block_size
         for deck, queue in enumerate(self.engine.queues, start=1):
             self.control.attach_queue(deck, queue)
         self.control.attach_queue(0, self.engine.engine_queue)  # engine-wide: cue/mix, cue/gain_db
@@ -503,6 +505,14 @@ class LiveSession:
             f"(model{' + resampling' if inner is not None else ''} {e.separator.latency_samples}{hop_fill}) + "
             f"{e.fifo_periods} periods of {e.block_size}; file decks read ahead (nothing added)",
         ]
+        if self.control is not None and self.control.latencies:
+            fx = max(sum(v) for v in self.control.latencies.values())
+            lines.append(
+                f"effect chains: latency {fx} samples ({1000.0 * fx / e.sample_rate:.1f} ms); every stem is delayed to "
+                "match the slowest chain"
+                if fx
+                else "effect chains: no latency"
+            )
         if b.name == "jack":
             lines.append(f"ports: {b.client_name}:" + f", {b.client_name}:".join(e.output_names() + e.input_names()))
         for src, dst in made:

@@ -35,6 +35,7 @@ class SwapChain:
     stem: str
     board: Any
     names: tuple[str, ...] | None = None
+    latencies: tuple[int, ...] | None = None  # per plugin, in samples at the engine's rate (mixer.chain_latencies)
 
 
 @dataclass(frozen=True, slots=True)

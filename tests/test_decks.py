@@ -563,3 +563,72 @@ def test_separate_keeps_the_stems_sum_exact_for_a_96_khz_file_the_band_above_22_
     np.testing.assert_allclose(total, x, atol=1e-5)  # 24-bit files: a few LSB
     spectrum = np.abs(np.fft.rfft(stems["other"][:, 0]))
     assert spectrum[30000] > 0.5 * np.abs(np.fft.rfft(x[:, 0]))[30000]  # the 30 kHz tone is kept, in "other"
+
+
+# -- item 7: plugin delay compensation --
+class LatentIdentity:
+    """A plugin with a known latency that behaves as pedalboard streams latent plugins: its output is aligned with
+    its input but delivered ``latency`` samples late, in blocks of varying length."""
+
+    def __init__(self, latency: int, burst: int = 300) -> None:
+        self.latency, self.burst = latency, burst
+        self.reset()
+
+    def reset(self) -> None:
+        self._held = np.zeros((2, 0), np.float32)
+
+    def process(self, x, sample_rate, buffer_size=None, reset=False):
+        self._held = np.concatenate([self._held, x], axis=1)
+        ready = self._held.shape[1] - self.latency
+        if ready < self.burst:  # delivered in bursts, as pedalboard's latent plugins do
+            return np.zeros((2, 0), np.float32)
+        out, self._held = self._held[:, :ready], self._held[:, ready:]
+        return out
+
+
+def test_a_chain_with_a_known_latency_keeps_the_stems_sum_equal_to_the_deck_input_after_the_reported_delay(
+    tiny_model,
+):
+    from stembridge.engine.commands import SwapChain
+    from stembridge.engine.mixer import chain_latencies
+
+    a = song(3.0, 0)
+    plugin = LatentIdentity(1000)
+    latencies = chain_latencies([plugin], SR, P)
+    assert latencies[0] >= 1000  # the measured deficit covers the latency and the bursts
+    engine = make_engine(tiny_model, [FileDeck(a, "a")])
+    engine.push(1, SwapChain("drums", [plugin], ("late",), latencies))
+    out = run(engine, 200)
+    delay = engine.stats()["fx_latency_samples"]
+    assert delay == latencies[0] == engine.mixers[0].latency_samples
+    n = 200 * P
+    stems = out[2:10].reshape(4, 2, n)
+    # the stems still sum to the deck's input (the file at the playhead), delayed by exactly the reported amount
+    np.testing.assert_allclose(stems.sum(0)[:, delay + P :], a[:, P : n - delay], atol=5e-5)
+    np.testing.assert_allclose(out[MASTER, delay + P :], a[:, P : n - delay], atol=5e-5)
+    # and the latent stem is not shifted against the others: the same run without the plugin, delayed
+    ref_engine = make_engine(tiny_model, [FileDeck(a, "a")])
+    ref = run(ref_engine, 200)
+    np.testing.assert_allclose(out[DRUMS, delay:], ref[DRUMS, : n - delay], atol=5e-5)
+    np.testing.assert_allclose(out[VOCALS, delay:], ref[VOCALS, : n - delay], atol=5e-5)
+
+
+def test_a_real_latent_pedalboard_plugin_is_measured_and_compensated():
+    import pedalboard
+    from stembridge.engine.mixer import StemMixer
+
+    mixer = StemMixer(("vocals", "drums", "bass", "other"), 2, SR, max_block_size=P)
+    mixer.set_chain("drums", [pedalboard.Resample(target_sample_rate=96000)])  # measured here
+    delay = mixer.latency_samples
+    assert delay > 0 and mixer.chain_latency("drums") == delay
+    t = np.arange(2 * SR) / SR
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)
+    stems = np.stack([np.stack([x, x])] * 4) / 4
+    n = (x.size // P) * P
+    out = np.concatenate(
+        [mixer.process(np.ascontiguousarray(stems[..., i : i + P]))[0].copy() for i in range(0, n, P)], -1
+    )
+    # the resampled drum stem lines up with the untouched vocal stem at the compensated delay, not one sample off
+    errors = {d: np.abs(out[1, 0, 4000 : n - 64] - out[0, 0, 4000 + d : n - 64 + d]).max() for d in (-2, -1, 0, 1, 2)}
+    assert min(errors, key=errors.get) == 0 and errors[0] < 0.5 * max(errors[-2], errors[2])
+    np.testing.assert_allclose(out[0, :, delay:], stems[0, :, : n - delay], atol=1e-6)  # vocals: pure delay

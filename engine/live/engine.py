@@ -405,6 +405,7 @@ class LiveEngine:
             "period_ms": period_ms,
             "latency_samples": self.latency_samples,
             "latency_ms": self.latency_ms,
+            "fx_latency_samples": max(m.latency_samples for m in self.mixers),
             "sample_rate": self.sample_rate,
             "model_sample_rate": int(self.card.sample_rate),
             "resample_latency_ms": 1000.0 * getattr(self.separator, "resampler_latency_samples", 0) / self.sample_rate,
