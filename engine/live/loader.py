@@ -63,10 +63,13 @@ class Track:
         return self.num_frames / self.total_frames if self.total_frames else 0.0
 
 
-def iter_decoded(path: str | Path, sample_rate: int, num_channels: int, block_frames: int) -> Iterator[np.ndarray]:
+def iter_decoded(
+    path: str | Path, sample_rate: int, num_channels: int, block_frames: int, first_frames: int | None = None
+) -> Iterator[np.ndarray]:
     """Decode ``path`` in blocks: float32 (num_channels, k) at ``sample_rate`` (mono is doubled; other rates are
-    resampled with soxr). The first item yielded is the expected total length (an int) at ``sample_rate``.
-    Raises AudioFileError naming the file and the reason."""
+    resampled with soxr), the first of about ``first_frames`` (default ``block_frames``), then ``block_frames``.
+    The first item yielded is the expected total length (an int) at ``sample_rate``. Raises AudioFileError naming
+    the file and the reason."""
     import soundfile as sf
 
     p = Path(path)
@@ -89,9 +92,11 @@ def iter_decoded(path: str | Path, sample_rate: int, num_channels: int, block_fr
             resampler = soxr.ResampleStream(rate, sample_rate, f.channels, dtype="float32", quality="HQ")
         total = int(round(f.frames * sample_rate / rate)) if f.frames > 0 else 0
         yield total
-        step = max(1, int(round(block_frames * rate / sample_rate)))
+        step = max(1, int(round((first_frames or block_frames) * rate / sample_rate)))
         got_any = False
         while True:
+            if got_any:
+                step = max(1, int(round(block_frames * rate / sample_rate)))
             try:
                 data = f.read(step, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
@@ -216,7 +221,7 @@ class TrackLoader:
             return
         rate, chunk = self.sample_rate, int(CHUNK_S * self.sample_rate)
         try:
-            blocks = iter_decoded(path, rate, self.num_channels, int(FIRST_CHUNK_S * rate))
+            blocks = iter_decoded(path, rate, self.num_channels, chunk, int(FIRST_CHUNK_S * rate))
             total = next(blocks)
             first = next(blocks)
         except (AudioFileError, StopIteration) as exc:
@@ -229,20 +234,12 @@ class TrackLoader:
         self._append(track, first)
         if not self._hand_over(deck, track, LoadTrack):
             return
-        blocks_iter = blocks
         try:
-            # later blocks are bigger (fewer Python round trips); the generator's block size was the first chunk's
-            pending = np.zeros((self.num_channels, 0), dtype=np.float32)
-            for block in blocks_iter:
+            for block in blocks:  # the rest in bigger blocks (fewer round trips), published as each arrives
                 if self._cancelled(deck, generation):
                     track.error = "cancelled by a newer load"
                     break
-                pending = block if not pending.shape[1] else np.concatenate([pending, block], axis=1)
-                if pending.shape[1] >= chunk:
-                    self._append(track, pending)
-                    pending = pending[:, :0]
-            if pending.shape[1]:
-                self._append(track, pending)
+                self._append(track, block)
         except AudioFileError as exc:
             track.error = str(exc)
             self._warn(deck, path, f"{exc} (the deck plays the {track.num_frames / rate:.1f} s decoded so far)")
