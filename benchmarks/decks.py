@@ -9,11 +9,12 @@ Each figure is measured beside its baseline in the same run (timings on shared m
    same run with no load (the engine on the dummy backend's real-time clock, the worker in its own process, as
    ``stembridge live`` runs it);
 3. CPU (this process and the worker) and latency with one file deck at a 48 kHz host rate (the worker resampling
-   with soxr) against 44.1 kHz (the model's own rate).
+   with soxr) against 44.1 kHz (the model's own rate);
+4. the audio thread's cost per deck of tempo 0.92 (keylock on and off, Rubber Band) against tempo 1 (the engine
+   driven block by block, the worker stepped outside the timing).
 
     python benchmarks/decks.py [--model PATH] [--seconds 10]
 
-Tempo and keylock (issue 28, item 4) are not implemented yet, so their CPU is not measured here.
 Writes benchmarks/results/decks/decks.json and decks.md.
 """
 
@@ -180,6 +181,43 @@ def host_rates(model: Path, seconds: float) -> list[dict]:
     return rows
 
 
+def tempo_cost(model: Path, blocks: int = 1500) -> list[dict]:
+    rate = 44100
+    t = np.arange(int(30 * rate)) / rate
+    a = np.stack([0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 1760 * t)] * 2).astype(np.float32)
+    rows = []
+    for label, tempo, keylock in (("tempo 1 (baseline)", 1.0, True), ("tempo 0.92, keylock", 0.92, True),
+                                  ("tempo 0.92, no keylock", 0.92, False)):  # fmt: skip
+        deck = FileDeck(a, "a")
+        engine = engine_for(model, [deck], rate, mode="thread")
+        deck.ensure_stretcher()
+        from stembridge.engine.commands import SetParam
+
+        engine.push(1, SetParam("transport/tempo", tempo))
+        engine.push(1, SetParam("transport/keylock", float(keylock)))
+        inp = np.zeros((0, PERIOD), np.float32)
+        out = np.zeros((engine.num_outputs, PERIOD), np.float32)
+        for _ in range(50):  # warm up (the stretcher starts with a burst)
+            engine.process_block(inp, out)
+            engine.worker.step()
+        mark = engine.cb_hist.copy()
+        for _ in range(blocks):
+            engine.process_block(inp, out)
+            engine.worker.step()
+        hist = engine.cb_hist - mark
+        mean_ms = float((np.arange(hist.size) + 0.5) @ hist / hist.sum()) * 0.01
+        rows.append({
+            "deck": label,
+            "callback_ms_mean": mean_ms,
+            "callback_ms_p99": hist_percentile_ms(hist, 99),
+            "core_pct": 100.0 * mean_ms / (1000.0 * PERIOD / rate),
+        })  # fmt: skip
+        deck.release_stretcher()
+        engine.close()
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def markdown(result: dict) -> str:
     lines = [
         "# Decks for a set",
@@ -225,7 +263,18 @@ def markdown(result: dict) -> str:
             f"{r['latency_ms']:.1f} ms | {r['resample_latency_ms']:.1f} ms | {r['callback_ms_p99']:.2f} ms | "
             f"{r['deadline_misses']} | {r['xruns']} |"
         )
-    lines += ["", "Tempo and keylock (item 4 of issue 28) are not implemented yet: not measured.", ""]
+    lines += [
+        "",
+        "## Tempo per deck (audio thread, one file deck, Rubber Band R2 engine)",
+        "",
+        "| deck | callback mean | callback p99 | share of a core |",
+        "|---|---|---|---|",
+    ]
+    for r in result["tempo"]:
+        lines.append(
+            f"| {r['deck']} | {r['callback_ms_mean']:.2f} ms | {r['callback_ms_p99']:.2f} ms | {r['core_pct']:.1f} % |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -243,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
             "load": load_to_first_block(args.model, tracks),
             "callback": callback_while_loading(args.model, tracks["mp3"], args.seconds),
             "rates": host_rates(args.model, args.seconds),
+            "tempo": tempo_cost(args.model),
         }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "decks.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -415,8 +415,14 @@ class LiveSession:
             osc.broadcast("/stembridge/warning", [f"/stembridge/deck/{deck}/load", reason])
 
     def _on_change(self, change) -> None:
-        """Tree listener: the crate's load_next/load_prev buttons (from MIDI; OSC calls ``load_step`` itself)."""
+        """Tree listener: the crate's load_next/load_prev buttons (from MIDI; OSC calls ``load_step`` itself), and
+        a deck's first tempo or key change (its stretcher is built here, off the audio thread)."""
         leaf = change.path.rsplit("/", 1)[-1]
+        if leaf in ("tempo", "keylock", "key") and change.source != "engine":
+            deck = self.engine.decks[int(change.path.split("/")[1]) - 1]
+            if hasattr(deck, "ensure_stretcher") and not deck.ensure_stretcher():
+                log.warning("tempo and key need pylibrb (pip install pylibrb)")
+            return
         if leaf not in ("load_next", "load_prev") or change.value is not True:
             return
         deck = int(change.path.split("/")[1])
@@ -592,6 +598,9 @@ class LiveSession:
             self.backend.close()
         if self.engine is not None:
             self.engine.close()
+            for deck in self.engine.decks:
+                if hasattr(deck, "release_stretcher"):
+                    deck.release_stretcher()
         if self.loader is not None:
             self.loader.close()
         if self.recorder is not None:

@@ -13,6 +13,7 @@ Every controllable value lives here, per deck and stem, with its range, unit, de
     deck/<n>/transport/<play|cue|loop>    bool actions; transport/<seek_s|cue_s|loop_start_s|loop_end_s> seconds
     deck/<n>/load_next, load_prev         bool actions for the crate (carried out by the live session's loader)
     deck/<n>/pfl                          bool: the deck in the headphone cue
+    deck/<n>/transport/<tempo|keylock|key>  rate 0.5..2, bool, semitones -12..12 (Rubber Band, file decks)
     cue/mix, cue/gain_db                  engine-wide: headphone blend (0 cue .. 1 master) and level
 
 Fader curve (``level`` <-> ``gain_db``): a cubic amplitude taper with unity at 0.8,
@@ -279,6 +280,13 @@ def deck_param_specs() -> dict[str, ParamSpec]:
         "transport/loop_start_s": ParamSpec("float", description="loop start (-1: at the playhead)", **seconds),
         "transport/loop_end_s": ParamSpec("float", description="loop end (-1: at the playhead)", **seconds),
         "pfl": ParamSpec("bool", default=False, description="headphone cue: 1 sends the deck to cue_L/R"),
+        "transport/tempo": ParamSpec(
+            "float", 0.5, 2.0, 1.0, "x", stateful=False, description="playback rate (0.92 = -8 %), Rubber Band"
+        ),
+        "transport/keylock": ParamSpec("bool", default=True, stateful=False, description="1 keeps the pitch"),
+        "transport/key": ParamSpec(
+            "float", -12.0, 12.0, 0.0, "st", stateful=False, description="key shift in semitones"
+        ),
         "load_next": ParamSpec("bool", stateful=False, description="1 loads the crate's next track (--crate)"),
         "load_prev": ParamSpec("bool", stateful=False, description="1 loads the crate's previous track (--crate)"),
     }  # fmt: skip

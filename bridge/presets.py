@@ -500,7 +500,7 @@ _TARGET = re.compile(
     r"^(?:deck/(?P<deck>[1-9][0-9]*)/(?:stem/(?P<stem>[A-Za-z0-9_\-]+)/"
     r"(?:(?P<leaf>gain_db|level|mute|solo)|fx/(?P<plugin>[A-Za-z0-9_\-]+)/(?P<param>[A-Za-z0-9_\-]+))"
     r"|master/(?:gain_db|level)"
-    r"|(?P<deck_leaf>level_db|pfl|transport/(?:play|cue|loop)|load_next|load_prev))"
+    r"|(?P<deck_leaf>level_db|pfl|transport/(?:play|cue|loop|tempo|keylock|key)|load_next|load_prev))"
     r"|cue/(?:mix|gain_db)"
     r"|scene/(?P<scene>[A-Za-z0-9_\-]+)/(?P<action>recall|store))$"
 )

@@ -632,3 +632,69 @@ def test_a_real_latent_pedalboard_plugin_is_measured_and_compensated():
     errors = {d: np.abs(out[1, 0, 4000 : n - 64] - out[0, 0, 4000 + d : n - 64 + d]).max() for d in (-2, -1, 0, 1, 2)}
     assert min(errors, key=errors.get) == 0 and errors[0] < 0.5 * max(errors[-2], errors[2])
     np.testing.assert_allclose(out[0, :, delay:], stems[0, :, : n - delay], atol=1e-6)  # vocals: pure delay
+
+
+# -- item 4: tempo and key with keylock --
+def _peak_hz(x: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    k = int(np.argmax(spectrum))
+    a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-12)  # parabolic interpolation of the peak
+    return (k + 0.5 * (a - c) / (a - 2 * b + c)) * rate / x.size
+
+
+@pytest.mark.parametrize("keylock", [True, False])
+def test_tempo_0_9_lasts_1_over_0_9_keeps_the_pitch_with_keylock_and_the_stems_sum_to_the_deck(tiny_model, keylock):
+    pytest.importorskip("pylibrb", reason="tempo needs pylibrb (pip install pylibrb)")
+    seconds = 2.0
+    t = np.arange(int(seconds * SR)) / SR
+    tone = np.stack([0.3 * np.sin(2 * np.pi * 440 * t)] * 2).astype(np.float32)
+    deck = FileDeck(tone, "tone", play=False)
+    engine = make_engine(tiny_model, [deck], outputs="both")
+    assert deck.ensure_stretcher()
+    events = {0: [(1, SetParam("transport/tempo", 0.9)), (1, SetParam("transport/keylock", float(keylock)))],
+              2: [(1, SetParam("transport/play", 1))]}  # fmt: skip
+    num_blocks = int(3.0 * SR / P)
+    out = run(engine, num_blocks, events=events)
+    played = np.flatnonzero(np.abs(out[MASTER]).max(axis=0) > 1e-3)
+    duration = (played[-1] - played[0]) / SR
+    assert abs(duration - seconds / 0.9) < 0.03, duration  # 2.222 s, within a few periods
+    steady = out[MASTER][0, played[0] + SR // 2 : played[0] + SR // 2 + SR]
+    pitch = _peak_hz(steady, SR)
+    if keylock:
+        assert abs(pitch - 440.0) < 2.0, pitch  # pitch unchanged
+    else:
+        assert abs(pitch - 396.0) < 2.0, pitch  # a turntable: 440 x 0.9
+    # the stems still sum to the deck's output: the same deck with separation never arriving plays only its dry
+    # (heard) signal; the separated run's busses sum to exactly that, so the separator heard what is played
+    dry_deck = FileDeck(tone, "tone", play=False)
+    dry_engine = make_engine(tiny_model, [dry_deck], outputs="both")
+    assert dry_deck.ensure_stretcher()
+    dry = run(dry_engine, num_blocks, events=events, late=set(range(num_blocks)))
+    stems = out[2:10].reshape(4, 2, -1)
+    np.testing.assert_allclose(stems.sum(0), dry[MASTER], atol=5e-5)
+    assert np.abs(out[VOCALS, played[0] + SR // 2 :]).max() > 0.01  # separated (not the dry fallback)
+    assert engine.num_misses == 0 and deck.status()["tempo"] == 0.9
+
+
+def test_tempo_survives_seeks_loops_and_changes_while_playing(tiny_model):
+    pytest.importorskip("pylibrb", reason="tempo needs pylibrb (pip install pylibrb)")
+    a = song(3.0, 0)
+    deck = FileDeck(a, "a")
+    engine = make_engine(tiny_model, [deck])
+    assert deck.ensure_stretcher()
+    events = {
+        20: [(1, SetParam("transport/tempo", 1.08))],  # into the stretcher while playing
+        60: [(1, SetParam("transport/seek_s", 1.0)), (1, SetParam("transport/key", -2.0))],
+        100: [
+            (1, SetParam("transport/loop_start_s", 1.0)),
+            (1, SetParam("transport/loop_end_s", 1.5)),
+            (1, SetParam("transport/loop", 1)),
+        ],  # fmt: skip
+        160: [(1, SetParam("transport/tempo", 1.0)), (1, SetParam("transport/key", 0.0))],  # out of it again
+    }
+    out = run(engine, 260, events=events)
+    assert np.all(np.isfinite(out)) and np.abs(out).max() < 2.0
+    assert np.abs(out[MASTER, 250 * P :]).max() > 0.05  # still playing, in the loop
+    assert 1.0 * SR <= deck.playhead <= 1.5 * SR
+    # no step bigger than the music's own at the switches (crossfaded like a jump)
+    assert np.abs(np.diff(out[MASTER], axis=1)).max() < 4 * np.abs(np.diff(a, axis=1)).max()

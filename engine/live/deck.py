@@ -41,6 +41,9 @@ TRANSPORT_PATHS = {
     "transport/loop_end_s": "loop end in seconds (a negative value: at the playhead)",
     "level_db": "deck level in dB (-120 = silence), ramped; scales every bus this deck feeds",
     "pfl": "1 sends the deck to the headphone cue (cue_L/R), 0 takes it out (ramped)",
+    "transport/tempo": "playback rate, 0.5..2 (1 = the track's tempo; 0.92 = -8 %), through Rubber Band",
+    "transport/keylock": "1 keeps the pitch when the tempo changes (default), 0 lets it follow (a turntable)",
+    "transport/key": "key shift in semitones, -12..12",
 }
 MIN_LOOP_FRAMES = 64
 
@@ -204,6 +207,13 @@ class FileDeck(Deck):
         self.num_jumps = 0
         self.num_loads = 0  # tracks swapped in at run time
         self.tempo = 1.0  # playback rate (1 = the track's own tempo)
+        self.keylock = True
+        self.semitones = 0.0
+        self._stretch = None  # a DeckStretcher once prepared (pylibrb installed)
+        self._stretching = False
+        self._tempo_changed = False
+        self._restart_at: int | None = None
+        self._heard_pos = 0.0
         self.num_starved = 0  # blocks that played past the decoded part of a track still decoding
         self._autoplay = play and self.num_frames > 0
         self._feed_pos = 0
@@ -225,6 +235,7 @@ class FileDeck(Deck):
         self._fade_in = (np.arange(1, n + 1, dtype=np.float32) / n).astype(np.float32)
         self._fade_out = (1.0 - self._fade_in).astype(np.float32)
         self._xfade_from: int | None = None
+        self._heard = np.zeros((self.num_channels, n), dtype=np.float32)
         if self._autoplay:
             self._want_play = True
 
@@ -240,6 +251,8 @@ class FileDeck(Deck):
             self.num_rejected += 1
             return False
         leaf = path[len("transport/") :]
+        if leaf in ("tempo", "keylock", "key"):
+            return self._set_tempo(leaf, value)
         if leaf == "play":
             self._want_play = value >= 0.5
         elif leaf == "seek_s":
@@ -262,6 +275,33 @@ class FileDeck(Deck):
         else:
             self.num_rejected += 1
             return False
+        return True
+
+    def ensure_stretcher(self) -> bool:
+        """Build the deck's Rubber Band stretcher (control side, before tempo or key commands are sent: it
+        allocates). False when pylibrb is not installed. Not real-time."""
+        from stembridge.engine.live.tempo import DeckStretcher, stretcher_available
+
+        if self._stretch is None and stretcher_available():
+            self._stretch = DeckStretcher(self.num_channels, self.sample_rate, self.block_size, self.latency_samples)
+        return self._stretch is not None
+
+    def release_stretcher(self) -> None:
+        """Drop the stretcher (after the audio has stopped). Not real-time."""
+        self._stretch = None
+        self._stretching = False
+
+    def _set_tempo(self, leaf: str, value: float) -> bool:
+        """Tempo, keylock or key; applied at the next block once the deck has a stretcher. Real-time safe."""
+        from stembridge.engine.live.tempo import MAX_SEMITONES, clamp_tempo
+
+        if leaf == "tempo":
+            self.tempo = clamp_tempo(value)
+        elif leaf == "keylock":
+            self.keylock = value >= 0.5
+        else:
+            self.semitones = min(max(value, -MAX_SEMITONES), MAX_SEMITONES)
+        self._tempo_changed = True
         return True
 
     def _frames(self, seconds: float) -> int:
@@ -327,9 +367,21 @@ class FileDeck(Deck):
             self._loop_changed = False
             if self._advance(self.playhead, self.latency_samples) != self._feed_pos:
                 resync = True  # the read-ahead already went the other way around the loop
+        if self._tempo_changed and self._stretch is not None:
+            self._tempo_changed = False
+            self._stretch.configure(self.tempo, self.keylock, self.semitones)
+            stretching = self.tempo != 1.0 or self.semitones != 0.0
+            if stretching != self._stretching:
+                self._stretching = stretching
+                if self.playing and not self._stopping and self._xfade_from is None:
+                    self._xfade_from = self.playhead  # into or out of the stretcher: a crossfade, as a jump
+                resync = True
         if resync:
             self._feed_pos = self._advance(self.playhead, self.latency_samples)
             self._valid_from = block + self.settle_blocks
+            if self._stretching:
+                self._restart_at = self.playhead
+                self._heard_pos = float(self.playhead)
 
     def _refresh(self) -> None:
         """Take the track's decoded length, then its buffer (the loader writes them in the other order, so the
@@ -339,10 +391,15 @@ class FileDeck(Deck):
         self.audio = track.audio
 
     def feed(self, dst: np.ndarray, inp: np.ndarray) -> None:
-        if self.playing:
-            self._feed_pos = self._read(self._feed_pos, dst)
-        else:
+        if not self.playing:
             dst.fill(0.0)
+        elif self._stretching:  # the stretched stream, read ahead; what is heard comes out of it later
+            if self._restart_at is not None:
+                self._stretch.restart(self._restart_at, self._read)
+                self._restart_at = None
+            self._stretch.feed(self._read, dst, self._heard)
+        else:
+            self._feed_pos = self._read(self._feed_pos, dst)
 
     def dry(self, dst: np.ndarray, inp: np.ndarray) -> None:
         if not self.playing:
@@ -350,11 +407,28 @@ class FileDeck(Deck):
             return
         if self._xfade_from is not None:  # a jump while playing: crossfade the old position into the new
             self._read(self._xfade_from, self._old)
-            self.playhead = self._read(self.playhead, dst)
+            self._play_into(dst)
             multiply_rows(dst, self._fade_in, dst)
             add_rows_scaled(self._old, self._fade_out, dst, self._row)
         else:
+            self._play_into(dst)
+
+    def _play_into(self, dst: np.ndarray) -> None:
+        """What is heard now, moving the playhead on. Real-time safe."""
+        if self._stretching:
+            dst[:] = self._heard
+            self._heard_pos = self._advance_heard(self._heard_pos, dst.shape[-1] * self.tempo)
+            self.playhead = int(self._heard_pos)
+        else:
             self.playhead = self._read(self.playhead, dst)
+
+    def _advance_heard(self, pos: float, frames: float) -> float:
+        if self.loop_on and pos < self.loop_end:
+            end = pos + frames
+            if end >= self.loop_end:
+                return self.loop_start + (end - self.loop_end) % (self.loop_end - self.loop_start)
+            return end
+        return pos + frames
 
     def gain(self, n: int) -> np.ndarray | None:
         transport = self._transport
@@ -429,6 +503,9 @@ class FileDeck(Deck):
             "track": track.name,
             "playing": playing,
             "tempo": self.tempo,
+            "keylock": self.keylock,
+            "key": self.semitones,
+            "tempo_latency_samples": self._stretch.latency_samples if self._stretching else 0,
             "hq": int(track.hq),
             "position_s": self.playhead / sr,
             "duration_s": track.total_frames / sr,
