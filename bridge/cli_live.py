@@ -221,7 +221,8 @@ def live(**opts) -> None:
     runs in a worker behind a FIFO of fixed latency; when it falls behind, the dry mix plays on the "other" bus
     (scaled so a muted stem stays muted) and separation fades back in. Control: OSC on --osc-port
     (/stembridge/deck/1/stem/vocals/mute 1, ...); deck transport under /stembridge/deck/<n>/transport/
-    play|seek_s|cue|cue_s|loop|loop_start_s|loop_end_s, /stembridge/deck/<n>/level_db and pfl, tracks with
+    play|seek_s|cue|cue_s|loop|loop_start_s|loop_end_s|tempo|keylock|key, /stembridge/deck/<n>/level_db and pfl,
+    /stembridge/cue/mix, tracks with
     /stembridge/deck/<n>/load s <file>, eject, load_next, load_prev (docs/live.md).
 
     Examples:

@@ -406,6 +406,7 @@ class LiveEngine:
             "latency_samples": self.latency_samples,
             "latency_ms": self.latency_ms,
             "fx_latency_samples": max(m.latency_samples for m in self.mixers),
+            "tempo_latency_samples": max(d.status().get("tempo_latency_samples", 0) for d in self.decks),
             "sample_rate": self.sample_rate,
             "model_sample_rate": int(self.card.sample_rate),
             "resample_latency_ms": 1000.0 * getattr(self.separator, "resampler_latency_samples", 0) / self.sample_rate,

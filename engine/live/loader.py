@@ -18,6 +18,7 @@ resampled to the engine's rate by soxr's streaming resampler when the file's rat
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -194,6 +195,12 @@ class TrackLoader:
             self._thread = None
 
     def _run(self) -> None:
+        # decoding is bulk work: SCHED_BATCH keeps this thread an ordinary one below the separation worker (live
+        # promotes ordinary threads to real time; batch threads are left alone) and tells the kernel so
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except (AttributeError, OSError):
+            pass
         while True:
             job = self._jobs.get()
             if job is None:
