@@ -698,3 +698,36 @@ def test_tempo_survives_seeks_loops_and_changes_while_playing(tiny_model):
     assert 1.0 * SR <= deck.playhead <= 1.5 * SR
     # no step bigger than the music's own at the switches (crossfaded like a jump)
     assert np.abs(np.diff(out[MASTER], axis=1)).max() < 4 * np.abs(np.diff(a, axis=1)).max()
+
+
+def test_a_midi_button_mapped_to_load_next_loads_the_crates_next_track(tiny_model, tmp_path):
+    import time
+
+    import mido
+    import soundfile as sf
+    from stembridge.bridge.presets import load_controller_map
+
+    crate = tmp_path / "crate"
+    crate.mkdir()
+    for k, name in enumerate(["one.wav", "two.wav"]):
+        sf.write(crate / name, song(0.5, k).T, SR)
+    cmap_path = _write(
+        tmp_path, "map.toml",
+        'schema_version = 1\nname = "crate"\n\n[[binding]]\ncontrol = "note"\nnumber = 36\nmode = "momentary"\n'
+        'target = "deck/1/load_next"\n',
+    )  # fmt: skip
+    session = live_session(["--backend", "dummy", "--decks", "1", "--crate", str(crate), "--model", str(tiny_model),
+                            "--worker", "thread", "--no-osc", "--thread-rt-priority", "0"])  # fmt: skip
+    try:
+        session.open()
+        mapper = session.control.add_midi(load_controller_map(cmap_path))
+        deck = session.engine.decks[0]
+        for expected in ("one.wav", "two.wav"):
+            mapper.handle(mido.Message("note_on", note=36, velocity=127))
+            mapper.handle(mido.Message("note_off", note=36))
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and deck.track.name != expected:
+                time.sleep(0.02)
+            assert deck.track.name == expected
+    finally:
+        session.close()
