@@ -1,15 +1,18 @@
 """Loading tracks into file decks while the engine runs: decoded off the audio thread, swapped in by reference.
 
-``TrackLoader`` owns one thread. ``load(deck, path)`` queues a job; the thread opens the file, decodes a first
-chunk (a quarter of a second), hands the deck a ``Track`` through the deck's command queue (``LoadTrack``, applied at
-a block boundary) and keeps decoding the rest into the same buffer, publishing how far it got
-(``Track.num_frames``). The deck plays whatever is decoded; decoding runs far faster than real time (a 5-minute MP3
-in ~0.4 s here), so the playhead never catches up with it. A file that cannot be opened or decoded is reported
-(``on_warning(deck, path, reason)``) and the deck keeps what it had.
+``TrackLoader`` owns one thread and one decoder process (``DecoderProcess``: its own interpreter, so decoding never
+holds the audio process's GIL or steals its time slices; decoding in the audio process quadrupled a playing deck's
+xruns here, in a child process it changed nothing). ``load(deck, path)`` queues a job; the child opens the file,
+tells the expected length, and decodes into shared memory (a memfd the loader maps), publishing how far it got.
+Once the first quarter-second is there the deck gets a ``Track`` through its command queue (``LoadTrack``, applied
+at a block boundary); the loader keeps copying the child's progress into ``Track.num_frames`` while the rest
+decodes. The deck plays whatever is decoded; decoding runs far faster than real time, so the playhead never catches
+up with it. A file that cannot be opened or decoded is reported (``on_warning(deck, path, reason)``) and the deck
+keeps what it had.
 
 Memory: the audio thread never frees a track. The loader keeps a reference to each deck's current and previous
-tracks, so the last reference to a replaced track is dropped here, on the loader thread, when that deck's next
-track arrives.
+tracks, so the last reference to a replaced track (and its shared memory) is dropped here, on the loader thread,
+when that deck's next track arrives.
 
 Decoding is behind one function, ``iter_decoded``: soundfile blocks (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1),
 resampled to the engine's rate by soxr's streaming resampler when the file's rate differs.
@@ -21,6 +24,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -119,6 +123,139 @@ def iter_decoded(
             raise AudioFileError(f"{p}: contains no audio frames")
 
 
+HEADER_BYTES = 64  # int64 frames written, int64 cancel flag, then padding; the planar audio follows
+_CHILD_CODE = "import sys; from stembridge.engine.live.loader import _decoder_main; sys.exit(_decoder_main())"
+
+
+def _decoder_main() -> int:
+    """The decoder process (``DecoderProcess``): one JSON job per stdin line; for each, a JSON reply with a memfd
+    holding (num_channels, capacity) float32 planar audio after a 64-byte header, then the audio decoded into it,
+    the header's frame count advanced after each block, and a final JSON line (``done`` or ``error``)."""
+    import json
+    import mmap
+    import sys
+
+    try:  # bulk work: below the separation worker and the audio
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
+    out = sys.stdout
+    for line in sys.stdin:
+        job = json.loads(line)
+        rate, channels = int(job["rate"]), int(job["channels"])
+        try:
+            blocks = iter_decoded(job["path"], rate, channels, int(job["chunk"]), int(job["first"]))
+            total = next(blocks)
+        except (AudioFileError, OSError) as exc:
+            out.write(json.dumps({"error": str(exc)}) + "\n")
+            out.flush()
+            continue
+        capacity = total + rate  # a margin: MP3 lengths are estimates
+        fd = os.memfd_create("stembridge-track")
+        os.ftruncate(fd, HEADER_BYTES + channels * capacity * 4)
+        mem = mmap.mmap(fd, HEADER_BYTES + channels * capacity * 4)
+        header = np.ndarray((2,), np.int64, mem, 0)
+        audio = np.ndarray((channels, capacity), np.float32, mem, HEADER_BYTES)
+        out.write(json.dumps({"fd": fd, "pid": os.getpid(), "total": total, "capacity": capacity}) + "\n")
+        out.flush()
+        sys.stdin.readline()  # the parent has mapped it
+        os.close(fd)
+        written, error = 0, ""
+        try:
+            for block in blocks:
+                if header[1]:
+                    break
+                k = min(block.shape[1], capacity - written)
+                audio[:, written : written + k] = block[:, :k]
+                written += k
+                header[0] = written
+                if k < block.shape[1]:
+                    break  # longer than its header said: keep what fits
+        except AudioFileError as exc:
+            error = str(exc)
+        if not written and not error:
+            error = f"{job['path']}: contains no audio frames"
+        del header, audio
+        mem.close()
+        out.write(json.dumps({"done": written, "error": error}) + "\n")
+        out.flush()
+    return 0
+
+
+class DecoderProcess:
+    """Decodes tracks in a child process (its own GIL and CPU time; measured here: decoding in the audio process
+    quadrupled the xruns of a playing deck, in a child it changed nothing) into shared memory the parent maps."""
+
+    def __init__(self) -> None:
+        self._proc = None
+
+    def _ensure(self):
+        import subprocess
+        import sys
+
+        if self._proc is None or self._proc.poll() is not None:
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                env=env, bufsize=1,
+            )  # fmt: skip
+        return self._proc
+
+    def start(self) -> None:
+        self._ensure()
+
+    def open(self, path: str, rate: int, channels: int, first: int, chunk: int):
+        """Start decoding ``path``: returns (header int64 (2,), audio float32 (channels, capacity), total) mapped
+        from the child's memory, or raises AudioFileError with the child's reason."""
+        import json
+        import mmap
+
+        proc = self._ensure()
+        job = {"path": path, "rate": rate, "channels": channels, "first": first, "chunk": chunk}
+        try:
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
+            reply = json.loads(proc.stdout.readline() or "{}")
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise AudioFileError(f"{path}: the decoder process failed ({exc})") from exc
+        if "error" in reply:
+            raise AudioFileError(reply["error"])
+        if "fd" not in reply:
+            self.close()
+            raise AudioFileError(f"{path}: the decoder process stopped")
+        size = HEADER_BYTES + channels * reply["capacity"] * 4
+        fd = os.open(f"/proc/{reply['pid']}/fd/{reply['fd']}", os.O_RDWR)
+        try:
+            mem = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        proc.stdin.write("mapped\n")
+        proc.stdin.flush()
+        header = np.ndarray((2,), np.int64, mem, 0)
+        audio = np.ndarray((channels, reply["capacity"]), np.float32, mem, HEADER_BYTES)
+        return header, audio, int(reply["total"])
+
+    def finish(self) -> dict:
+        """The child's final line for the current track: {"done": frames, "error": text}."""
+        import json
+
+        try:
+            return json.loads(self._proc.stdout.readline() or "{}")
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.stdin.close()
+                self._proc.wait(timeout=5.0)
+            except Exception:
+                self._proc.kill()
+            self._proc = None
+
+
 Warning = Callable[[int, str, str], None]
 
 
@@ -149,6 +286,7 @@ class TrackLoader:
         self._keep: dict[int, list[Track]] = {}  # per deck: the tracks the audio thread may still hold
         self._generation = [0] * len(decks)
         self._thread: threading.Thread | None = None
+        self._decoder = DecoderProcess()
         self._idle = threading.Event()
         self._idle.set()
         self._num_jobs = 0
@@ -156,6 +294,7 @@ class TrackLoader:
 
     def start(self) -> TrackLoader:
         if self._thread is None:
+            self._decoder.start()  # the child imports while nothing is asked of it yet
             self._thread = threading.Thread(target=self._run, name="stembridge-loader", daemon=True)
             self._thread.start()
         return self
@@ -193,6 +332,7 @@ class TrackLoader:
             self._jobs.put(None)
             self._thread.join(timeout=5.0)
             self._thread = None
+        self._decoder.close()
 
     def _run(self) -> None:
         # decoding is bulk work: SCHED_BATCH keeps this thread an ordinary one below the separation worker (live
@@ -226,46 +366,60 @@ class TrackLoader:
         if path is None:
             self._hand_over(deck, Track.empty(self.num_channels), LoadTrack)
             return
-        rate, chunk = self.sample_rate, int(CHUNK_S * self.sample_rate)
+        rate = self.sample_rate
+        first, chunk = int(FIRST_CHUNK_S * rate), int(CHUNK_S * rate)
         try:
-            blocks = iter_decoded(path, rate, self.num_channels, chunk, int(FIRST_CHUNK_S * rate))
-            total = next(blocks)
-            first = next(blocks)
-        except (AudioFileError, StopIteration) as exc:
-            self._warn(deck, path, str(exc) if isinstance(exc, AudioFileError) else f"{path}: no audio")
-            return
-        capacity = max(total, first.shape[1]) + rate  # a margin: MP3 lengths are estimates
-        track = Track(np.zeros((self.num_channels, capacity), dtype=np.float32), Path(path).name, path=path,
-                      num_frames=0)  # fmt: skip
-        track.total_frames = max(total, first.shape[1])
-        self._append(track, first)
-        if not self._hand_over(deck, track, LoadTrack):
-            return
-        try:
-            for block in blocks:  # the rest in bigger blocks (fewer round trips), published as each arrives
-                if self._cancelled(deck, generation):
-                    track.error = "cancelled by a newer load"
-                    break
-                self._append(track, block)
+            header, audio, total = self._decoder.open(path, rate, self.num_channels, first, chunk)
         except AudioFileError as exc:
-            track.error = str(exc)
-            self._warn(deck, path, f"{exc} (the deck plays the {track.num_frames / rate:.1f} s decoded so far)")
+            self._warn(deck, path, str(exc))
+            return
+        track = Track(audio, Path(path).name, path=path, num_frames=0)
+        track.total_frames = total
+        handed = False
+        while True:  # publish the child's progress; hand the track over once its first chunk is there
+            done = self._decoder_done()
+            written = int(header[0])  # read after ``done``: once the child is done, this count is final
+            if written > track.num_frames:
+                track.num_frames = written
+            if not handed and (written >= min(first, total) or done):
+                if written == 0:
+                    break
+                if not self._hand_over(deck, track, LoadTrack):
+                    header[1] = 1
+                    break
+                handed = True
+            if self._cancelled(deck, generation):
+                header[1] = 1  # the child stops at its next block
+                track.error = "cancelled by a newer load"
+                break
+            if done:
+                break
+            time.sleep(0.002 if not handed else 0.02)
+        final = self._decoder.finish()
+        track.num_frames = max(track.num_frames, int(final.get("done", 0) or 0), int(header[0]))
+        error = final.get("error") or ""
+        if error:
+            track.error = error
+            if handed:
+                self._warn(deck, path, f"{error} (the deck plays the {track.num_frames / rate:.1f} s decoded so far)")
+            else:
+                self._warn(deck, path, error)
+        if not handed:
+            return
         track.total_frames = track.num_frames
         track.complete = True
         if self.on_loaded is not None:
             self.on_loaded(deck, track)
 
-    def _append(self, track: Track, block: np.ndarray) -> None:
-        a = track.num_frames
-        b = a + block.shape[1]
-        if b > track.audio.shape[1]:  # longer than estimated: a bigger buffer, swapped by reference
-            bigger = np.zeros((self.num_channels, max(b, 2 * track.audio.shape[1])), dtype=np.float32)
-            bigger[:, :a] = track.audio[:, :a]
-            track.audio = bigger
-        track.audio[:, a:b] = block
-        track.num_frames = b  # published after the frames are in place
-        if b > track.total_frames:
-            track.total_frames = b
+    def _decoder_done(self) -> bool:
+        """Whether the child has finished this track (its final line is waiting), without blocking."""
+        import select
+
+        proc = self._decoder._proc
+        if proc is None or proc.poll() is not None:
+            return True
+        ready, _, _ = select.select([proc.stdout], [], [], 0)
+        return bool(ready)
 
     def _hand_over(self, deck: int, track: Track, command_type) -> bool:
         d = self.decks[deck - 1]
