@@ -2,8 +2,9 @@
 
 ``TrackLoader`` owns one thread and one decoder process (``DecoderProcess``: its own interpreter, so decoding never
 holds the audio process's GIL or steals its time slices; decoding in the audio process quadrupled a playing deck's
-xruns here, in a child process it changed nothing). ``load(deck, path)`` queues a job; the child opens the file,
-tells the expected length, and decodes into shared memory (a memfd the loader maps), publishing how far it got.
+xruns here; in a child, paced to half a core after the first chunk, it leaves the audio its CPU).
+``load(deck, path)`` queues a job; the child opens the file, tells the expected length, and decodes into shared
+memory (a memfd the loader maps), publishing how far it got.
 Once the first quarter-second is there the deck gets a ``Track`` through its command queue (``LoadTrack``, applied
 at a block boundary); the loader keeps copying the child's progress into ``Track.num_frames`` while the rest
 decodes. The deck plays whatever is decoded; decoding runs far faster than real time, so the playhead never catches
@@ -134,11 +135,8 @@ def _decoder_main() -> int:
     import json
     import mmap
     import sys
+    import time
 
-    try:  # bulk work: below the separation worker and the audio
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except (AttributeError, OSError):
-        pass
     out = sys.stdout
     for line in sys.stdin:
         job = json.loads(line)
@@ -161,16 +159,21 @@ def _decoder_main() -> int:
         sys.stdin.readline()  # the parent has mapped it
         os.close(fd)
         written, error = 0, ""
+        share = float(job.get("cpu_share", 1.0))
         try:
+            started = time.perf_counter()
             for block in blocks:
                 if header[1]:
                     break
                 k = min(block.shape[1], capacity - written)
                 audio[:, written : written + k] = block[:, :k]
+                if written:  # after the first chunk, at most ``share`` of a core: the set's audio comes first
+                    time.sleep((time.perf_counter() - started) * (1.0 / share - 1.0))
                 written += k
                 header[0] = written
                 if k < block.shape[1]:
                     break  # longer than its header said: keep what fits
+                started = time.perf_counter()
         except AudioFileError as exc:
             error = str(exc)
         if not written and not error:
@@ -186,8 +189,9 @@ class DecoderProcess:
     """Decodes tracks in a child process (its own GIL and CPU time; measured here: decoding in the audio process
     quadrupled the xruns of a playing deck, in a child it changed nothing) into shared memory the parent maps."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_share: float = 0.5) -> None:
         self._proc = None
+        self.cpu_share = cpu_share  # of a core, at most, for decoding after a track's first chunk
 
     def _ensure(self):
         import subprocess
@@ -212,7 +216,8 @@ class DecoderProcess:
         import mmap
 
         proc = self._ensure()
-        job = {"path": path, "rate": rate, "channels": channels, "first": first, "chunk": chunk}
+        job = {"path": path, "rate": rate, "channels": channels, "first": first, "chunk": chunk,
+               "cpu_share": self.cpu_share}  # fmt: skip
         try:
             proc.stdin.write(json.dumps(job) + "\n")
             proc.stdin.flush()
