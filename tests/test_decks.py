@@ -734,3 +734,12 @@ def test_a_midi_button_mapped_to_load_next_loads_the_crates_next_track(tiny_mode
             assert deck.track.name == expected
     finally:
         session.close()
+
+
+def test_a_portaudio_device_gets_master_then_the_cue_pair_first(tiny_model):
+    engine = make_engine(tiny_model, [FileDeck(song(0.5), "a")], outputs="both", cue=True, cue_first=True)
+    names = engine.output_names()
+    assert names[:6] == ["master_L", "master_R", "cue_L", "cue_R", "vocals_L", "vocals_R"]
+    assert names[-2:] == ["deck1_other_L", "deck1_other_R"] and len(names) == 2 * (1 + 1 + 4 + 5)
+    out = run(engine, 40, events={10: [(1, SetParam("pfl", 1))]})
+    np.testing.assert_allclose(out[2:4, 12 * P :], out[0:2, 12 * P :], atol=1e-6)  # one deck cued: cue = master
