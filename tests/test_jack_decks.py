@@ -299,3 +299,50 @@ def test_live_runs_on_a_48_khz_jack_server_separates_and_reports_the_resampling_
     assert lead <= 8 and p[lead:].count(-1) <= recorder.num_xruns  # the file, at the host's rate, unchanged
     vocals = recorder.get("vocals")[:, -rate // 2 :]
     assert np.sqrt(np.mean(vocals**2)) > 0.005  # and separated
+
+
+def test_live_runs_on_pipewires_jack_headless_at_its_48_khz(tmp_path, tiny_model):
+    """PipeWire (the Debian 12 desktop's sound server) with its JACK library, headless on its dummy driver (48 kHz,
+    1024-frame quantum): `stembridge live` under `pw-jack` starts, separates, records and reports its latency."""
+    if shutil.which("pipewire") is None or shutil.which("pw-jack") is None:
+        pytest.skip("PipeWire's JACK is not installed (apt-get install pipewire pipewire-jack)")
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), PIPEWIRE_RUNTIME_DIR=str(runtime), PYTHONPATH=str(ROOT))
+    server = subprocess.Popen(["pipewire"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not any(p.name.startswith("pipewire") for p in runtime.iterdir()):
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.skip("pipewire did not start headless here")
+            time.sleep(0.1)
+        rate = 48000
+        a = tone_song(4.0, 330, rate, 5)
+        sf.write(tmp_path / "a.wav", a.T, rate, subtype="FLOAT")
+        stats_path, rec_path = tmp_path / "stats.json", tmp_path / "rec.wav"
+        result = subprocess.run(
+            ["pw-jack", sys.executable, "-m", "stembridge.bridge.cli", "live", "--backend", "jack", "--deck",
+             str(tmp_path / "a.wav"), "--model", str(tiny_model), "--scene", "none", "--no-osc", "--duration", "3",
+             "--record", str(rec_path), "--record-outputs", "summed", "--stats-json", str(stats_path)],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resampling: host 48000 Hz <-> model 44100 Hz" in result.stderr, result.stderr
+    import json
+
+    stats = json.loads(stats_path.read_text())
+    assert stats["sample_rate"] == rate and stats["resample_latency_ms"] > 0 and stats["latency_ms"] > 0
+    assert stats["worker_calls"] > 10
+    rec, rec_rate = sf.read(rec_path, dtype="float32", always_2d=True)
+    assert rec_rate == rate and rec.shape[1] == 10
+    rec = rec.T
+    assert np.sqrt(np.mean(rec[2:4, -rate:] ** 2)) > 0.005  # the vocal bus: separated
+    played = rec[0:2, np.flatnonzero(np.abs(rec[0]) > 0)[0] :]
+    offsets = block_offsets(played[:, 2048:], a, period=1024)
+    assert offsets.count(-1) <= stats.get("xruns", 0) + 1  # the master is the file at the host's rate
