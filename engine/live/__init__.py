@@ -11,4 +11,13 @@ from stembridge.engine.live.engine import LiveEngine
 from stembridge.engine.live.loader import Crate, Track, TrackLoader
 from stembridge.engine.live.worker import SeparationWorker
 
-__all__ = ["Crate", "FileDeck", "InputDeck", "LiveEngine", "SeparationWorker", "Track", "TrackLoader", "load_deck_audio"]
+__all__ = [
+    "Crate",
+    "FileDeck",
+    "InputDeck",
+    "LiveEngine",
+    "SeparationWorker",
+    "Track",
+    "TrackLoader",
+    "load_deck_audio",
+]
