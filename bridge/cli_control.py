@@ -161,7 +161,13 @@ def presets() -> None:
 
 @presets.command("check")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def presets_check(paths) -> None:
+@click.option(
+    "--stems",
+    default=",".join(DEFAULT_STEMS),
+    show_default=True,
+    help="Stem names of your model: targets and scene stems must name one of them.",
+)
+def presets_check(paths, stems: str) -> None:
     """Validate preset files and build them (chains also process one block of audio).
 
     With no PATHS, checks every shipped preset and every file in your preset folder
@@ -176,7 +182,7 @@ def presets_check(paths) -> None:
     failures = 0
     for path in files:
         try:
-            summary = check_preset(path)
+            summary = check_preset(path, tuple(x.strip() for x in stems.split(",") if x.strip()))
         except PresetError as exc:
             failures += 1
             click.echo(f"error: {exc}", err=True)

@@ -22,7 +22,8 @@ log = logging.getLogger("stembridge.live")
 ENGINE_STATUS_ADDRESS = "/stembridge/engine/status"
 STATUS_KEYS = (
     "xruns", "deadline_misses", "dry_blocks", "skipped_blocks", "backend_errors", "commands_dropped",
-    "callback_ms_p99", "worker_ms_p99", "cpu_pct", "latency_ms",
+    "callback_ms_p99", "worker_ms_p99", "cpu_pct", "latency_ms", "resample_latency_ms", "sample_rate",
+    "fx_latency_samples",
 )  # fmt: skip
 
 
@@ -43,11 +44,25 @@ STATUS_KEYS = (
     help="Play an audio file on a deck (repeatable: one deck each). Decks are numbered 1, 2, ... in order.",
 )
 @click.option(
+    "--decks",
+    "num_decks",
+    type=click.IntRange(1, 8),
+    help="File decks: the --deck files first, the rest start empty; load tracks into any of them while running "
+    "(OSC /stembridge/deck/<n>/load s <path>, /eject, /load_next and /load_prev with --crate). Default: one per "
+    "--deck file.",
+)
+@click.option(
+    "--crate",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A folder of tracks for load_next/load_prev (OSC or a MIDI button) and /stembridge/crate/list; a load "
+    "request may also name a file in it.",
+)
+@click.option(
     "--inputs",
     "num_inputs",
     type=click.IntRange(0, 8),
     help="Live stereo input decks, numbered after the file decks (JACK ports in<N>_L/R, or device input channels "
-    "1-2, 3-4, ...). Default: 1 when no --deck is given, else 0.",
+    "1-2, 3-4, ...). Default: 1 when neither --deck nor --decks is given, else 0.",
 )
 @model_option()
 @device_option()
@@ -63,7 +78,14 @@ STATUS_KEYS = (
 @click.option(
     "--sample-rate",
     type=click.IntRange(8000, 192000),
-    help="Sample rate for portaudio and dummy. Default: the model's (JACK uses its server's; it must match).",
+    help="Sample rate for portaudio and dummy. Default: the model's (JACK uses its server's). Any rate works: the "
+    "separation worker resamples to the model's rate and back (the latency this adds is reported).",
+)
+@click.option(
+    "--resample-quality",
+    type=click.Choice(["lq", "mq", "hq", "vhq"], case_sensitive=False),
+    help="When the host runs at another rate than the model (48, 88.2, 96 kHz...), the worker resamples with soxr "
+    "at this quality. Default: hq (adds ~46 ms at 48 kHz) with file decks only, lq (~17 ms) with a live input.",
 )
 @click.option("--audio-device", help="PortAudio device name or index (see `stembridge devices`). Default: the default.")
 @click.option("--client-name", default="stembridge", show_default=True, help="JACK client name (port prefix).")
@@ -142,13 +164,43 @@ STATUS_KEYS = (
     show_default=True,
     help="MIDI system for --midi-in/--midi-out.",
 )
-@click.option("--scene", help="Scene preset to load at start (chains and levels), e.g. default or karaoke.")
+@click.option(
+    "--scene",
+    default="default",
+    show_default=True,
+    help="Scene preset to load at start (chains and levels), e.g. karaoke. The default scene loads every stem's "
+    "shipped chain (vocal echo-out, drum filter sweep, bass tightener, DJ filter), so the effect addresses in the "
+    "docs and the shipped MIDI maps work as written; 'none' starts with no effects.",
+)
 @click.option("--paused", is_flag=True, help="File decks start paused (play them over OSC or MIDI).")
 @click.option("--loop", is_flag=True, help="File decks loop the whole file.")
 @click.option(
+    "--outputs",
+    type=click.Choice(["summed", "per-deck", "both"]),
+    default="both",
+    show_default=True,
+    help="Output pairs: summed (master_L/R and <stem>_L/R over all decks), per-deck (deck<n>_master_L/R and "
+    "deck<n>_<stem>_L/R for each deck, for a DJ mixer or a DAW), or both (summed first).",
+)
+@click.option(
+    "--cue/--no-cue",
+    default=True,
+    show_default=True,
+    help="A headphone pair cue_L/R: the decks whose deck/<n>/pfl is on (pre-fader), blended with the master by "
+    "cue/mix (0 cue .. 1 master). JACK: after the other ports; PortAudio: on channels 3-4, right after master.",
+)
+@click.option(
     "--record",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Also record every output channel (master then the stems) to this WAV file.",
+    help="Also record output channels to this WAV file (their names go to <file>.channels.txt).",
+)
+@click.option(
+    "--record-outputs",
+    default="all",
+    show_default=True,
+    metavar="LAYOUT",
+    help="What --record takes: all (every output channel, in port order), summed, per-deck, cue, or a "
+    "comma-separated list of pairs such as master,deck2_master,cue.",
 )
 @click.option("--duration", type=click.FloatRange(0.1, None), help="Stop after this many seconds (default: Ctrl-C).")
 @click.option(
@@ -165,16 +217,21 @@ STATUS_KEYS = (
 def live(**opts) -> None:
     """Run the live engine: decks in, four stereo stem busses and a stereo master out, controlled over OSC/MIDI.
 
-    JACK ports: stembridge:master_L/R and stembridge:<stem>_L/R for vocals, drums, bass and other (a PortAudio
-    device gets master on channels 1-2, then the stems). Separation runs on a worker thread behind a FIFO of
-    fixed latency; when it falls behind, the dry mix plays on the "other" bus and separation fades back in.
-    Control: OSC on --osc-port (/stembridge/deck/1/stem/vocals/mute 1, ...); deck transport under
-    /stembridge/deck/<n>/transport/ play|seek_s|cue|cue_s|loop|loop_start_s|loop_end_s, and
-    /stembridge/deck/<n>/level_db.
+    JACK ports: stembridge:master_L/R and stembridge:<stem>_L/R for vocals, drums, bass and other (all decks
+    summed), deck<n>_master_L/R and deck<n>_<stem>_L/R per deck, and the headphone pair cue_L/R (see --outputs,
+    --cue). A PortAudio device gets master on channels 1-2, cue on 3-4, then the rest in that order. Separation
+    runs in a worker behind a FIFO of fixed latency; when it falls behind, the dry mix plays on the "other" bus
+    (scaled so a muted stem stays muted) and separation fades back in. Control: OSC on --osc-port
+    (/stembridge/deck/1/stem/vocals/mute 1, ...); deck transport under /stembridge/deck/<n>/transport/
+    play|seek_s|cue|cue_s|loop|loop_start_s|loop_end_s|tempo|keylock|key, /stembridge/deck/<n>/level_db and pfl,
+    /stembridge/cue/mix, tracks with
+    /stembridge/deck/<n>/load s <file>, eject, load_next, load_prev (docs/live.md).
 
     Examples:
 
       stembridge live --deck song.wav --connect master=system:playback
+
+      stembridge live --decks 2 --crate ~/Music/set --connect master=system:playback --connect cue=system:playback_3
 
       stembridge live --inputs 1 --auto-connect --midi-in "APC mini" --midi-map akai_apc_mini_mk2
     """
@@ -188,6 +245,27 @@ def live(**opts) -> None:
         session.close()
     if session.failed:
         raise click.ClickException(session.failed)
+
+
+def record_rows(names: list[str], layout: str, num_decks: int) -> list[int]:
+    """Output channel indices for ``--record-outputs``: all, summed, per-deck, cue, or pairs like master,cue.
+    Raises LiveError naming a pair that is not among the outputs."""
+    pairs = list(dict.fromkeys(name.rsplit("_", 1)[0] for name in names))
+    if layout == "all":
+        wanted = pairs
+    elif layout == "summed":
+        wanted = [p for p in pairs if not p.startswith("deck") and p != "cue"]
+    elif layout == "per-deck":
+        wanted = [p for p in pairs if p.startswith("deck")]
+    else:
+        wanted = [w.strip() for w in layout.split(",") if w.strip()]
+    missing = [w for w in wanted if w not in pairs]
+    if missing or not wanted:
+        raise LiveError(
+            f"--record-outputs {layout}: {', '.join(missing) or 'nothing'} not among the outputs "
+            f"({', '.join(pairs)}); --outputs both gives summed and per-deck pairs"
+        )
+    return [k for k, name in enumerate(names) if name.rsplit("_", 1)[0] in wanted]
 
 
 class LiveError(Exception):
@@ -205,6 +283,9 @@ class LiveSession:
         self.monitor = None
         self.recorder = None
         self.web = None
+        self.loader = None
+        self.crate = None
+        self.feedback = None
         self.failed: str | None = None
         self._stop = threading.Event()
         self.stop_reason = ""  # what stopped the run, for the closing summary
@@ -221,10 +302,21 @@ class LiveSession:
 
         o = self.opts
         files = list(o["deck_files"])
-        num_inputs = o["num_inputs"] if o["num_inputs"] is not None else (0 if files else 1)
-        if not files and not num_inputs:
-            raise LiveError("no decks: give --deck FILE and/or --inputs N")
-        num_decks = len(files) + num_inputs
+        num_file_decks = o.get("num_decks") or len(files)
+        if num_file_decks < len(files):
+            raise LiveError(f"--decks {num_file_decks} is fewer than the {len(files)} --deck files given")
+        num_inputs = o["num_inputs"] if o["num_inputs"] is not None else (0 if num_file_decks else 1)
+        if not num_file_decks and not num_inputs:
+            raise LiveError("no decks: give --deck FILE, --decks N and/or --inputs N")
+        num_decks = num_file_decks + num_inputs
+        if o.get("crate"):
+            from stembridge.engine.audio_io import AudioFileError
+            from stembridge.engine.live.loader import Crate
+
+            try:
+                self.crate = Crate(o["crate"], num_decks)
+            except AudioFileError as exc:
+                raise LiveError(str(exc)) from exc
         try:
             separator = StreamingSeparator(
                 o["model_path"], device=o["device"], num_streams=num_decks, intra_op_threads=o["threads"], max_hops=64,
@@ -239,12 +331,12 @@ class LiveSession:
             rate, period = self.backend.open(o["sample_rate"] or card.sample_rate, o["period"])
         except BackendError as exc:
             raise LiveError(str(exc)) from exc
-        if rate != card.sample_rate:
-            raise LiveError(
-                f"{self.backend.name} runs at {rate} Hz but model {card.name} needs {card.sample_rate} Hz "
-                f"(for JACK: restart jackd with -r {card.sample_rate})"
-            )
-        decks = self._make_decks(files, num_inputs, rate, tuple(card.stems))
+        if rate != card.sample_rate:  # the worker resamples to the model's rate and back (engine.live.resample)
+            from stembridge.engine.live.resample import ResampledSeparator
+
+            quality = o.get("resample_quality") or ("LQ" if num_inputs else "HQ")
+            separator = ResampledSeparator(separator, rate, period, quality=quality.upper())
+        decks = self._make_decks(files, num_file_decks - len(files), num_inputs, rate, tuple(card.stems))
         from stembridge.engine.live.engine import LiveEngine
         from stembridge.engine.rt import freeze_heap
 
@@ -256,10 +348,22 @@ class LiveSession:
             fifo_periods=o["fifo_periods"],
             worker_mode=o["worker"],
             worker_rt_priority=o["worker_rt_priority"],
+            outputs=o.get("outputs", "summed"),
+            cue=o.get("cue", False),
+            cue_first=o["backend"] == "portaudio",
         )
+        from stembridge.engine.live.loader import TrackLoader
+
+        self.loader = TrackLoader(
+            self.engine.decks, self.engine.queues, rate, self.engine.num_channels, on_warning=self._load_warning
+        ).start()
         self.monitor = Monitor(self.engine, self.backend)
         if o["record"]:
-            self.recorder = Recorder(o["record"], self.engine.num_outputs, rate, period)
+            names = self.engine.output_names()
+            rows = record_rows(names, o.get("record_outputs", "all"), len(self.engine.decks))
+            self.recorder = Recorder(
+                o["record"], self.engine.num_outputs, rate, period, rows=rows, channel_names=[names[r] for r in rows]
+            )
             self.engine.taps.append(self.recorder)
         self._open_control(num_decks)
         self._open_web()
@@ -283,9 +387,11 @@ class LiveSession:
             signal.signal(sig, self._on_signal)
         self._announce(card, made)
 
-    def _make_decks(self, files: list[Path], num_inputs: int, rate: int, stems: tuple[str, ...]) -> list:
+    def _make_decks(
+        self, files: list[Path], num_empty: int, num_inputs: int, rate: int, stems: tuple[str, ...]
+    ) -> list:
         from stembridge.engine.audio_io import AudioFileError
-        from stembridge.engine.live.deck import InputDeck
+        from stembridge.engine.live.deck import FileDeck, InputDeck
         from stembridge.engine.live.stem_deck import load_deck
 
         decks = []
@@ -295,18 +401,60 @@ class LiveSession:
             except AudioFileError as exc:
                 raise LiveError(str(exc)) from exc
             decks.append(deck)
+        decks += [FileDeck(None, f"deck {len(decks) + i + 1}") for i in range(num_empty)]
         decks += [InputDeck(f"input {i + 1}") for i in range(num_inputs)]
         return decks
+
+    # -- loading tracks (control side) --
+    def load(self, deck: int, path: str) -> None:
+        """Load ``path`` (a file, or a name in the crate) into deck ``deck``. Raises KeyError for a bad deck."""
+        self.loader.load(deck, self.crate.resolve(path) if self.crate is not None else Path(path).expanduser())
+
+    def load_step(self, deck: int, delta: int) -> Path:
+        """Load the crate's next (+1) or previous (-1) track into ``deck``. Raises LookupError (no crate, empty
+        crate, bad deck)."""
+        if self.crate is None:
+            raise LookupError("no crate: start stembridge live with --crate DIR")
+        self.loader._check(deck)
+        path = self.crate.step(deck, delta)
+        self.loader.load(deck, path)
+        return path
+
+    def _load_warning(self, deck: int, path: str, reason: str) -> None:
+        osc = self.control.osc if self.control is not None else None
+        if osc is not None:
+            osc.broadcast("/stembridge/warning", [f"/stembridge/deck/{deck}/load", reason])
+
+    def _on_change(self, change) -> None:
+        """Tree listener: the crate's load_next/load_prev buttons (from MIDI; OSC calls ``load_step`` itself), and
+        a deck's first tempo or key change (its stretcher is built here, off the audio thread)."""
+        leaf = change.path.rsplit("/", 1)[-1]
+        if leaf in ("tempo", "keylock", "key") and change.source != "engine":
+            deck = self.engine.decks[int(change.path.split("/")[1]) - 1]
+            if hasattr(deck, "ensure_stretcher") and not deck.ensure_stretcher():
+                log.warning("tempo and key need pylibrb (pip install pylibrb)")
+            return
+        if leaf not in ("load_next", "load_prev") or change.value is not True:
+            return
+        deck = int(change.path.split("/")[1])
+        try:
+            self.load_step(deck, 1 if leaf == "load_next" else -1)
+        except LookupError as exc:
+            reason = str(exc.args[0]) if exc.args else str(exc)
+            log.warning("deck %d %s: %s", deck, leaf, reason)
+            self._load_warning(deck, "", reason)
 
     def _open_control(self, num_decks: int) -> None:
         o = self.opts
         from stembridge.bridge.control import Controller
 
         self.control = Controller(self.engine.stems, num_decks)
+        self.control.sample_rate, self.control.block_size = float(self.engine.sample_rate), self.engine.block_size
         for deck, queue in enumerate(self.engine.queues, start=1):
             self.control.attach_queue(deck, queue)
+        self.control.attach_queue(0, self.engine.engine_queue)  # engine-wide: cue/mix, cue/gain_db
         try:
-            if o["scene"]:
+            if o["scene"] and o["scene"] != "none":
                 self.control.load_scene(o["scene"])
             if o["midi_in"] or o["midi_out"]:
                 self._open_midi()
@@ -314,9 +462,13 @@ class LiveSession:
                 server = self.control.serve_osc(
                     o["osc_host"], o["osc_port"], tcp_port=o["osc_tcp_port"], allow=o["osc_allow"]
                 )
-                route_deck_commands(server, self.engine)
+                route_deck_commands(server, self.engine, self)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise LiveError(str(exc)) from exc
+        self.control.tree.add_listener(self._on_change)
+        from stembridge.bridge.deck_feedback import DeckFeedback
+
+        self.feedback = DeckFeedback(self.engine, self.control).start()
         self.control.start()
         self.monitor.meter_listeners.append(self.control.publish_meters)
         self.monitor.stats_listeners.append(self._push_stats)
@@ -364,11 +516,28 @@ class LiveSession:
         lines = [
             f"stembridge live: {b.describe()}; model {card.name}{' + spatial filter' if e.separator.spatial else ''} "
             f"on {e.separator.active_provider}",
+        ]
+        inner = getattr(e.separator, "inner", None)
+        if inner is not None:
+            added = e.separator.resampler_latency_samples
+            lines.append(
+                f"resampling: host {e.sample_rate} Hz <-> model {card.sample_rate} Hz (soxr {e.separator.quality}), "
+                f"adding {added} samples ({1000.0 * added / e.sample_rate:.1f} ms) to the separation latency"
+            )
+        lines += [
             f"decks: {decks}",
             f"latency: live input {e.latency_samples} samples ({e.latency_ms:.1f} ms) = separation {sep} "
-            f"(model {e.separator.latency_samples}{hop_fill}) + {e.fifo_periods} periods of {e.block_size}; "
-            "file decks read ahead (nothing added)",
+            f"(model{' + resampling' if inner is not None else ''} {e.separator.latency_samples}{hop_fill}) + "
+            f"{e.fifo_periods} periods of {e.block_size}; file decks read ahead (nothing added)",
         ]
+        if self.control is not None and self.control.latencies:
+            fx = max(sum(v) for v in self.control.latencies.values())
+            lines.append(
+                f"effect chains: latency {fx} samples ({1000.0 * fx / e.sample_rate:.1f} ms); every stem is delayed to "
+                "match the slowest chain"
+                if fx
+                else "effect chains: no latency"
+            )
         if b.name == "jack":
             lines.append(f"ports: {b.client_name}:" + f", {b.client_name}:".join(e.output_names() + e.input_names()))
         for src, dst in made:
@@ -449,12 +618,19 @@ class LiveSession:
             from stembridge.engine.live.worker import demote_threads
 
             demote_threads(self._promoted)
+        if self.feedback is not None:
+            self.feedback.stop()
         if self.monitor is not None:
             self.monitor.stop()
         if self.backend is not None:
             self.backend.close()
         if self.engine is not None:
             self.engine.close()
+            for deck in self.engine.decks:
+                if hasattr(deck, "release_stretcher"):
+                    deck.release_stretcher()
+        if self.loader is not None:
+            self.loader.close()
         if self.recorder is not None:
             self.recorder.close()
         if self.web is not None:
@@ -469,11 +645,17 @@ class LiveSession:
                 path.write_text(json.dumps(stats, indent=2, default=str) + "\n")
 
 
-def route_deck_commands(server, engine) -> None:
-    """Route deck addresses the parameter tree does not hold yet straight to the decks' command queues:
+def route_deck_commands(server, engine, session=None) -> None:
+    """Route deck addresses the parameter tree does not hold straight to the decks (and, with a ``LiveSession``,
+    to its track loader and crate):
 
         /stembridge/deck/<n>/transport/<play|seek_s|cue|cue_s|loop|loop_start_s|loop_end_s> <value>
         /stembridge/deck/<n>/level_db <value>
+        /stembridge/deck/<n>/load s <path>        decode off the audio thread, then swap in (a crate name works)
+        /stembridge/deck/<n>/eject
+        /stembridge/deck/<n>/load_next, load_prev  the crate's next/previous track (--crate)
+        /stembridge/crate/list                    reply /stembridge/crate/list i <count> s <folder>, then
+                                                  /stembridge/crate/entry i <index> s <name> per track
 
     (A trigger such as play or cue without an argument means 1.) Wraps the OSC router's dispatch; every other
     address, and any of these the parameter tree holds itself, goes on to the router unchanged.
@@ -485,16 +667,51 @@ def route_deck_commands(server, engine) -> None:
     dispatch = router._dispatch
     tree = router.controller.tree
 
+    def loading(deck: int, leaf: str, args: list, reply, address: str) -> None:
+        if session is None or session.loader is None:
+            router._warn(reply, "unknown", address, "track loading needs stembridge live")
+            return
+        try:
+            if leaf == "load":
+                if len(args) != 1 or not isinstance(args[0], str) or not args[0]:
+                    router._warn(reply, "bad_args", address, "expected s <path of an audio file>")
+                    return
+                session.load(deck, args[0])
+            elif leaf == "eject":
+                session.loader.eject(deck)
+            elif not args or args[0]:  # load_next/load_prev: a button release (0) does nothing
+                session.load_step(deck, 1 if leaf == "load_next" else -1)
+        except LookupError as exc:
+            router._warn(reply, "bad_args", address, str(exc.args[0]) if exc.args else str(exc))
+            return
+        router.count("applied")
+
+    def crate_list(reply, address: str) -> None:
+        crate = session.crate if session is not None else None
+        if crate is None:
+            router._warn(reply, "unknown", address, "no crate: start stembridge live with --crate DIR")
+            return
+        entries = crate.rescan()
+        router._send(reply, "/stembridge/crate/list", [len(entries), str(crate.folder)])
+        for k, entry in enumerate(entries):
+            router._send(reply, "/stembridge/crate/entry", [k, entry.name])
+        router.count("applied")
+
     def deck_dispatch(address: str, args: list, client, reply, connection) -> None:
         parts = address.split("/")
+        if parts[:3] == ["", "stembridge", "crate"] and parts[3:] == ["list"]:
+            return crate_list(reply, address)
         if len(parts) < 5 or parts[1] != "stembridge" or parts[2] != "deck":
             return dispatch(address, args, client, reply, connection)
         path = "/".join(parts[4:])
-        if path not in TRANSPORT_PATHS or address in tree:  # the tree's own parameters keep its feedback
-            return dispatch(address, args, client, reply, connection)
+        actions = ("load", "eject", "load_next", "load_prev")
+        if path not in actions and (path not in TRANSPORT_PATHS or address in tree):
+            return dispatch(address, args, client, reply, connection)  # the tree's own parameters keep feedback
         if not parts[3].isdigit() or not 1 <= int(parts[3]) <= len(engine.decks):
             router._warn(reply, "unknown", address, f"no deck {parts[3]} (decks 1..{len(engine.decks)})")
             return None
+        if path in actions:
+            return loading(int(parts[3]), path, args, reply, address)
         try:
             value = 1.0 if not args else float(args[0])
         except (TypeError, ValueError):

@@ -40,6 +40,7 @@ from stembridge.bridge.presets import (
     load_chain,
     load_scene,
 )
+from stembridge.engine.mixer import chain_latencies
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class Controller:
         self.user_map = Path(user_map) if user_map else default_user_map()
         self.scenes: dict[str, dict[int, dict[str, float | bool]]] = {}  # stored: name -> deck -> {rel path: v}
         self.chains: dict[tuple[int, str], tuple[str, BuiltChain]] = {}  # (deck, stem) -> (preset name, chain)
+        self.latencies: dict[tuple[int, str], tuple[int, ...]] = {}  # (deck, stem) -> each plugin's latency
+        self.sample_rate = 44100.0  # the engine's rate and period, for measuring chain latencies (set by live)
+        self.block_size = 256
         self.midi: list[MidiMapper] = []
         self.osc: Any = None
         self.meter_listeners: list[Callable[[int, str, float, float], None]] = []
@@ -99,7 +103,8 @@ class Controller:
         with self.tree.lock:
             self._queues[deck] = queue
             for (d, stem), (_name, built) in self.chains.items():
-                if d == deck and not queue.push(SwapChain(stem, built.board, built.names)):
+                latencies = self.latencies.get((d, stem))
+                if d == deck and not queue.push(SwapChain(stem, built.board, built.names, latencies)):
                     raise RuntimeError(f"deck {deck}'s command queue is full")
             self.tree.attach_queue(deck, queue)
 
@@ -147,10 +152,13 @@ class Controller:
             raise KeyError(f"no deck {deck} stem {stem!r} (decks 1..{self.num_decks}, stems {', '.join(self.stems)})")
         preset = chain if isinstance(chain, ChainPreset) else load_chain(find_preset("chains", chain))
         built = build_chain(preset)  # off the audio thread: the engine only swaps a reference
+        # and each plugin's latency measured here too, at the engine's rate, for its delay compensation
+        latencies = chain_latencies(built.board, self.sample_rate, self.block_size)
+        self.latencies[(deck, stem)] = latencies
         with self.tree.lock:
             self.chains[(deck, stem)] = (preset.name, built)
             queue = self._queues.get(deck)
-            if queue is not None and not queue.push(SwapChain(stem, built.board, built.names)):
+            if queue is not None and not queue.push(SwapChain(stem, built.board, built.names, latencies)):
                 raise RuntimeError(f"deck {deck}'s command queue is full; the chain was not swapped in")
             paths = self.tree.set_chain_params(
                 deck, stem, list(zip(built.names, built.board, strict=True)), built.overrides, built.bypassed, source

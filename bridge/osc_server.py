@@ -283,6 +283,7 @@ class OscRouter:
         self.stats = dict.fromkeys(COUNTERS, 0)
         self.engine_stats: dict[str, int | float] = {}  # the live engine's latest status (OscServer.set_engine_status)
         self.udp_socket: socket.socket | None = None
+        self.state_providers: list[Callable[[], list[tuple[str, list]]]] = []  # extra state for a new subscriber
         self._stats_lock = threading.Lock()
         self._subs_lock = threading.Lock()
         self._subscribers: dict[Any, Any] = {}
@@ -478,6 +479,12 @@ class OscRouter:
                 self._to(sub, encode_message("/stembridge/" + p, [osc_value(tree.get(p))]))
             except UnknownParam:
                 continue
+        for provider in list(self.state_providers):  # state outside the tree (deck feedback: track, position...)
+            try:
+                for address, values in provider():
+                    self._to(sub, encode_message(address, values))
+            except Exception:
+                self.count_error("a state provider failed")
         self._send(reply, "/stembridge/subscribed", [port])
 
     def _unsubscribe(self, args: list, client: tuple, connection: Any) -> None:

@@ -11,6 +11,10 @@ Every controllable value lives here, per deck and stem, with its range, unit, de
     deck/<n>/master/gain_db, deck/<n>/master/level
     deck/<n>/level_db                     float dB: the deck's level (the live engine applies it to the deck)
     deck/<n>/transport/<play|cue|loop>    bool actions; transport/<seek_s|cue_s|loop_start_s|loop_end_s> seconds
+    deck/<n>/load_next, load_prev         bool actions for the crate (carried out by the live session's loader)
+    deck/<n>/pfl                          bool: the deck in the headphone cue
+    deck/<n>/transport/<tempo|keylock|key>  rate 0.5..2, bool, semitones -12..12 (Rubber Band, file decks)
+    cue/mix, cue/gain_db                  engine-wide: headphone blend (0 cue .. 1 master) and level
 
 Fader curve (``level`` <-> ``gain_db``): a cubic amplitude taper with unity at 0.8,
 
@@ -275,7 +279,28 @@ def deck_param_specs() -> dict[str, ParamSpec]:
         "transport/cue_s": ParamSpec("float", description="set the cue point (-1: at the playhead)", **seconds),
         "transport/loop_start_s": ParamSpec("float", description="loop start (-1: at the playhead)", **seconds),
         "transport/loop_end_s": ParamSpec("float", description="loop end (-1: at the playhead)", **seconds),
+        "pfl": ParamSpec("bool", default=False, description="headphone cue: 1 sends the deck to cue_L/R"),
+        "transport/tempo": ParamSpec(
+            "float", 0.5, 2.0, 1.0, "x", stateful=False, description="playback rate (0.92 = -8 %), Rubber Band"
+        ),
+        "transport/keylock": ParamSpec("bool", default=True, stateful=False, description="1 keeps the pitch"),
+        "transport/key": ParamSpec(
+            "float", -12.0, 12.0, 0.0, "st", stateful=False, description="key shift in semitones"
+        ),
+        "load_next": ParamSpec("bool", stateful=False, description="1 loads the crate's next track (--crate)"),
+        "load_prev": ParamSpec("bool", stateful=False, description="1 loads the crate's previous track (--crate)"),
     }  # fmt: skip
+
+
+CONTROL_SIDE_PATHS = frozenset({"load_next", "load_prev"})  # deck actions carried out by the control side
+
+
+def engine_param_specs() -> dict[str, ParamSpec]:
+    """Engine-wide parameters (no deck: ``Param.deck == 0``, sent to the live engine's own queue)."""
+    return {
+        "cue/mix": ParamSpec("float", 0.0, 1.0, 0.0, "", description="headphones: 0 cue only, 1 master only"),
+        "cue/gain_db": ParamSpec("float", default=0.0, description="headphone level", **GAIN_SPEC),
+    }
 
 
 def _linked(path: str) -> str | None:
@@ -339,7 +364,10 @@ class ParamTree:
             for key in [k for k in self._params if k.startswith(f"deck/{deck}/master/")]:
                 self._params[key].spec.description = self._params[key].spec.description.replace("stem", "master")
             for leaf, spec in deck_param_specs().items():
-                self._add(Param(f"deck/{deck}/{leaf}", deck, spec, leaf, spec.default))
+                engine = None if leaf in CONTROL_SIDE_PATHS else leaf
+                self._add(Param(f"deck/{deck}/{leaf}", deck, spec, engine, spec.default))
+        for path, spec in engine_param_specs().items():
+            self._add(Param(path, 0, spec, path, spec.default))
 
     # -- structure --
     def _add(self, param: Param) -> None:
@@ -511,7 +539,7 @@ class ParamTree:
                     linked_value = gain_db_to_level(float(value))
                     linked_changed = linked_value != linked.value
                     linked.value = linked_value
-                if emit:
+                if emit and p.engine_path is not None:  # None: an action the control side carries out
                     self._send(p, float(value), fade_s)
             if changed or notify_unchanged:
                 self._notify(Change(p.path, value, source))
@@ -659,7 +687,7 @@ class ParamTree:
             return {
                 p.path: p.value
                 for p in self._params.values()
-                if p.engine_path is not None and p.spec.stateful and (deck is None or p.deck == deck)
+                if p.engine_path is not None and p.spec.stateful and p.deck > 0 and (deck is None or p.deck == deck)
             }
 
 

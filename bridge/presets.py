@@ -547,7 +547,9 @@ CURVES = ("linear", "square", "cube", "sqrt", "scurve")
 _TARGET = re.compile(
     r"^(?:deck/(?P<deck>[1-9][0-9]*)/(?:stem/(?P<stem>[A-Za-z0-9_\-]+)/"
     r"(?:(?P<leaf>gain_db|level|mute|solo)|fx/(?P<plugin>[A-Za-z0-9_\-]+)/(?P<param>[A-Za-z0-9_\-]+))"
-    r"|master/(?:gain_db|level))"
+    r"|master/(?:gain_db|level)"
+    r"|(?P<deck_leaf>level_db|pfl|transport/(?:play|cue|loop|tempo|keylock|key)|load_next|load_prev))"
+    r"|cue/(?:mix|gain_db)"
     r"|scene/(?P<scene>[A-Za-z0-9_\-]+)/(?P<action>recall|store))$"
 )
 
@@ -644,7 +646,9 @@ def parse_binding(ctx: _Ctx, table: dict, where: tuple) -> Binding:
         raise ctx.error(
             where + ("target",),
             f"target {target!r} is not deck/<n>/stem/<stem>/<gain_db|level|mute|solo>, "
-            "deck/<n>/stem/<stem>/fx/<plugin>/<param>, deck/<n>/master/<gain_db|level> or scene/<k>/<recall|store>",
+            "deck/<n>/stem/<stem>/fx/<plugin>/<param>, deck/<n>/master/<gain_db|level>, "
+            "deck/<n>/<level_db|pfl|transport/play|transport/cue|transport/loop|load_next|load_prev>, "
+            "cue/<mix|gain_db> or scene/<k>/<recall|store>",
         )
     is_action = m.group("scene") is not None
     modes = (
@@ -954,9 +958,80 @@ def check_preset(path: str | Path, stems: tuple[str, ...] = ("vocals", "drums", 
             raise PresetError(preset.file, None, None, "the chain produced non-finite audio")
         return f"chain {preset.name}: {len(preset.plugins)} plugin(s) ({', '.join(built.names)}), 512 frames ok"
     if isinstance(preset, ControllerMap):
+        _check_map_targets(path, preset, stems)
         return f"controller map {preset.name}: {len(preset.bindings)} binding(s)" + (
             ", shift layer" if preset.shift else ""
         )
     for chain in preset.chains.values():
         load_chain(find_preset("chains", chain))
+    _check_scene_targets(path, preset, stems)
     return f"scene {preset.name}: {len(preset.values)} value(s), {len(preset.chains)} chain(s), fade {preset.fade_s} s"
+
+
+def chain_parameters(chain: str | Path | None = None) -> dict[str, set[str]]:
+    """{plugin address name: its parameter names (with ``bypass``)} of one chain preset, or of every chain preset
+    (shipped and the user's) when ``chain`` is None: what ``fx/<plugin>/<param>`` can name."""
+    if chain is None:
+        files = shipped_files("chains") + sorted((user_dir() / "chains").glob("*.toml"))
+    else:
+        files = [find_preset("chains", chain)]
+    found: dict[str, set[str]] = {}
+    for file in files:
+        try:
+            built = build_chain(load_chain(file))
+        except PresetError:
+            continue  # reported on its own line by `presets check`
+        for name, plugin in zip(built.names, built.board, strict=True):
+            found.setdefault(name, {"bypass"}).update(plugin_param_specs(plugin))
+    return found
+
+
+def _fx_problem(plugin: str, param: str, known: dict[str, set[str]], where: str) -> str | None:
+    if plugin not in known:
+        return f"no plugin named {plugin!r} in {where} (plugins: {', '.join(sorted(known)) or 'none'})"
+    if param not in known[plugin]:
+        return f"plugin {plugin!r} has no parameter {param!r} (parameters: {', '.join(sorted(known[plugin]))})"
+    return None
+
+
+def _check_map_targets(path: str | Path, cmap: ControllerMap, stems: tuple[str, ...]) -> None:
+    """Every binding's stem is one of ``stems`` and every effect target names a plugin parameter some chain preset
+    has. Raises PresetError at the binding's target line."""
+    _data, ctx = _read(path)
+    known: dict[str, set[str]] | None = None
+    for i, binding in enumerate(cmap.bindings):
+        m = _TARGET.match(binding.target)
+        stem = m.group("stem") if m else None
+        where = ("binding", i, "target")
+        if stem is not None and stem not in stems:
+            raise ctx.error(where, f"target {binding.target!r}: no stem {stem!r} (stems: {', '.join(stems)})")
+        if m and m.group("plugin"):
+            known = chain_parameters() if known is None else known
+            problem = _fx_problem(m.group("plugin"), m.group("param"), known, "any chain preset")
+            if problem:
+                raise ctx.error(where, f"target {binding.target!r}: {problem}")
+
+
+def _check_scene_targets(path: str | Path, scene: ScenePreset, stems: tuple[str, ...]) -> None:
+    """Every stem the scene names is one of ``stems``; effect values name parameters of the chain the scene loads
+    on that stem (or of some chain preset, when it loads none). Raises PresetError at the offending line."""
+    _data, ctx = _read(path)
+    known_by_stem: dict[str, dict[str, set[str]]] = {}
+    for rel in scene.values:
+        parts = rel.split("/")
+        if parts[0] != "stem":
+            continue
+        stem = parts[1]
+        if stem not in stems:
+            raise ctx.error(("stem", stem), f"[stem.{stem}]: no stem {stem!r} (stems: {', '.join(stems)})")
+        if len(parts) == 5 and parts[2] == "fx":
+            chain = scene.chains.get(stem)
+            if stem not in known_by_stem:
+                known_by_stem[stem] = chain_parameters(chain)
+            where = f"chain {chain}" if chain else "any chain preset"
+            problem = _fx_problem(parts[3], parts[4], known_by_stem[stem], where)
+            if problem:
+                raise ctx.error(("stem", stem, "fx", parts[3], parts[4]), f"[stem.{stem}.fx]: {problem}")
+    for stem in scene.chains:
+        if stem not in stems:
+            raise ctx.error(("stem", stem), f"[stem.{stem}]: no stem {stem!r} (stems: {', '.join(stems)})")

@@ -35,6 +35,15 @@ class SwapChain:
     stem: str
     board: Any
     names: tuple[str, ...] | None = None
+    latencies: tuple[int, ...] | None = None  # per plugin, in samples at the engine's rate (mixer.chain_latencies)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadTrack:
+    """Give a file deck a new track (an ``engine.live.loader.Track``, decoded off the audio thread; an empty one
+    ejects). A playing deck fades out first; the new track waits at its start, paused."""
+
+    track: Any
 
 
 class CommandQueue:

@@ -1,7 +1,15 @@
 """StemMixer: per-stem gain, mute, solo and effect chain, plus a master bus, all ramped.
 
 Signal flow per stem: stem -> gain stage (gain_db x mute x solo, ramped) -> effect chain (pedalboard, streamed with
-``reset=False``) -> stem bus. The master is the sum of the stem busses times the master gain. The gain stage sits
+``reset=False``) -> delay compensation -> stem bus. The master is the sum of the stem busses times the master gain.
+
+Plugin delay compensation. A plugin with latency (a look-ahead limiter, PitchShift, Resample, a VST3 that reports
+latency) streams through pedalboard as output that is aligned with its input but delivered late: blocks of varying
+length, fewer samples than went in until its latency is covered. Each such plugin gets a FIFO primed with exactly
+that many samples of silence (its latency, measured when the chain is set by streaming silence through it:
+``measure_latency``), so it answers every block in full, delayed by a fixed amount; its bypass crossfades against a
+dry signal delayed by the same amount. Every other stem is then delayed to match the slowest chain, so the busses
+stay aligned and still sum to the deck's input, delayed by ``latency_samples`` (reported). The gain stage sits
 before the effects, so muting a stem lets its echo and reverb tails ring out (an "echo-out throw"); a stem with no
 effects goes silent within the ramp. Every change ramps linearly over ``ramp_ms``, so nothing steps (no clicks).
 """
@@ -61,11 +69,90 @@ class Ramp:
         return buf
 
 
+class DelayLine:
+    """A multichannel delay of up to ``max_delay`` samples, for blocks of up to ``max_block_size``. Real-time safe."""
+
+    def __init__(self, num_channels: int, max_delay: int, max_block_size: int) -> None:
+        self._buf = np.zeros((num_channels, max_delay + max_block_size), dtype=np.float32)
+        self._write = 0
+
+    def process(self, block: np.ndarray, delay: int, out: np.ndarray) -> None:
+        """out = block delayed by ``delay`` samples (block, out: float32 (num_channels, n); may be the same array)."""
+        buf, size, n = self._buf, self._buf.shape[1], block.shape[-1]
+        w = self._write
+        k = min(n, size - w)
+        buf[:, w : w + k] = block[:, :k]
+        buf[:, : n - k] = block[:, k:]
+        r = (w - delay) % size
+        k = min(n, size - r)
+        out[:, :k] = buf[:, r : r + k]
+        out[:, k:] = buf[:, : n - k]
+        self._write = (w + n) % size
+
+
+class LatencyFifo:
+    """Turns a plugin's late, variable-length output back into full blocks: primed with ``latency`` samples of
+    silence, it takes whatever the plugin returned and gives back exactly the block asked for. Real-time safe."""
+
+    def __init__(self, num_channels: int, latency: int, max_block_size: int) -> None:
+        self.latency = latency
+        self._buf = np.zeros((num_channels, latency + 8 * max_block_size), dtype=np.float32)
+        self._len = latency
+        self.num_short = 0  # blocks the plugin was later than its measured latency (answered with silence)
+
+    def exchange(self, produced: np.ndarray, out: np.ndarray) -> None:
+        """produced: float32 (num_channels, m), any m; out: float32 (num_channels, n) filled from the FIFO."""
+        m, n, buf = produced.shape[-1], out.shape[-1], self._buf
+        m = min(m, buf.shape[1] - self._len)
+        buf[:, self._len : self._len + m] = produced[:, :m]
+        self._len += m
+        take = min(n, self._len)
+        out[:, :take] = buf[:, :take]
+        if take < n:
+            out[:, take:] = 0.0
+            self.num_short += 1
+        left = self._len - take
+        buf[:, :left] = buf[:, take : self._len]
+        self._len = left
+
+
+def measure_latency(plugin: Any, sample_rate: float, block_size: int, num_channels: int = 2, max_s: float = 4.0) -> int:
+    """A plugin's latency in samples: how far its streamed output falls behind its input (pedalboard delivers a
+    latent plugin's output aligned but late). Streams silence for up to ``max_s`` seconds, then resets the plugin.
+    Not real-time (run it when a chain is built)."""
+    block = np.zeros((num_channels, block_size), dtype=np.float32)
+    fed = got = worst = 0
+    steady = 0
+    limit = int(max_s * sample_rate)
+    while fed < limit:
+        out = plugin.process(block, float(sample_rate), buffer_size=block_size, reset=False)
+        fed += block_size
+        got += out.shape[-1]
+        deficit = fed - got
+        steady = steady + 1 if deficit <= worst and got > 0 else 0
+        worst = max(worst, deficit)
+        if steady >= 32:
+            break
+    plugin.reset()
+    return worst
+
+
+def chain_latencies(board: Any, sample_rate: float, block_size: int, num_channels: int = 2) -> tuple[int, ...]:
+    """``measure_latency`` of each plugin of a chain, in order."""
+    return tuple(measure_latency(p, sample_rate, block_size, num_channels) for p in board)
+
+
 @dataclass
 class _Effect:
     name: str
     plugin: Any
     wet: Ramp  # 1 = active, 0 = bypassed; crossfaded on toggles
+    fifo: LatencyFifo | None = None  # for a plugin with latency
+    dry: DelayLine | None = None  # the bypass path, delayed like the plugin
+
+    @property
+    def latency(self) -> int:
+        return self.fifo.latency if self.fifo is not None else 0
 
 
 @dataclass
@@ -76,6 +163,11 @@ class _Stem:
     solo: bool = False
     gain: Ramp | None = None
     effects: list[_Effect] = field(default_factory=list)
+    compensation: int = 0  # samples this stem is delayed to line up with the slowest chain
+
+    @property
+    def chain_latency(self) -> int:
+        return sum(e.latency for e in self.effects)
 
 
 def plugin_names(board: Any) -> tuple[str, ...]:
@@ -100,8 +192,10 @@ class StemMixer:
         sample_rate: float = 44100.0,
         max_block_size: int = 8192,
         ramp_ms: float = 10.0,
+        max_latency_s: float = 2.0,
     ) -> None:
         self.stems = tuple(stems)
+        self.max_latency = int(max_latency_s * sample_rate)  # the most delay compensation can add
         self.num_channels = num_channels
         self.sample_rate = float(sample_rate)
         self.max_block_size = max_block_size
@@ -112,6 +206,10 @@ class StemMixer:
         self._master = self._ramp(1.0)
         self._busses = np.zeros((len(self.stems), num_channels, max_block_size), dtype=np.float32)
         self._mix = np.zeros((num_channels, max_block_size), dtype=np.float32)
+        self._wet = np.zeros((num_channels, max_block_size), dtype=np.float32)
+        self._dry = np.zeros((num_channels, max_block_size), dtype=np.float32)
+        self._lines = [DelayLine(num_channels, self.max_latency, max_block_size) for _ in self.stems]
+        self.latency_samples = 0  # the slowest chain's latency: every bus is delayed by this much
         self.num_rejected = 0  # commands naming unknown stems, plugins or parameters
 
     def _ramp(self, value: float) -> Ramp:
@@ -134,13 +232,47 @@ class StemMixer:
         self.master_gain_db = float(gain_db)
         self._master.set(db_to_gain(gain_db))
 
-    def set_chain(self, stem: str, board: Any, names: tuple[str, ...] | None = None) -> None:
-        """Swap in a prepared pedalboard chain (any iterable of plugins). The old chain is dropped by reference."""
+    def set_chain(
+        self,
+        stem: str,
+        board: Any,
+        names: tuple[str, ...] | None = None,
+        latencies: tuple[int, ...] | None = None,
+    ) -> None:
+        """Swap in a prepared pedalboard chain (any iterable of plugins). The old chain is dropped by reference.
+
+        latencies: each plugin's latency in samples at this mixer's rate (``chain_latencies``); measured here when
+        not given, which streams seconds of silence through latent plugins: give them when swapping on the audio
+        thread (``SwapChain.latencies``). The delay compensation of every stem follows."""
         plugins = list(board)
         names = tuple(names) if names is not None else plugin_names(plugins)
         if len(names) != len(plugins):
             raise ValueError(f"{len(names)} names given for a chain of {len(plugins)} plugins")
-        self._stems[stem].effects = [_Effect(n, p, self._ramp(1.0)) for n, p in zip(names, plugins, strict=True)]
+        if latencies is None:
+            latencies = chain_latencies(plugins, self.sample_rate, self.max_block_size, self.num_channels)
+        if len(latencies) != len(plugins):
+            raise ValueError(f"{len(latencies)} latencies given for a chain of {len(plugins)} plugins")
+        if sum(latencies) > self.max_latency:
+            raise ValueError(f"the chain's latency {sum(latencies)} exceeds the {self.max_latency} samples compensated")
+        effects = []
+        for n, p, latency in zip(names, plugins, latencies, strict=True):
+            effect = _Effect(n, p, self._ramp(1.0))
+            if latency > 0:
+                effect.fifo = LatencyFifo(self.num_channels, latency, self.max_block_size)
+                effect.dry = DelayLine(self.num_channels, latency, self.max_block_size)
+            effects.append(effect)
+        self._stems[stem].effects = effects
+        self._compensate()
+
+    def _compensate(self) -> None:
+        """Delay every stem to line up with the slowest chain."""
+        self.latency_samples = max(s.chain_latency for s in self._order)
+        for s in self._order:
+            s.compensation = self.latency_samples - s.chain_latency
+
+    def chain_latency(self, stem: str) -> int:
+        """The latency of a stem's effect chain in samples (before compensation)."""
+        return self._stems[stem].chain_latency
 
     def chain(self, stem: str) -> list[tuple[str, Any]]:
         """The (name, plugin) pairs of a stem's chain, in processing order."""
@@ -149,6 +281,18 @@ class StemMixer:
     def state(self, stem: str) -> dict[str, float | bool]:
         s = self._stems[stem]
         return {"gain_db": s.gain_db, "mute": s.mute, "solo": s.solo}
+
+    def dry_fallback_scale(self, dry_index: int) -> float:
+        """The gain to put on the dry (unseparated) signal before it plays on stem ``dry_index``'s bus in place of
+        the stems, so that no stem is heard louder than its own gain allows: the smallest target gain of any stem
+        over the dry stem's own. With every stem at one gain this is 1 and the fallback is exact (the stems sum to
+        the dry signal); with a stem muted or a solo active it is 0 (a muted vocal never comes back on a miss; the
+        deck dips instead). Real-time safe."""
+        dry = self._order[dry_index].gain.target
+        if dry <= 0.0:
+            return 0.0
+        lowest = min(s.gain.target for s in self._order)
+        return min(1.0, lowest / dry)
 
     def _update_gains(self) -> None:
         any_solo = any(s.solo for s in self._order)
@@ -165,7 +309,7 @@ class StemMixer:
             if command.stem not in self._stems:
                 self.num_rejected += 1
                 return False
-            self.set_chain(command.stem, command.board, command.names)
+            self.set_chain(command.stem, command.board, command.names, getattr(command, "latencies", None))
             return True
         if not isinstance(command, SetParam):
             self.num_rejected += 1
@@ -222,12 +366,14 @@ class StemMixer:
             bus = busses[i]
             silent = s.gain.is_still and s.gain.value == 0.0  # settled at zero before this block
             gain = s.gain.next_block(n)
-            if silent and not s.effects:
+            if silent and not s.effects and not self.latency_samples:
                 bus.fill(0.0)
                 continue
             multiply_rows(stems[i], gain, bus)
             for effect in s.effects:
                 self._run_effect(effect, bus, n)
+            if self.latency_samples:
+                self._lines[i].process(bus, s.compensation, bus)
         mix = self._mix[:, :n]
         np.sum(busses, axis=0, out=mix)
         multiply_rows(mix, self._master.next_block(n), mix)
@@ -235,13 +381,34 @@ class StemMixer:
 
     def _run_effect(self, effect: _Effect, bus: np.ndarray, n: int) -> None:
         wet = effect.wet
+        if effect.fifo is not None:
+            self._run_latent(effect, bus, n)
+            return
         if wet.is_still and wet.value == 0.0:
             return  # bypassed and settled
         processed = effect.plugin.process(bus, self.sample_rate, buffer_size=n, reset=False)
-        if processed.shape[-1] != n:  # plugins with variable-length output (PitchShift) need a FIFO, not this path
+        if processed.shape[-1] != n:  # latent, but measured as not: leave the bus as it is
             return
         if wet.is_still and wet.value == 1.0:
             bus[:] = processed
             return
         mix = wet.next_block(n)
         bus += (processed - bus) * mix
+
+    def _run_latent(self, effect: _Effect, bus: np.ndarray, n: int) -> None:
+        """A plugin with latency: it always runs (so its delay never changes), through its FIFO; bypass crossfades
+        to the dry signal delayed by the same latency."""
+        wet_out, dry = self._wet[:, :n], self._dry[:, :n]
+        processed = effect.plugin.process(bus, self.sample_rate, buffer_size=n, reset=False)
+        effect.fifo.exchange(processed, wet_out)
+        effect.dry.process(bus, effect.latency, dry)
+        wet = effect.wet
+        if wet.is_still and wet.value == 1.0:
+            bus[:] = wet_out
+        elif wet.is_still and wet.value == 0.0:
+            bus[:] = dry
+        else:
+            mix = wet.next_block(n)
+            np.subtract(wet_out, dry, out=wet_out)
+            multiply_rows(wet_out, mix, wet_out)
+            np.add(dry, wet_out, out=bus)

@@ -3,7 +3,9 @@
 A file is fed block by block through the same ``BlockAdapter`` + ``StreamingSeparator`` that live use runs; the
 reported latency is removed by feeding that many samples of silence after the end and dropping the first samples,
 so every stem lines up with the input and has its length. Inputs at another sample rate are resampled to the
-model's rate and the stems back to the input's rate; mono inputs are separated as centred stereo and folded back.
+model's rate and the stems back to the input's rate, the residual stem taking what the others leave at the input's
+rate (so the stems sum to the input exactly at any rate); mono inputs are separated as centred stereo and folded
+back.
 
 When the block size is a whole number of hops (the adapter then only passes blocks through), the separator's three
 stages are overlapped: the model call for block ``b`` runs on a helper thread (ONNX Runtime releases the GIL) while
@@ -192,17 +194,22 @@ def separate_file(
     if on_loaded is not None:
         on_loaded(model_audio.shape[1])
     separated = separator.separate(model_audio, progress)
-
-    def at_input_rate(stem: str) -> np.ndarray:
-        out = _resample(separated[separator.stems.index(stem)], separator.sample_rate, rate)
-        return _fit_length(out, audio.shape[1])
-
+    outputs = {
+        stem: _fit_length(_resample(separated[k], separator.sample_rate, rate), audio.shape[1])
+        for k, stem in enumerate(separator.stems)
+    }
+    residual = separator.residual_stem
+    if rate != separator.sample_rate and residual in outputs:
+        # the residual takes what the other stems leave at the input's own rate (the band above the model's
+        # Nyquist frequency of a 48/96 kHz file included), so the stems still sum to the input exactly
+        others = sum(out for stem, out in outputs.items() if stem != residual)
+        outputs[residual] = (audio - others).astype(np.float32)
     if fmt == "stem":
-        writer.write(audio, rate, {s: at_input_rate(s) for s in separator.stems})
+        writer.write(audio, rate, outputs)
     else:
         with writer:
             for stem in stems:
-                writer.write(stem, at_input_rate(stem))
+                writer.write(stem, outputs[stem])
     return SeparationResult(
         input=path,
         outputs=list(writer.targets.values()),

@@ -122,7 +122,9 @@ def test_attaching_a_queue_sends_every_engine_value_so_the_engine_starts_in_step
     tree.attach_queue(1, q)
     cmds = {c.path: c.value for c in drained(q)}
     assert cmds["stem/other/solo"] == 1.0 and cmds["master/gain_db"] == 0.0
-    assert len(cmds) == 4 * 3 + 2  # gain_db, mute, solo per stem + master + deck level_db; no level, no transport
+    assert (
+        len(cmds) == 4 * 3 + 3
+    )  # gain_db, mute, solo per stem + master + deck level_db and pfl; no level, no transport
     assert not any(path.startswith("transport/") for path in cmds)  # actions are never replayed
 
 
@@ -185,7 +187,7 @@ def test_tree_commands_drive_a_real_mixer_including_effects():
     control.set("deck/1/stem/vocals/mute", True)
     cmds = drained(q)
     assert isinstance(cmds[0], SwapChain) or any(isinstance(c, SwapChain) for c in cmds)
-    cmds = [c for c in cmds if not (isinstance(c, SetParam) and c.path == "level_db")]  # the deck's, not the mixer's
+    cmds = [c for c in cmds if not (isinstance(c, SetParam) and c.path in ("level_db", "pfl"))]  # the deck's
     assert all(mixer.apply(c) for c in cmds)
     assert mixer.num_rejected == 0
     assert mixer.chain("drums")[0][1].cutoff_frequency_hz == pytest.approx(5000.0)

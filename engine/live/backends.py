@@ -207,10 +207,15 @@ class JackBackend(Backend):
         return [p for p in ports if rx.search(p)]
 
     def auto_connect(self) -> list[tuple[str, str]]:
-        """Master to the first physical playback ports; the first physical capture ports to the first input deck."""
+        """Master to the first physical playback ports (and the headphone cue pair to the next two, where the
+        device has them); the first physical capture ports to the first input deck."""
         made = []
         playback = [p.name for p in self.client.get_ports(is_audio=True, is_input=True, is_physical=True)]
         for port, target in zip(self.outports[:2], playback, strict=False):
+            self.client.connect(port, target)
+            made.append((port.name, target))
+        cue = [p for p in self.outports if p.shortname in ("cue_L", "cue_R")]
+        for port, target in zip(cue, playback[2:4] if len(playback) >= 4 else [], strict=False):
             self.client.connect(port, target)
             made.append((port.name, target))
         capture = [p.name for p in self.client.get_ports(is_audio=True, is_output=True, is_physical=True)]

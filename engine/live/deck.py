@@ -26,7 +26,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from stembridge.engine.commands import SetParam
+from stembridge.engine.commands import LoadTrack, SetParam
 from stembridge.engine.mixer import Ramp, db_to_gain
 from stembridge.engine.rt import add_rows_scaled, multiply_rows
 
@@ -40,6 +40,10 @@ TRANSPORT_PATHS = {
     "transport/loop_start_s": "loop start in seconds (a negative value: at the playhead)",
     "transport/loop_end_s": "loop end in seconds (a negative value: at the playhead)",
     "level_db": "deck level in dB (-120 = silence), ramped; scales every bus this deck feeds",
+    "pfl": "1 sends the deck to the headphone cue (cue_L/R), 0 takes it out (ramped)",
+    "transport/tempo": "playback rate, 0.5..2 (1 = the track's tempo; 0.92 = -8 %), through Rubber Band",
+    "transport/keylock": "1 keeps the pitch when the tempo changes (default), 0 lets it follow (a turntable)",
+    "transport/key": "key shift in semitones, -12..12",
 }
 MIN_LOOP_FRAMES = 64
 
@@ -54,6 +58,7 @@ class Deck:
         self.name = name
         self.num_channels = num_channels
         self.level_db = 0.0
+        self.pfl = False  # the headphone cue switch
         self.num_rejected = 0
         self.block_size = 0
         self.latency_samples = 0
@@ -67,14 +72,17 @@ class Deck:
         self.latency_samples = latency_samples
         self.settle_blocks = settle_blocks
         self._level = Ramp(1.0, block_size, block_size)
-        self._gain = np.zeros(block_size, dtype=np.float32)
-        self._ones = np.ones(block_size, dtype=np.float32)
+        self._pfl = Ramp(1.0 if self.pfl else 0.0, block_size, block_size)
 
     def apply(self, command: SetParam) -> bool:
-        """Apply a deck command (``level_db`` here; transport in FileDeck). Real-time safe."""
+        """Apply a deck command (``level_db`` and ``pfl`` here; transport in FileDeck). Real-time safe."""
         if command.path == "level_db":
             self.level_db = float(command.value)
             self._level.set(db_to_gain(self.level_db))
+            return True
+        if command.path == "pfl":
+            self.pfl = float(command.value) >= 0.5
+            self._pfl.set(1.0 if self.pfl else 0.0)
             return True
         self.num_rejected += 1
         return False
@@ -93,11 +101,25 @@ class Deck:
         raise NotImplementedError
 
     def gain(self, n: int) -> np.ndarray | None:
-        """This block's per-sample deck gain float32 (n,), or None when it is exactly 1. Real-time safe."""
+        """This block's per-sample transport gain (play/pause fades) on the deck's stems before its mixer, float32
+        (n,), or None when it is exactly 1. Real-time safe."""
+        return None
+
+    def level_gain(self, n: int) -> np.ndarray | None:
+        """This block's per-sample deck level (the channel fader) after its mixer, float32 (n,), or None when it is
+        exactly 1. The headphone cue taps the deck before it (pre-fader listening). Real-time safe."""
         level = self._level
         if level.is_still and level.value == 1.0:
             return None
         return level.next_block(n)
+
+    def pfl_gain(self, n: int) -> np.ndarray | None:
+        """This block's per-sample gain of the deck into the headphone cue float32 (n,), or None when it is out of
+        the cue (settled). Real-time safe."""
+        pfl = self._pfl
+        if pfl.is_still and pfl.value == 0.0:
+            return None
+        return pfl.next_block(n)
 
     def sep_valid(self, block: int) -> bool:
         """Whether the separated stems played at ``block`` belong to what the deck plays then. Real-time safe."""
@@ -105,15 +127,15 @@ class Deck:
 
     @property
     def silent(self) -> bool:
-        """True when the deck is settled at zero gain (paused or level at silence). Real-time safe."""
-        return self._level.is_still and self._level.value == 0.0
+        """True when the deck feeds nothing (a file deck paused). Real-time safe."""
+        return False
 
     def end_block(self) -> None:
         """Finish the block. Real-time safe."""
 
     def status(self) -> dict:
         """A snapshot for the control side (not real-time)."""
-        return {"name": self.name, "kind": self.kind, "level_db": self.level_db}
+        return {"name": self.name, "kind": self.kind, "level_db": self.level_db, "pfl": self.pfl}
 
 
 class InputDeck(Deck):
@@ -147,17 +169,35 @@ class InputDeck(Deck):
 
 
 class FileDeck(Deck):
-    """Plays a file held in memory: play, pause, seek, loop, cue and level, with separation read ahead.
+    """Plays a track held in memory: play, pause, seek, loop, cue and level, with separation read ahead; takes a new
+    track at run time (``LoadTrack``, see ``engine.live.loader``).
 
-    audio: float32 (num_channels, num_frames) at the engine's sample rate (see ``load_deck_audio``).
+    audio: float32 (num_channels, num_frames) at the engine's sample rate (see ``load_deck_audio``), or None for an
+    empty deck. A track that is still decoding plays what is decoded (``Track.num_frames``, re-read each block).
     """
 
     kind = "file"
+    loadable = True
 
-    def __init__(self, audio: np.ndarray, name: str = "deck", *, play: bool = True, loop: bool = False) -> None:
-        super().__init__(name, audio.shape[0])
-        self.audio = np.ascontiguousarray(audio, dtype=np.float32)
-        self.num_frames = self.audio.shape[1]
+    def __init__(
+        self,
+        audio: np.ndarray | None = None,
+        name: str = "deck",
+        *,
+        play: bool = True,
+        loop: bool = False,
+        num_channels: int = 2,
+    ) -> None:
+        from stembridge.engine.live.loader import Track
+
+        if audio is None:
+            track = Track.empty(num_channels)
+        else:
+            track = Track(np.ascontiguousarray(audio, dtype=np.float32), name)
+        super().__init__(name, track.audio.shape[0])
+        self.track = track
+        self.audio = track.audio
+        self.num_frames = track.num_frames
         self.playhead = 0
         self.playing = False
         self.cue_pos = 0
@@ -165,7 +205,17 @@ class FileDeck(Deck):
         self.loop_end = self.num_frames
         self.loop_on = loop and self.num_frames >= MIN_LOOP_FRAMES
         self.num_jumps = 0
-        self._autoplay = play
+        self.num_loads = 0  # tracks swapped in at run time
+        self.tempo = 1.0  # playback rate (1 = the track's own tempo)
+        self.keylock = True
+        self.semitones = 0.0
+        self._stretch = None  # a DeckStretcher once prepared (pylibrb installed)
+        self._stretching = False
+        self._tempo_changed = False
+        self._restart_at: int | None = None
+        self._heard_pos = 0.0
+        self.num_starved = 0  # blocks that played past the decoded part of a track still decoding
+        self._autoplay = play and self.num_frames > 0
         self._feed_pos = 0
         self._valid_from = 0
         self._want_play: bool | None = None
@@ -173,6 +223,7 @@ class FileDeck(Deck):
         self._jump_at_end: int | None = None
         self._loop_changed = False
         self._stopping = False
+        self._pending = None  # a Track waiting for the deck to fade out
         self._block = 0
 
     def prepare(self, **kwargs) -> None:
@@ -184,11 +235,15 @@ class FileDeck(Deck):
         self._fade_in = (np.arange(1, n + 1, dtype=np.float32) / n).astype(np.float32)
         self._fade_out = (1.0 - self._fade_in).astype(np.float32)
         self._xfade_from: int | None = None
+        self._heard = np.zeros((self.num_channels, n), dtype=np.float32)
         if self._autoplay:
             self._want_play = True
 
     # -- control (drained on the audio thread) --
-    def apply(self, command: SetParam) -> bool:
+    def apply(self, command) -> bool:
+        if isinstance(command, LoadTrack):
+            self._pending = command.track
+            return True
         path, value = command.path, float(command.value)
         if not path.startswith("transport/"):
             return super().apply(command)
@@ -196,6 +251,8 @@ class FileDeck(Deck):
             self.num_rejected += 1
             return False
         leaf = path[len("transport/") :]
+        if leaf in ("tempo", "keylock", "key"):
+            return self._set_tempo(leaf, value)
         if leaf == "play":
             self._want_play = value >= 0.5
         elif leaf == "seek_s":
@@ -220,8 +277,35 @@ class FileDeck(Deck):
             return False
         return True
 
+    def ensure_stretcher(self) -> bool:
+        """Build the deck's Rubber Band stretcher (control side, before tempo or key commands are sent: it
+        allocates). False when pylibrb is not installed. Not real-time."""
+        from stembridge.engine.live.tempo import DeckStretcher, stretcher_available
+
+        if self._stretch is None and stretcher_available():
+            self._stretch = DeckStretcher(self.num_channels, self.sample_rate, self.block_size, self.latency_samples)
+        return self._stretch is not None
+
+    def release_stretcher(self) -> None:
+        """Drop the stretcher (after the audio has stopped). Not real-time."""
+        self._stretch = None
+        self._stretching = False
+
+    def _set_tempo(self, leaf: str, value: float) -> bool:
+        """Tempo, keylock or key; applied at the next block once the deck has a stretcher. Real-time safe."""
+        from stembridge.engine.live.tempo import MAX_SEMITONES, clamp_tempo
+
+        if leaf == "tempo":
+            self.tempo = clamp_tempo(value)
+        elif leaf == "keylock":
+            self.keylock = value >= 0.5
+        else:
+            self.semitones = min(max(value, -MAX_SEMITONES), MAX_SEMITONES)
+        self._tempo_changed = True
+        return True
+
     def _frames(self, seconds: float) -> int:
-        return min(max(int(round(seconds * self.sample_rate)), 0), self.num_frames)
+        return min(max(int(round(seconds * self.sample_rate)), 0), self.track.total_frames)
 
     def _at(self, seconds: float) -> int:
         return self.playhead if seconds < 0 else self._frames(seconds)
@@ -231,10 +315,31 @@ class FileDeck(Deck):
             self.loop_on = False
         self._loop_changed = True
 
+    def _swap_track(self, block: int) -> None:
+        """Put the pending track in (the deck is paused): at its start, no loop, cue at 0. Real-time safe (the old
+        track is still referenced by the loader, so nothing is freed here)."""
+        self.track, self._pending = self._pending, None
+        self.playhead = self.cue_pos = self.loop_start = 0
+        self.loop_end = self.track.total_frames
+        self.loop_on = False
+        self._jump = self._jump_at_end = None
+        self.num_loads += 1
+        self._feed_pos = self.latency_samples
+        self._valid_from = block + self.settle_blocks
+
     # -- audio --
     def begin_block(self, block: int) -> None:
         self._block = block
         self._xfade_from = None
+        if self._pending is not None:
+            if self.playing and not self._stopping:  # loading into a playing deck: fade out first
+                self._stopping = True
+                self._transport.set(0.0)
+            if self.playing:
+                self._refresh()
+                return  # the fade runs; transport commands wait for the new track
+            self._swap_track(block)
+        self._refresh()
         resync = False
         if self._jump is not None and self._want_play is False and self.playing:
             # cue while playing: fade out where we are, then land on the cue point (paused) at the block's end
@@ -248,8 +353,8 @@ class FileDeck(Deck):
             resync = True
         want = self._want_play
         self._want_play = None
-        if want is True and (not self.playing or self._stopping):
-            if self.playhead >= self.num_frames and not self.loop_on:
+        if want is True and (not self.playing or self._stopping) and self.track.total_frames > 0:
+            if self.playhead >= self.track.total_frames and not self.loop_on:
                 self.playhead = 0  # play at the end starts over
             self.playing = True
             self._stopping = False
@@ -262,15 +367,39 @@ class FileDeck(Deck):
             self._loop_changed = False
             if self._advance(self.playhead, self.latency_samples) != self._feed_pos:
                 resync = True  # the read-ahead already went the other way around the loop
+        if self._tempo_changed and self._stretch is not None:
+            self._tempo_changed = False
+            self._stretch.configure(self.tempo, self.keylock, self.semitones)
+            stretching = self.tempo != 1.0 or self.semitones != 0.0
+            if stretching != self._stretching:
+                self._stretching = stretching
+                if self.playing and not self._stopping and self._xfade_from is None:
+                    self._xfade_from = self.playhead  # into or out of the stretcher: a crossfade, as a jump
+                resync = True
         if resync:
             self._feed_pos = self._advance(self.playhead, self.latency_samples)
             self._valid_from = block + self.settle_blocks
+            if self._stretching:
+                self._restart_at = self.playhead
+                self._heard_pos = float(self.playhead)
+
+    def _refresh(self) -> None:
+        """Take the track's decoded length, then its buffer (the loader writes them in the other order, so the
+        buffer read here always holds the frames counted). Real-time safe."""
+        track = self.track
+        self.num_frames = track.num_frames
+        self.audio = track.audio
 
     def feed(self, dst: np.ndarray, inp: np.ndarray) -> None:
-        if self.playing:
-            self._feed_pos = self._read(self._feed_pos, dst)
-        else:
+        if not self.playing:
             dst.fill(0.0)
+        elif self._stretching:  # the stretched stream, read ahead; what is heard comes out of it later
+            if self._restart_at is not None:
+                self._stretch.restart(self._restart_at, self._read)
+                self._restart_at = None
+            self._stretch.feed(self._read, dst, self._heard)
+        else:
+            self._feed_pos = self._read(self._feed_pos, dst)
 
     def dry(self, dst: np.ndarray, inp: np.ndarray) -> None:
         if not self.playing:
@@ -278,23 +407,38 @@ class FileDeck(Deck):
             return
         if self._xfade_from is not None:  # a jump while playing: crossfade the old position into the new
             self._read(self._xfade_from, self._old)
-            self.playhead = self._read(self.playhead, dst)
+            self._play_into(dst)
             multiply_rows(dst, self._fade_in, dst)
             add_rows_scaled(self._old, self._fade_out, dst, self._row)
         else:
+            self._play_into(dst)
+
+    def _play_into(self, dst: np.ndarray) -> None:
+        """What is heard now, moving the playhead on. Real-time safe."""
+        if self._stretching:
+            dst[:] = self._heard
+            self._heard_pos = self._advance_heard(self._heard_pos, dst.shape[-1] * self.tempo)
+            self.playhead = int(self._heard_pos)
+        else:
             self.playhead = self._read(self.playhead, dst)
 
+    def _advance_heard(self, pos: float, frames: float) -> float:
+        if self.loop_on and pos < self.loop_end:
+            end = pos + frames
+            if end >= self.loop_end:
+                return self.loop_start + (end - self.loop_end) % (self.loop_end - self.loop_start)
+            return end
+        return pos + frames
+
     def gain(self, n: int) -> np.ndarray | None:
-        transport, level = self._transport, self._level
+        transport = self._transport
         if transport.is_still and transport.value == 1.0:
-            return super().gain(n)
-        gain = self._gain[:n]
-        np.multiply(transport.next_block(n), level.next_block(n), out=gain)
-        return gain
+            return None
+        return transport.next_block(n)
 
     @property
     def silent(self) -> bool:
-        return (not self.playing) or super().silent
+        return not self.playing
 
     def sep_valid(self, block: int) -> bool:
         return block >= self._valid_from
@@ -307,12 +451,15 @@ class FileDeck(Deck):
             self.playhead, self._jump_at_end = self._jump_at_end, None
             self.num_jumps += 1
         if self.playing and self.playhead >= self.num_frames and not self.loop_on:
-            self.playing = False  # the end of the file (its last block was already heard in full)
-            self._transport.set(0.0)
-            self._transport.next_block(self.block_size)
+            if self.track.complete and self.playhead >= self.track.num_frames:
+                self.playing = False  # the end of the file (its last block was already heard in full)
+                self._transport.set(0.0)
+                self._transport.next_block(self.block_size)
+            else:
+                self.num_starved += 1  # ahead of the decoder (zeros were played)
 
     def _read(self, pos: int, dst: np.ndarray) -> int:
-        """Copy frames from ``pos`` into dst (num_channels, n), following the loop; zeros past the end.
+        """Copy frames from ``pos`` into dst (num_channels, n), following the loop; zeros past the decoded end.
         Returns the position after them. Real-time safe."""
         n = dst.shape[-1]
         audio, length = self.audio, self.num_frames
@@ -321,8 +468,14 @@ class FileDeck(Deck):
             if self.loop_on and pos == self.loop_end:
                 pos = self.loop_start
             limit = self.loop_end if (self.loop_on and pos < self.loop_end) else length
-            take = min(n - i, limit - pos)
+            take = min(n - i, limit - pos, length - pos)
             if take <= 0:
+                if self.loop_on and pos < self.loop_end:  # a loop reaching past what is decoded yet
+                    take = min(n - i, self.loop_end - pos)
+                    dst[:, i : i + take] = 0.0
+                    i += take
+                    pos += take
+                    continue
                 dst[:, i:] = 0.0
                 return pos + (n - i)
             dst[:, i : i + take] = audio[:, pos : pos + take]
@@ -341,14 +494,27 @@ class FileDeck(Deck):
 
     def status(self) -> dict:
         sr = float(self.sample_rate)
+        track = self.track
+        if self._want_play is not None:  # the intended state: a play or pause queued shows at once
+            playing = self._want_play and track.total_frames > 0
+        else:
+            playing = self.playing and not self._stopping
         return super().status() | {
-            "playing": self.playing,
+            "track": track.name,
+            "playing": playing,
+            "tempo": self.tempo,
+            "keylock": self.keylock,
+            "key": self.semitones,
+            "tempo_latency_samples": self._stretch.latency_samples if self._stretching else 0,
+            "hq": int(track.hq),
             "position_s": self.playhead / sr,
-            "duration_s": self.num_frames / sr,
+            "duration_s": track.total_frames / sr,
+            "loaded": track.progress,
             "cue_s": self.cue_pos / sr,
             "loop": self.loop_on,
             "loop_start_s": self.loop_start / sr,
             "loop_end_s": self.loop_end / sr,
+            "loads": self.num_loads,
         }
 
 

@@ -16,22 +16,42 @@ when it catches up, separation fades back in across one block. Because the resid
 input, the master is the same either way: nothing goes silent, nothing clicks, the mix only loses its separation for
 a moment. Misses are counted (``num_misses``) together with the blocks that played any dry signal.
 
-Output channels (``output_names``): master_L, master_R, then <stem>_L, <stem>_R per stem in the model's order.
+A miss never undoes a mute. The dry signal holds every stem, so it is scaled by
+``StemMixer.dry_fallback_scale`` (the lowest stem gain over the dry stem's, ramped over a block): with every stem at
+one gain that is 1 and the fallback is exact; with a stem muted or a solo active it is 0, and the deck dips for the
+length of the miss (faded out and in) rather than letting a muted vocal back in on "other".
+
+Output channels (``output_names``), stereo pairs in this order:
+
+- ``outputs="summed"`` (or "both"): master_L/R, then <stem>_L/R per stem in the model's order (all decks summed);
+- ``outputs="per-deck"`` (or "both"): deck<n>_master_L/R, then deck<n>_<stem>_L/R, for each deck in turn;
+- with ``cue=True``: cue_L/R, the headphone (PFL) pair: the decks whose ``pfl`` switch is on, blended with the
+  master by ``cue/mix`` (0 = cue only, 1 = master only) and scaled by ``cue/gain_db``; with ``cue_first=True`` it
+  comes right after the first master pair (a 4-channel interface: master on 1-2, headphones on 3-4).
+
+Engine-wide parameters (``cue/mix``, ``cue/gain_db``) arrive on ``engine_queue``; each deck's ``pfl`` on its own.
 Input channels (``input_names``): in<deck>_L, in<deck>_R for each live input deck, in deck order.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
-from stembridge.engine.commands import CommandQueue
+from stembridge.engine.commands import CommandQueue, LoadTrack
 from stembridge.engine.live.deck import Deck, InputDeck
 from stembridge.engine.live.worker import HIST_BIN_NS, HIST_BINS, SeparationWorker
-from stembridge.engine.mixer import StemMixer
+from stembridge.engine.mixer import Ramp, StemMixer, db_to_gain
 from stembridge.engine.rt import add_rows_scaled, multiply_rows
 
 CHANNEL_NAMES = ("L", "R")
+DECK_PATHS = ("level_db", "pfl")  # deck parameters besides transport/...
+OUTPUT_LAYOUTS = ("summed", "per-deck", "both")
+ENGINE_PATHS = {
+    "cue/mix": "headphones: 0 = the cued (PFL) decks only, 1 = the master only, between: a blend",
+    "cue/gain_db": "headphone level in dB (-120 = silence), ramped",
+}
 
 
 def hist_percentile_ms(hist: np.ndarray, q: float) -> float:
@@ -53,7 +73,7 @@ class _DeckSlot:
 
     def apply(self, command) -> None:
         path = getattr(command, "path", "")
-        if path.startswith("transport/") or path == "level_db":
+        if path.startswith("transport/") or path in DECK_PATHS or isinstance(command, LoadTrack):
             self.deck.apply(command)
         elif not self.mixer.apply(command):
             self.num_rejected += 1
@@ -80,7 +100,12 @@ class LiveEngine:
         queue_len: int = 1024,
         worker_mode: str = "thread",
         worker_rt_priority: int = 0,
+        outputs: str = "summed",
+        cue: bool = False,
+        cue_first: bool = False,
     ) -> None:
+        if outputs not in OUTPUT_LAYOUTS:
+            raise ValueError(f"outputs must be one of {', '.join(OUTPUT_LAYOUTS)}, not {outputs!r}")
         if not decks:
             raise ValueError("the engine needs at least one deck")
         if separator.num_streams != len(decks):
@@ -114,6 +139,9 @@ class LiveEngine:
             StemMixer(self.stems, self.num_channels, self.sample_rate, max_block_size=block_size, ramp_ms=ramp_ms)
             for _ in self.decks
         ]
+        # per deck: the gain on its dry signal when it stands in for the stems (StemMixer.dry_fallback_scale),
+        # ramped over one block and advanced every block, so a mute made long before a miss is already at zero
+        self._fallback = [Ramp(1.0, block_size, block_size) for _ in self.decks]
         self.queues = [CommandQueue(queue_len) for _ in self.decks]
         self._slots = [_DeckSlot(d, m) for d, m in zip(self.decks, self.mixers, strict=True)]
         self._appliers = [s.apply for s in self._slots]
@@ -123,8 +151,16 @@ class LiveEngine:
             self._input_ranges.append((first, first + deck.num_inputs))
             first += deck.num_inputs
         self.num_inputs = first
-        self.num_outputs = (len(self.stems) + 1) * self.num_channels
+        self.outputs, self.cue, self.cue_first = outputs, cue, cue_first
+        self.engine_queue = CommandQueue(queue_len)
+        self.num_engine_rejected = 0
+        self.cue_mix = 0.0
+        self.cue_gain_db = 0.0
+        self._cue_mix = Ramp(0.0, block_size, block_size)
+        self._cue_gain = Ramp(1.0, block_size, block_size)
         self._build_buffers()
+        self._routes = self._build_routes()
+        self.num_outputs = len(self._routes) * self.num_channels
         self._weights = [0.0] * len(self.decks)  # separation weight at the end of the last block, per deck
         self._was_silent = [True] * len(self.decks)
         self.block = 0
@@ -142,6 +178,8 @@ class LiveEngine:
         self._dry = np.zeros((d, ch, n), dtype=np.float32)
         self._busses = np.zeros((s, ch, n), dtype=np.float32)
         self._master = np.zeros((ch, n), dtype=np.float32)
+        self._cue = np.zeros((ch, n), dtype=np.float32)  # the PFL sum
+        self._cue_out = np.zeros((ch, n), dtype=np.float32)  # what the headphones get
         self._ramp = np.zeros(n, dtype=np.float32)
         self._inv = np.zeros(n, dtype=np.float32)
         self._row = np.zeros(n, dtype=np.float32)
@@ -151,11 +189,28 @@ class LiveEngine:
         self.meters = np.zeros((d, s + 1, ch, self.meter_frames), dtype=np.float32)  # per deck: stems + master
         self.meter_pos = 0
 
+    def _build_routes(self) -> list[tuple[str, np.ndarray]]:
+        """(pair name, source buffer float32 (num_channels, block_size)) per output pair, in output order. The
+        sources are persistent buffers (the engine's sums, each deck mixer's own bus and master buffers), so the
+        audio thread only copies."""
+        routes: list[tuple[str, np.ndarray]] = []
+        n = self.block_size
+        if self.outputs in ("summed", "both"):
+            routes.append(("master", self._master))
+            routes += [(stem, self._busses[k]) for k, stem in enumerate(self.stems)]
+        if self.outputs in ("per-deck", "both"):
+            for i, mixer in enumerate(self.mixers, start=1):
+                routes.append((f"deck{i}_master", mixer._mix[:, :n]))
+                routes += [(f"deck{i}_{stem}", mixer._busses[k, :, :n]) for k, stem in enumerate(self.stems)]
+        if self.cue:
+            routes.insert(1 if self.cue_first else len(routes), ("cue", self._cue_out))
+        return routes
+
     # -- names --
     def output_names(self) -> list[str]:
-        names = [f"master_{c}" for c in CHANNEL_NAMES[: self.num_channels]]
-        for stem in self.stems:
-            names += [f"{stem}_{c}" for c in CHANNEL_NAMES[: self.num_channels]]
+        names = []
+        for pair, _src in self._routes:
+            names += [f"{pair}_{c}" for c in CHANNEL_NAMES[: self.num_channels]]
         return names
 
     def input_names(self) -> list[str]:
@@ -167,8 +222,25 @@ class LiveEngine:
 
     # -- control side --
     def push(self, deck: int, command) -> bool:
-        """Queue a command for deck ``deck`` (1-based); False when its queue is full. Never blocks."""
+        """Queue a command for deck ``deck`` (1-based; 0: the engine itself, ``ENGINE_PATHS``); False when its queue
+        is full. Never blocks."""
+        if deck == 0:
+            return self.engine_queue.push(command)
         return self.queues[deck - 1].push(command)
+
+    def _apply_engine(self, command) -> None:
+        """An engine-wide parameter (``ENGINE_PATHS``). Real-time safe."""
+        path, value = getattr(command, "path", ""), float(getattr(command, "value", math.nan))
+        if not math.isfinite(value):
+            self.num_engine_rejected += 1
+        elif path == "cue/mix":
+            self.cue_mix = min(max(value, 0.0), 1.0)
+            self._cue_mix.set(self.cue_mix)
+        elif path == "cue/gain_db":
+            self.cue_gain_db = value
+            self._cue_gain.set(db_to_gain(value))
+        else:
+            self.num_engine_rejected += 1
 
     def start(self) -> LiveEngine:
         """Start the separation worker (it warms the model up first, so the first real block is not slow)."""
@@ -199,6 +271,8 @@ class LiveEngine:
         t = self.block
         worker = self.worker
         decks = self.decks
+        if len(self.engine_queue):
+            self.engine_queue.drain(self._apply_engine)
         for i, queue in enumerate(self.queues):
             if len(queue):
                 queue.drain(self._appliers[i])
@@ -217,9 +291,10 @@ class LiveEngine:
         if not ahead and j + 1 >= 0 and worker.done <= j + 1:
             self.num_misses += 1
         sep = worker.output_slot(j) if have else None
-        busses, master = self._busses, self._master
+        busses, master, cue = self._busses, self._master, self._cue
         busses.fill(0.0)
         master.fill(0.0)
+        cue.fill(0.0)
         any_dry = False
         for i, deck in enumerate(decks):
             # a deck that was silent starts on its dry signal: its stems are of the silence (a paused deck
@@ -230,6 +305,12 @@ class LiveEngine:
             stems_in = self._stems_in[i]
             dry = self._dry[i]
             own = self._own_stems[i]
+            fallback = self._fallback[i]
+            fallback.set(self.mixers[i].dry_fallback_scale(self._dry_index))
+            still_unity = fallback.is_still and fallback.value == 1.0
+            scale = fallback.next_block(n)
+            if own is None and not still_unity and not (w0 == 1.0 and w1 == 1.0):
+                multiply_rows(dry, scale, dry)
             if own is not None:
                 np.copyto(stems_in, own)  # a stem file's own stems: no separation, no dry fallback needed
             elif w0 == 1.0 and w1 == 1.0:
@@ -250,6 +331,13 @@ class LiveEngine:
             if gain is not None:
                 multiply_rows(stems_in, gain, stems_in)
             deck_busses, deck_master = self.mixers[i].process(stems_in)
+            pfl = deck.pfl_gain(n)
+            if pfl is not None:  # pre-fader: a deck pulled down on the master can still be cued
+                add_rows_scaled(deck_master, pfl, cue, self._row)
+            level = deck.level_gain(n)
+            if level is not None:
+                multiply_rows(deck_busses, level, deck_busses)
+                multiply_rows(deck_master, level, deck_master)
             busses += deck_busses
             master += deck_master
             p = self.meter_pos
@@ -258,9 +346,13 @@ class LiveEngine:
             deck.end_block()
         if any_dry:
             self.num_dry_blocks += 1
+        if self.cue:
+            self._mix_cue(n)
         ch = self.num_channels
-        out[:ch] = master
-        out[ch:] = busses.reshape(-1, n)
+        row = 0
+        for _pair, src in self._routes:
+            out[row : row + ch] = src
+            row += ch
         self.meter_pos = (self.meter_pos + n) % self.meter_frames
         for tap in self.taps:
             tap.push(out)
@@ -270,6 +362,21 @@ class LiveEngine:
         self.cb_hist[min(dt // HIST_BIN_NS, HIST_BINS)] += 1
         if dt > self.cb_max_ns:
             self.cb_max_ns = dt
+
+    def _mix_cue(self, n: int) -> None:
+        """cue_out = gain * ((1 - mix) * cue + mix * master), both ramped. Real-time safe."""
+        mix, gain, out = self._cue_mix, self._cue_gain, self._cue_out
+        if mix.is_still and mix.value == 0.0:
+            np.copyto(out, self._cue)
+        elif mix.is_still and mix.value == 1.0:
+            np.copyto(out, self._master)
+        else:
+            ramp = mix.next_block(n)
+            np.subtract(1.0, ramp, out=self._inv)
+            multiply_rows(self._cue, self._inv, out)
+            add_rows_scaled(self._master, ramp, out, self._row)
+        if not (gain.is_still and gain.value == 1.0):
+            multiply_rows(out, gain.next_block(n), out)
 
     # -- statistics (control side) --
     def callback_times_ms(self) -> np.ndarray:
@@ -288,7 +395,8 @@ class LiveEngine:
             "skipped_blocks": self.worker.num_skipped,
             "bad_blocks": self.num_bad_blocks,
             "commands_dropped": sum(q.num_dropped for q in self.queues),
-            "commands_rejected": sum(s.num_rejected + s.deck.num_rejected for s in self._slots),
+            "commands_rejected": sum(s.num_rejected + s.deck.num_rejected for s in self._slots)
+            + self.num_engine_rejected,
             "callback_ms_p50": hist_percentile_ms(self.cb_hist, 50),
             "callback_ms_p99": hist_percentile_ms(self.cb_hist, 99),
             "callback_ms_p999": hist_percentile_ms(self.cb_hist, 99.9),
@@ -302,6 +410,11 @@ class LiveEngine:
             "period_ms": period_ms,
             "latency_samples": self.latency_samples,
             "latency_ms": self.latency_ms,
+            "fx_latency_samples": max(m.latency_samples for m in self.mixers),
+            "tempo_latency_samples": max(d.status().get("tempo_latency_samples", 0) for d in self.decks),
+            "sample_rate": self.sample_rate,
+            "model_sample_rate": int(self.card.sample_rate),
+            "resample_latency_ms": 1000.0 * getattr(self.separator, "resampler_latency_samples", 0) / self.sample_rate,
         }
 
     def meter_levels(self) -> list[dict[str, tuple[float, float]]]:

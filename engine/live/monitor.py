@@ -158,14 +158,31 @@ class Recorder:
     """
 
     def __init__(
-        self, path: str | Path, num_channels: int, sample_rate: int, block_size: int, *, num_slots: int = 512
+        self,
+        path: str | Path,
+        num_channels: int,
+        sample_rate: int,
+        block_size: int,
+        *,
+        num_slots: int = 512,
+        rows: list[int] | None = None,
+        channel_names: list[str] | None = None,
     ) -> None:
+        """num_channels: the engine's output channels; rows: which of them to record (default all, in order);
+        channel_names: names of the recorded channels, written beside the file as ``<file>.channels.txt``."""
         import soundfile as sf
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = sf.SoundFile(str(self.path), "w", int(sample_rate), num_channels, subtype="FLOAT", format="WAV")
-        self._ring = np.zeros((num_slots, num_channels, block_size), dtype=np.float32)
+        self.rows = list(range(num_channels)) if rows is None else list(rows)
+        if not self.rows or not all(0 <= r < num_channels for r in self.rows):
+            raise ValueError(f"recorder rows must be within the {num_channels} output channels")
+        self._all_rows = self.rows == list(range(num_channels))
+        width = len(self.rows)
+        self._file = sf.SoundFile(str(self.path), "w", int(sample_rate), width, subtype="FLOAT", format="WAV")
+        if channel_names is not None:
+            self.path.with_name(self.path.name + ".channels.txt").write_text("\n".join(channel_names) + "\n")
+        self._ring = np.zeros((num_slots, width, block_size), dtype=np.float32)
         self.written = 0  # blocks pushed (audio thread)
         self.saved = 0  # blocks written to the file (writer thread)
         self.num_dropped = 0
@@ -178,7 +195,12 @@ class Recorder:
         if self.written - self.saved >= len(self._ring):
             self.num_dropped += 1
             return
-        self._ring[self.written % len(self._ring)] = out
+        slot = self._ring[self.written % len(self._ring)]
+        if self._all_rows:
+            slot[:] = out
+        else:
+            for k, r in enumerate(self.rows):
+                slot[k] = out[r]
         self.written += 1
 
     def _drain(self) -> None:

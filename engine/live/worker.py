@@ -243,6 +243,12 @@ def _child_main(config: dict) -> int:
             config["model"], device=config["device"], num_streams=config["num_streams"],
             intra_op_threads=config["threads"], max_hops=config["max_hops"], spatial_filter=config["spatial_filter"],
         )  # fmt: skip
+        if config.get("host_rate"):
+            from stembridge.engine.live.resample import ResampledSeparator
+
+            separator = ResampledSeparator(
+                separator, config["host_rate"], config["block_size"], quality=config["resample_quality"]
+            )
         core = _Core(views, separator, config["block_size"], config["settle_blocks"])
         _warm_up(separator)
         core.hops.reset()
@@ -493,6 +499,8 @@ class SeparationWorker:
                 "block_size": self.block_size,
                 "settle_blocks": self.settle_blocks,
                 "rt_priority": self.rt_priority,
+                "host_rate": sep.sample_rate if getattr(sep, "inner", None) is not None else None,
+                "resample_quality": getattr(sep, "quality", None),
             }
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the worker imports what we import
