@@ -441,7 +441,7 @@ def test_live_plays_a_stem_file_deck_on_its_stem_busses(tmp_path, tiny_model):
     result = CliRunner().invoke(
         main,
         ["live", "--backend", "dummy", "--deck", str(path), "--model", str(tiny_model), "--duration", "1",
-         "--no-osc", "--worker", "thread", "--record", str(rec)],
+         "--no-osc", "--worker", "thread", "--record", str(rec), "--record-outputs", "summed", "--scene", "none"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     out, rate = sf.read(rec, dtype="float32", always_2d=True)
