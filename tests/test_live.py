@@ -356,3 +356,38 @@ def test_live_stopped_with_ctrl_c_prints_a_summary_of_the_run(tiny_model, tmp_pa
         if proc.poll() is None:
             proc.kill()
     assert "(Ctrl-C); the whole run:" in rest and "xruns" in rest.splitlines()[-1]
+
+
+def test_a_file_deck_crossfades_to_its_high_quality_stems_keeps_their_sum_and_follows_a_seek(tiny_model):
+    """HQ stems (computed ahead, off the audio thread) replace the causal ones once ready, over a one-block fade, with
+    a muted vocal staying muted; the stems sum to the deck's output throughout; a seek plays on from the HQ stems of
+    the new position (the whole track is analysed), the deck's jump crossfade applied to them."""
+    from stembridge.engine.commands import SetHqStems
+    from stembridge.engine.hq import HighQualitySeparator
+    from stembridge.engine.live.hq_stems import HqTrackStems
+
+    audio = song(4.0, 2)
+    deck = FileDeck(audio, "a")
+    engine = make_engine(tiny_model, [deck], fifo_periods=3)
+    stems = HqTrackStems(audio, HighQualitySeparator(causal_path=tiny_model), cache=None, name="a")
+    assert stems.wait(120) and stems.complete
+    whole = np.zeros((4, 2, audio.shape[1]), np.float32)
+    assert stems.read(0, whole)
+    events = {
+        10: [(1, SetHqStems(stems, deck.track)), (1, SetParam("stem/vocals/mute", 1.0))],
+        200: [(1, SetParam("transport/seek_s", 0.5))],
+    }
+    out = run(engine, 400, events=events)
+    n = out.shape[1]
+    busses = out[2:].reshape(4, 2, n)
+    np.testing.assert_allclose(busses.sum(0), out[MASTER], atol=2e-5)  # the stems sum to what is heard
+    assert engine.num_hq_blocks > 300
+    # between the fade-in and the seek: the HQ stems of the playhead, the vocal muted
+    a, b = 40 * P, 200 * P
+    np.testing.assert_allclose(busses[1:, :, a:b], whole[1:, :, a:b], atol=2e-5)
+    assert np.abs(busses[0, :, a:b]).max() < 1e-6
+    # after the seek's block: the HQ stems of the new position
+    seek = int(0.5 * SR)
+    np.testing.assert_allclose(busses[1:, :, 201 * P : 260 * P], whole[1:, :, seek + P : seek + 60 * P], atol=2e-5)
+    assert np.abs(busses[0, :, 12 * P :]).max() < 1e-6  # the muted vocal never came back, fades and seek included
+    stems.close()

@@ -506,7 +506,7 @@ class FileDeck(Deck):
             "keylock": self.keylock,
             "key": self.semitones,
             "tempo_latency_samples": self._stretch.latency_samples if self._stretching else 0,
-            "hq": int(track.hq),
+            "hq": int(bool(getattr(track.hq, "complete", track.hq))),  # 1 once its high-quality stems are all ready
             "position_s": self.playhead / sr,
             "duration_s": track.total_frames / sr,
             "loaded": track.progress,

@@ -39,7 +39,7 @@ import math
 import time
 
 import numpy as np
-from stembridge.engine.commands import CommandQueue, LoadTrack
+from stembridge.engine.commands import CommandQueue, LoadTrack, SetHqStems
 from stembridge.engine.live.deck import Deck, InputDeck
 from stembridge.engine.live.worker import HIST_BIN_NS, HIST_BINS, SeparationWorker
 from stembridge.engine.mixer import Ramp, StemMixer, db_to_gain
@@ -66,12 +66,21 @@ def hist_percentile_ms(hist: np.ndarray, q: float) -> float:
 class _DeckSlot:
     """Routes a deck's commands: deck parameters to the deck, everything else to its mixer."""
 
-    __slots__ = ("deck", "mixer", "num_rejected")
+    __slots__ = ("deck", "mixer", "num_rejected", "hq", "hq_track")
 
-    def __init__(self, deck: Deck, mixer: StemMixer) -> None:
+    def __init__(self, deck: Deck, mixer: StemMixer, hq=None) -> None:
         self.deck, self.mixer, self.num_rejected = deck, mixer, 0
+        self.hq = hq  # engine.live.hq_stems.HqPlayback of a file deck, or None
+        self.hq_track = None  # the deck track its stems belong to
 
     def apply(self, command) -> None:
+        if isinstance(command, SetHqStems):
+            if self.hq is None:
+                self.num_rejected += 1
+            else:
+                self.hq.set_track(command.stems)
+                self.hq_track = command.track
+            return
         path = getattr(command, "path", "")
         if path.startswith("transport/") or path in DECK_PATHS or isinstance(command, LoadTrack):
             self.deck.apply(command)
@@ -143,7 +152,20 @@ class LiveEngine:
         # ramped over one block and advanced every block, so a mute made long before a miss is already at zero
         self._fallback = [Ramp(1.0, block_size, block_size) for _ in self.decks]
         self.queues = [CommandQueue(queue_len) for _ in self.decks]
-        self._slots = [_DeckSlot(d, m) for d, m in zip(self.decks, self.mixers, strict=True)]
+        # high-quality stems a file deck may be given (SetHqStems): one block buffer and crossfade per file deck
+        from stembridge.engine.live.hq_stems import HqPlayback
+
+        self.hq = [
+            HqPlayback(block_size, self.num_channels) if getattr(d, "loadable", False) and not hasattr(d, "stems_block")
+            else None
+            for d in self.decks
+        ]  # fmt: skip
+        self._hq_pos = [0] * len(self.decks)  # each deck's playhead at the block's start (after its jump, if any)
+        self._hq_from: list[int | None] = [None] * len(self.decks)  # where a jump in this block comes from
+        self._hq_old = np.zeros((len(self.stems), self.num_channels, block_size), dtype=np.float32)
+        self._hq_next = [-1] * len(self.decks)  # where each deck's next block would start without a jump
+        self.num_hq_blocks = 0  # deck blocks that played high-quality stems (in part, during a fade)
+        self._slots = [_DeckSlot(d, m, h) for d, m, h in zip(self.decks, self.mixers, self.hq, strict=True)]
         self._appliers = [s.apply for s in self._slots]
         self._input_ranges = []
         first = 0
@@ -253,6 +275,37 @@ class LiveEngine:
     def close(self) -> None:
         self.worker.close()
 
+    def _apply_hq(self, i: int, deck, stems_in: np.ndarray, n: int) -> None:
+        """Replace deck ``i``'s stems of this block by its high-quality ones where they are ready, crossfading over
+        one block either way (``HqPlayback.crossfade``); both sum to the deck's dry signal, so the sum holds through
+        the fade. A jump's block (the deck crossfades two positions) takes both positions' HQ stems with the deck's
+        own fade. Not while the deck stretches (tempo or key: its audio is not the track's samples then), nor for
+        a block across a loop splice. Real-time safe."""
+        hq = self.hq[i]
+        buf = hq._hq
+        pos, old = self._hq_pos[i], self._hq_from[i]
+        if pos != self._hq_next[i]:  # a load, seek, cue or loop jump: analysis goes to the new playhead first
+            hq.track.request(pos)
+        self._hq_next[i] = deck._advance(pos, n) if deck.playing else pos
+        ready = (
+            self._slots[i].hq_track is deck.track
+            and deck.playing
+            and not deck._stretching
+            and not _crosses_loop(deck, pos, n)
+            and hq.track.read(pos, buf)
+        )
+        if ready and old is not None:
+            ready = not _crosses_loop(deck, old, n) and hq.track.read(old, self._hq_old)
+            if ready:
+                flat, flat_old = buf.reshape(-1, n), self._hq_old.reshape(-1, n)
+                multiply_rows(flat, deck._fade_in, flat)
+                multiply_rows(flat_old, deck._fade_out, flat_old)
+                buf += self._hq_old
+        ready_next = bool(ready) and hq.track.ready_at(deck._advance(pos, n), n)
+        hq.crossfade.process(stems_in, buf, bool(ready), ready_next, stems_in)
+        if ready:
+            self.num_hq_blocks += 1
+
     @property
     def latency_ms(self) -> float:
         return 1000.0 * self.latency_samples / self.sample_rate
@@ -282,6 +335,8 @@ class LiveEngine:
             deck_in = inp[a:b] if b > a else self._no_input
             self._was_silent[i] = deck.silent
             deck.begin_block(t)
+            self._hq_pos[i] = getattr(deck, "playhead", 0)
+            self._hq_from[i] = getattr(deck, "_xfade_from", None)
             deck.feed(slot[i], deck_in)
             deck.dry(self._dry[i], deck_in)
         worker.commit()
@@ -327,6 +382,8 @@ class LiveEngine:
                 np.subtract(1.0, ramp, out=self._inv)
                 add_rows_scaled(dry, self._inv, stems_in[self._dry_index], self._row)
                 any_dry = any_dry or not deck.silent
+            if self.hq[i] is not None and self.hq[i].track is not None:
+                self._apply_hq(i, deck, stems_in, n)
             gain = deck.gain(n)
             if gain is not None:
                 multiply_rows(stems_in, gain, stems_in)
@@ -424,3 +481,8 @@ class LiveEngine:
         rms = np.sqrt(np.einsum("dscn,dscn->ds", m, m) / (m.shape[2] * m.shape[3]))
         names = [*self.stems, "master"]
         return [{name: (float(peak[d, k]), float(rms[d, k])) for k, name in enumerate(names)} for d in range(len(peak))]
+
+
+def _crosses_loop(deck, pos: int, n: int) -> bool:
+    """Whether the deck's block of ``n`` frames from ``pos`` wraps at its loop end (not one run of the track)."""
+    return bool(deck.loop_on and pos < deck.loop_end < pos + n)
