@@ -2,7 +2,8 @@
 # Installs stembridge on Debian 12 (other apt-based systems likely work) into a virtual environment .venv here.
 #
 #   ./setup.sh            the Debian packages the engine needs, then .venv with stembridge (not editable)
-#   ./setup.sh --test     the same plus the test extra and the tools the tests talk to (jackd2, liblo-tools)
+#   ./setup.sh --test     the same plus the test extra and the tools the tests talk to (jackd2, liblo-tools,
+#                         chromium)
 #   ./setup.sh --jack     the engine plus JACK (jackd2), for stem busses as separate ports
 #   ./setup.sh --editable an editable install (for working on stembridge itself); combines with --test
 #
@@ -17,7 +18,7 @@ for arg in "$@"; do
         --test) test_extra=1 jack=1 ;;
         --jack) jack=1 ;;
         --editable) editable=1 ;;
-        -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup.sh: unknown option $arg (see ./setup.sh --help)" >&2; exit 2 ;;
     esac
 done
@@ -43,6 +44,7 @@ if [ "$jack" -eq 1 ]; then
 fi
 if [ "$test_extra" -eq 1 ]; then
     packages+=(liblo-tools) # oscsend/oscdump: a third-party OSC peer in the tests
+    packages+=(chromium)    # a real browser for the web surface tests (driven by playwright; nothing downloaded)
 fi
 
 missing=()
