@@ -48,13 +48,19 @@ class HqDecks:
         if not self.available(i) or track.num_frames == 0:
             return
         self._drop(i)
-        process = self._processes.get(i)
-        if process is None or not process.alive:
-            process = HqAnalysisProcess(self.lookahead_path, self.causal_path, device=self.device)
-            self._processes[i] = process
-        audio = track.audio[:, : track.num_frames]
-        deck = self.engine.decks[i]
-        stems = HqTrackStems(audio, process, start=getattr(deck, "playhead", 0), cache=self.cache, name=track.name)
+        try:
+            process = self._processes.get(i)
+            if process is None or not process.alive:
+                process = HqAnalysisProcess(self.lookahead_path, self.causal_path, device=self.device)
+                self._processes[i] = process
+            audio = track.audio[:, : track.num_frames]
+            deck = self.engine.decks[i]
+            start = getattr(deck, "playhead", 0)
+            stems = HqTrackStems(audio, process, start=start, cache=self.cache, name=track.name)
+        except (MemoryError, OSError, RuntimeError, ValueError) as exc:
+            # e.g. /dev/shm too small for the track's stems: the deck plays its causal stems, as without --hq-stems
+            log.warning("deck %d: no high-quality stems for %s: %s", i + 1, track.name, exc)
+            return
         self._current[i] = stems
         track.hq = stems  # deck feedback reports hq 1 once it is complete
         if not self.engine.queues[i].push(SetHqStems(stems, track)):
