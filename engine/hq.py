@@ -347,11 +347,15 @@ class RangeStems:
         if real > 0:
             rest[:, :real] -= self._vocals(self._fed, self._fed + real)
         v, d, b = hq.causal_order[:3]
-        outs = []
-        for i in range(0, target - self._fed, block):
-            vocals = hq.mix_adapter.process(whole[None, :, i : i + block])[0, v]
-            stems = hq.adapter.process(rest[None, :, i : i + block])[0]
-            outs.append(np.stack([vocals, stems[d], stems[b]]))
+        starts = range(0, target - self._fed, block)
+
+        def mix_vocals() -> list[np.ndarray]:  # the stream on the whole mix, beside the one on the rest
+            return [hq.mix_adapter.process(whole[None, :, i : i + block])[0, v].copy() for i in starts]
+
+        with ThreadPoolExecutor(1, thread_name_prefix="stembridge-hq-mix") as pool:
+            vocals = pool.submit(mix_vocals)
+            rest_stems = [hq.adapter.process(rest[None, :, i : i + block])[0, [d, b]] for i in starts]
+            outs = [np.concatenate([vv[None], db]) for vv, db in zip(vocals.result(), rest_stems, strict=True)]
         stems = np.concatenate(outs, axis=-1)[..., self._drop :]
         self._drop = max(0, self._drop - (target - self._fed))
         self._fed = target
