@@ -118,7 +118,6 @@ class HighQualitySeparator:
         if mix.shape[0] != self.num_channels:
             raise ModelError(f"the high-quality path takes mono or {self.num_channels}-channel audio, not {num_in}")
         la = self.vocal_model
-        total = la.num_frames(n)
         gain = la.level_gain(mix, LEVEL_DB)
         bins = la.card.num_bins
         done = 0  # frames reported to ``progress``: a third per stage, n in all
@@ -127,8 +126,35 @@ class HighQualitySeparator:
         # hears no voice below 11 kHz and keeps little above: 11-16 kHz leakage -1 dB, against -7 dB), needs nothing
         # of the look-ahead model: it runs beside steps 1 and 2 on a thread (ONNX Runtime releases the GIL)
         v = self.causal_order[0]
-        pool = ThreadPoolExecutor(1, thread_name_prefix="stembridge-hq-mix")
-        mix_pass = pool.submit(lambda: separate_audio(self.mix_adapter, mix, self.block_size, overlap=True)[v].copy())
+        with ThreadPoolExecutor(1, thread_name_prefix="stembridge-hq-mix") as pool:  # waits for it on any exit
+            mix_pass = pool.submit(
+                lambda: separate_audio(self.mix_adapter, mix, self.block_size, overlap=True)[v].copy()
+            )
+            vocals, causal, done = self._vocals_and_rest(mix, gain, progress, done)
+            causal_mix_vocals = mix_pass.result()
+
+        # 3. above the look-ahead model's band, the causal model's vocals (sibilants, breaths); 4. other = residual
+        out = np.empty((4,) + mix.shape, dtype=np.float32)
+        out[1], out[2] = causal[1], causal[2]
+        for s0, s1, f0, f1 in self._chunks(n):
+            high = la.stft(causal_mix_vocals, f0, f1)
+            high[:, :, :bins] = 0.0
+            out[0, :, s0:s1] = vocals[:, s0:s1] + la.istft_range(high, f0, s0, s1, n)
+            done = self._report(progress, done, (s1 - s0) // 3)
+        out[3] = mix - out[0] - out[1] - out[2]
+        self._report(progress, done, n - done)
+        if num_in == 1 and self.num_channels != 1:
+            out = out.mean(axis=1, keepdims=True)
+        return out
+
+    def _vocals_and_rest(self, mix: np.ndarray, gain: float, progress, done: int):
+        """Steps 1 and 2 of ``separate``: the look-ahead vocals (C, n) and the causal stems of the rest (4, C, n)."""
+        from stembridge.engine.separate import separate_audio
+
+        la = self.vocal_model
+        n = mix.shape[1]
+        total = la.num_frames(n)
+        bins = la.card.num_bins
 
         # 1. the look-ahead vocal mask, kept as float16 (C, frames, bins), each tile of frames computed once
         kept = la.card.kept_frames
@@ -147,25 +173,9 @@ class HighQualitySeparator:
             vocals[:, s0:s1] = la.istft_range(spec, f0, s0, s1, n)
 
         # 2. the causal model on what the vocals leave
-        residual = mix - vocals
-        causal = separate_audio(self.adapter, residual, self.block_size, overlap=True)[self.causal_order]
-        causal_mix_vocals = mix_pass.result()
-        pool.shutdown()
+        causal = separate_audio(self.adapter, mix - vocals, self.block_size, overlap=True)[self.causal_order]
         done = self._report(progress, done, n // 3)
-
-        # 3. above the look-ahead model's band, the causal model's vocals (sibilants, breaths); 4. other = residual
-        out = np.empty((4,) + mix.shape, dtype=np.float32)
-        out[1], out[2] = causal[1], causal[2]
-        for s0, s1, f0, f1 in self._chunks(n):
-            high = la.stft(causal_mix_vocals, f0, f1)
-            high[:, :, :bins] = 0.0
-            out[0, :, s0:s1] = vocals[:, s0:s1] + la.istft_range(high, f0, s0, s1, n)
-            done = self._report(progress, done, (s1 - s0) // 3)
-        out[3] = mix - out[0] - out[1] - out[2]
-        self._report(progress, done, n - done)
-        if num_in == 1 and self.num_channels != 1:
-            out = out.mean(axis=1, keepdims=True)
-        return out
+        return vocals, causal, done
 
     # ------------------------------------------------------------------------------------------- ranges
 
