@@ -1,7 +1,7 @@
 """High-quality stems for a live session's file decks: which track gets them, when, and their clean-up.
 
 ``HqDecks`` runs on the control side (never the audio thread). For every file deck it owns one analysis child
-process (``hq_stems.HqAnalysisProcess``, started the first time the deck has a track, at low priority) and, per
+process (``hq_stems.HqAnalysisProcess``, started with the session before the audio, at low priority) and, per
 loaded track, one ``HqTrackStems`` computing that track's high-quality stems ahead of the playhead (or loading them
 from the disk cache). They reach the audio thread by reference through the deck's command queue (``SetHqStems``),
 tagged with the deck track they belong to, so they are heard only while the deck plays that very track; the engine
@@ -36,6 +36,20 @@ class HqDecks:
         self._processes: dict[int, object] = {}  # deck index -> HqAnalysisProcess
         self._current: dict[int, object] = {}  # deck index -> its HqTrackStems
         self._retired: list = []  # stems the audio thread may still hold for a block: closed on the next change
+        # the analysis processes start now, before the audio does: a process's start (an interpreter importing
+        # numpy and ONNX Runtime, at normal priority until it lowers its own) must not land in the middle of a set
+        for i in range(len(engine.decks)):
+            if self.available(i):
+                self._process(i)
+
+    def _process(self, i: int):
+        from stembridge.engine.live.hq_stems import HqAnalysisProcess
+
+        process = self._processes.get(i)
+        if process is None or not process.alive:
+            process = HqAnalysisProcess(self.lookahead_path, self.causal_path, device=self.device)
+            self._processes[i] = process
+        return process
 
     def available(self, i: int) -> bool:
         return self.engine.hq[i] is not None
@@ -43,16 +57,13 @@ class HqDecks:
     def track_loaded(self, i: int, track) -> None:
         """Deck ``i`` (0-based) holds ``track`` (an ``engine.live.loader.Track``), decoded in full: start its
         high-quality stems. Replaces the deck's previous ones."""
-        from stembridge.engine.live.hq_stems import HqAnalysisProcess, HqTrackStems
+        from stembridge.engine.live.hq_stems import HqTrackStems
 
         if not self.available(i) or track.num_frames == 0:
             return
         self._drop(i)
         try:
-            process = self._processes.get(i)
-            if process is None or not process.alive:
-                process = HqAnalysisProcess(self.lookahead_path, self.causal_path, device=self.device)
-                self._processes[i] = process
+            process = self._process(i)
             audio = track.audio[:, : track.num_frames]
             deck = self.engine.decks[i]
             start = getattr(deck, "playhead", 0)
