@@ -81,6 +81,9 @@ class TrackIdentity:
     outputs: tuple[str, ...]
 
 
+OPEN_RETRY_S = 30.0  # how long opening retries a manifest another process is setting up
+
+
 class ManifestError(RuntimeError):
     """The manifest cannot be opened or is not a stembridge manifest."""
 
@@ -92,28 +95,45 @@ class Manifest:
         self.path = path
         self.host = socket.gethostname()
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout = 60000")
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            with self._transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if row is None:
-                    self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif row[0] != str(SCHEMA_VERSION):
-                    raise ManifestError(
-                        f"{path}: manifest schema version {row[0]}, this stembridge writes {SCHEMA_VERSION}"
-                    )
-        except sqlite3.DatabaseError as exc:
-            raise ManifestError(f"{path}: cannot open the manifest ({exc})") from exc
+        # Switching a new database to WAL while another process does the same can answer "database is locked" at
+        # once, without waiting on the busy timeout (SQLite takes no busy handler there): retry the opening for a
+        # while, as a second run starting beside the first must.
+        deadline = time.monotonic() + OPEN_RETRY_S
+        while True:
+            try:
+                mode = self._open(path)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise ManifestError(f"{path}: cannot open the manifest ({exc})") from exc
+                if getattr(self, "_db", None) is not None:
+                    self._db.close()
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as exc:
+                raise ManifestError(f"{path}: cannot open the manifest ({exc})") from exc
         if mode.lower() != "wal":
             raise ManifestError(
                 f"{path}: SQLite refused WAL mode here (got {mode!r}); is the folder on a network filesystem?"
             )
+
+    def _open(self, path: Path) -> str:
+        """Connect, set WAL mode and make sure of the schema; returns the journal mode SQLite gave."""
+        self._db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout = 60000")
+        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise ManifestError(
+                    f"{path}: manifest schema version {row[0]}, this stembridge writes {SCHEMA_VERSION}"
+                )
+        return mode
 
     def close(self) -> None:
         self._db.close()
