@@ -408,10 +408,30 @@ class FileDeck(Deck):
         if self._xfade_from is not None:  # a jump while playing: crossfade the old position into the new
             self._read(self._xfade_from, self._old)
             self._play_into(dst)
-            multiply_rows(dst, self._fade_in, dst)
-            add_rows_scaled(self._old, self._fade_out, dst, self._row)
+            self.blend_jump(dst, self._old)
         else:
             self._play_into(dst)
+
+    # -- what the engine asks about the block being played (high-quality stems follow it). Real-time safe. --
+    @property
+    def jump_from(self) -> int | None:
+        """Where this block's jump comes from (the block crossfades that position into the playhead), or None."""
+        return self._xfade_from
+
+    @property
+    def stretching(self) -> bool:
+        """Whether the deck plays its stretched stream (tempo or key): its samples are not the track's then."""
+        return self._stretching
+
+    def blend_jump(self, new: np.ndarray, old: np.ndarray) -> None:
+        """new := new faded in + old faded out across the block, as a jump crossfades: new, old float32 (rows, n),
+        any number of rows (the deck's channels, or stems of them). Real-time safe."""
+        multiply_rows(new, self._fade_in, new)
+        add_rows_scaled(old, self._fade_out, new, self._row)
+
+    def position_after(self, pos: int, frames: int) -> int:
+        """Where the playhead is ``frames`` after ``pos``, following the loop. Real-time safe."""
+        return self._advance(pos, frames)
 
     def _play_into(self, dst: np.ndarray) -> None:
         """What is heard now, moving the playhead on. Real-time safe."""

@@ -164,6 +164,9 @@ class LiveEngine:
         self._hq_from: list[int | None] = [None] * len(self.decks)  # where a jump in this block comes from
         self._hq_old = np.zeros((len(self.stems), self.num_channels, block_size), dtype=np.float32)
         self._hq_next = [-1] * len(self.decks)  # where each deck's next block would start without a jump
+        # (stems * channels, n) views of the HQ block buffers, made once: a jump's block blends them row by row
+        self._hq_flat = [h.block.reshape(-1, block_size) if h is not None else None for h in self.hq]
+        self._hq_old_flat = self._hq_old.reshape(-1, block_size)
         self.num_hq_blocks = 0  # deck blocks that played high-quality stems (in part, during a fade)
         self._slots = [_DeckSlot(d, m, h) for d, m, h in zip(self.decks, self.mixers, self.hq, strict=True)]
         self._appliers = [s.apply for s in self._slots]
@@ -282,26 +285,23 @@ class LiveEngine:
         own fade. Not while the deck stretches (tempo or key: its audio is not the track's samples then), nor for
         a block across a loop splice. Real-time safe."""
         hq = self.hq[i]
-        buf = hq._hq
+        buf = hq.block
         pos, old = self._hq_pos[i], self._hq_from[i]
         if pos != self._hq_next[i]:  # a load, seek, cue or loop jump: analysis goes to the new playhead first
             hq.track.request(pos)
-        self._hq_next[i] = deck._advance(pos, n) if deck.playing else pos
+        self._hq_next[i] = deck.position_after(pos, n) if deck.playing else pos
         ready = (
             self._slots[i].hq_track is deck.track
             and deck.playing
-            and not deck._stretching
+            and not deck.stretching
             and not _crosses_loop(deck, pos, n)
             and hq.track.read(pos, buf)
         )
         if ready and old is not None:
             ready = not _crosses_loop(deck, old, n) and hq.track.read(old, self._hq_old)
             if ready:
-                flat, flat_old = buf.reshape(-1, n), self._hq_old.reshape(-1, n)
-                multiply_rows(flat, deck._fade_in, flat)
-                multiply_rows(flat_old, deck._fade_out, flat_old)
-                buf += self._hq_old
-        ready_next = bool(ready) and hq.track.ready_at(deck._advance(pos, n), n)
+                deck.blend_jump(self._hq_flat[i], self._hq_old_flat)
+        ready_next = bool(ready) and hq.track.ready_at(deck.position_after(pos, n), n)
         hq.crossfade.process(stems_in, buf, bool(ready), ready_next, stems_in)
         if ready:
             self.num_hq_blocks += 1
@@ -336,7 +336,7 @@ class LiveEngine:
             self._was_silent[i] = deck.silent
             deck.begin_block(t)
             self._hq_pos[i] = getattr(deck, "playhead", 0)
-            self._hq_from[i] = getattr(deck, "_xfade_from", None)
+            self._hq_from[i] = getattr(deck, "jump_from", None)
             deck.feed(slot[i], deck_in)
             deck.dry(self._dry[i], deck_in)
         worker.commit()

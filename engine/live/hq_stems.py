@@ -709,14 +709,15 @@ class StemCrossfade:
 
 class HqPlayback:
     """A file deck's side of it on the audio thread: its current ``HqTrackStems`` (or None), one block buffer and
-    the ``StemCrossfade``. The engine's whole per-block wiring is ``process``. Real-time safe apart from the
-    constructor."""
+    the ``StemCrossfade``. ``process`` is the plain per-block wiring; the live engine's (``LiveEngine._apply_hq``)
+    adds what it knows of the deck: the track the stems belong to, a jump's crossfade, stretching. Real-time safe
+    apart from the constructor."""
 
     def __init__(self, block_size: int, num_channels: int = 2) -> None:
         self.block_size = block_size
         self.track: HqTrackStems | None = None
         self.crossfade = StemCrossfade(block_size, num_channels)
-        self._hq = np.zeros((4, num_channels, block_size), dtype=np.float32)
+        self.block = np.zeros((4, num_channels, block_size), dtype=np.float32)
 
     def set_track(self, track: HqTrackStems | None) -> None:
         """Swap in a loaded track's HQ stems (or None on eject), by reference; starts on the causal stems. The old
@@ -733,7 +734,7 @@ class HqPlayback:
         track = self.track
         if track is None:
             return False
-        ready = track.read(pos, self._hq)
+        ready = track.read(pos, self.block)
         ready_next = ready and track.ready_at(next_pos, self.block_size)
-        self.crossfade.process(stems, self._hq, ready, ready_next, stems)
+        self.crossfade.process(stems, self.block, ready, ready_next, stems)
         return ready

@@ -1,7 +1,7 @@
 """Real multitrack songs for training and validation: MUSDB18 excerpts (``.stem.mp4``) decoded into a song bank.
 
 ``python3 -m stembridge.engine.training.musdb --src ../shared/data/musdb18-7-train --out data/musdb`` decodes every
-NI stem file of the folder with ffmpeg (streams in MUSDB18's order: mixture, drums, bass, other, vocals) into
+NI stem file of the folder (streams in MUSDB18's order: mixture, drums, bass, other, vocals) into
 ``<out>/<split>/<song>/{vocals,drums,bass,other}.wav``, 16-bit PCM at the file's rate, the shape
 ``dataset.SongBank`` reads. The stored mixture stream is not kept: it differs from the sum of the coded stems by
 coding noise, and training builds every mixture from its stems. ``TRIM_FRAMES`` are cut at both ends (the AAC
@@ -21,14 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-STREAM_ORDER = ("mixture", "drums", "bass", "other", "vocals")  # MUSDB18's .stem.mp4 layout
 STEMS = ("vocals", "drums", "bass", "other")
 TRIM_FRAMES = 2048  # the AAC coding transient at both ends of every excerpt
 SUFFIX = ".stem.mp4"
@@ -56,21 +53,18 @@ def song_name(path: Path) -> str:
 
 
 def decode_stems(stem_file: Path, trim_frames: int = TRIM_FRAMES) -> tuple[dict[str, np.ndarray], int]:
-    """The four stems of a MUSDB18 stem file: {stem: float32 (num_frames, 2)}, trimmed, and the sample rate."""
-    if shutil.which("ffmpeg") is None:
-        raise SystemExit("ffmpeg is not installed (apt-get install ffmpeg)")
-    stems: dict[str, np.ndarray] = {}
-    rate = 0
-    with tempfile.TemporaryDirectory(prefix="stembridge_musdb_") as tmp:
-        for index, stem in enumerate(STREAM_ORDER):
-            if stem not in STEMS:
-                continue
-            wav = Path(tmp) / f"{stem}.wav"
-            cmd = ["ffmpeg", "-v", "error", "-i", str(stem_file), "-map", f"0:a:{index}", "-c:a", "pcm_f32le", str(wav)]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise SystemExit(f"{stem_file}: cannot decode audio stream {index} ({stem}): {result.stderr.strip()}")
-            stems[stem], rate = sf.read(wav, dtype="float32", always_2d=True)
+    """The four stems of a MUSDB18 stem file: {stem: float32 (num_frames, 2)}, trimmed, and the sample rate.
+    Decoded by the project's own NI stem reader (engine/stem_file.py: streams 1-4 in NI's slot order, which is
+    MUSDB18's drums, bass, other, vocals)."""
+    from stembridge.engine.audio_io import AudioFileError
+    from stembridge.engine.stem_file import read_stem_file
+
+    try:
+        decoded = read_stem_file(stem_file)
+    except AudioFileError as exc:
+        raise SystemExit(str(exc)) from exc
+    rate = decoded.sample_rate
+    stems = {stem: np.ascontiguousarray(decoded.stems[stem].T, dtype=np.float32) for stem in STEMS}
     n = min(a.shape[0] for a in stems.values())
     if n <= 2 * trim_frames + rate:
         raise SystemExit(f"{stem_file}: under 1 s of audio once {trim_frames} frames are cut at each end")
