@@ -1,27 +1,29 @@
-"""The high-quality path: four stems from a look-ahead vocal model and the causal model, for audio known in advance.
+"""The high-quality path: four stems from two look-ahead models and the causal model, for audio known in advance.
 
 ``stembridge separate`` uses it by default (``--mode live`` selects the causal live model alone); live inputs never
 do. The pipeline, on a whole track at the model rate (measured on real songs: docs/model.md):
 
-1. **Vocals** from the look-ahead model (engine/lookahead.py; the shipped one is the vocals U-Net of Spleeter's
+1. **Vocals** from the look-ahead vocal model (engine/lookahead.py; the shipped one is the vocals U-Net of Spleeter's
    2-stem model): its soft mask on the mixture's STFT (4096 / 1024), bins below its ``num_bins`` (11 kHz), the
    model fed the track brought to ``LEVEL_DB`` RMS (it is not level-invariant: +0.03 dB measured).
-2. **Drums and bass** from the causal model run on what the vocals leave (mixture - vocals), through the same
-   streaming path as live use. The vocals' share above 11 kHz (sibilants, breaths), which the look-ahead model
-   does not cover, comes from the causal model run on the whole mixture (on the rest alone it hears no voice and
-   keeps little of one). (A joint ratio mask over the four stems' power estimates was measured
-   against this on the real validation songs: -0.10 dB mean SDR with the fine-tuned causal model, though 0.6 dB
-   less vocal left in the rest; not used.)
+2. **Drums and bass** from the look-ahead stems model (the shipped one is the project's band-GRU model with a
+   backward GRU layer, trained on real multitracks: engine/training/model.py ``bidirectional``) run on what the
+   vocals leave (the *rest*: mixture - vocals). The vocals' share above 11 kHz (sibilants, breaths), which the vocal
+   model does not cover, comes from the causal live model run on the whole mixture (on the rest alone it hears no
+   voice and keeps little of one).
 3. **Other** is the residual: mixture - vocals - drums - bass in the time domain, so the stems sum to the input
    exactly, whatever the models do.
 
-Memory per track: the mixture, the vocals, the rest, the causal model's stems and the vocal mask (float16): at
-most about 10 copies of the track in float32 (1.1 GB for 5 minutes of stereo at 44.1 kHz). Not real-time code;
-run it off the audio thread.
+Both look-ahead models tile the track globally (engine/lookahead.py), so their stems of any range equal the
+whole-track pass's exactly; only the causal model's high-band vocals depend on where a range starts (its recurrent
+state and spatial filter warm up over ``WARMUP_S``). Memory per track: the mixture, the rest, the stems, the vocal
+mask (float16) and a few tiles of the stems model's masks: about 8 copies of the track in float32 (0.9 GB for 5
+minutes of stereo at 44.1 kHz). Not real-time code; run it off the audio thread.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
@@ -32,11 +34,15 @@ from stembridge.engine.lookahead import LookaheadModel
 from stembridge.engine.model_card import ModelError
 
 DEFAULT_HQ_MODEL = Path(str(files("stembridge.engine").joinpath("models", "hq_vocals.onnx")))
+DEFAULT_STEMS_MODEL = Path(str(files("stembridge.engine").joinpath("models", "hq_stems.onnx")))
 STEMS = ("vocals", "drums", "bass", "other")
-PIPELINE_VERSION = 2  # raise when the pipeline's maths changes: cached stems (engine/stem_cache.py) are keyed by it
-LEVEL_DB = -16.0  # RMS (dBFS) of the track as the look-ahead model sees it
-CHUNK_FRAMES = 512  # STFT frames per chunk of the inverse transforms (bounded memory on long tracks)
+REST_STEMS = ("drums", "bass")  # what the stems model gives from the rest
+PIPELINE_VERSION = 3  # raise when the pipeline's maths changes: cached stems (engine/stem_cache.py) are keyed by it
+LEVEL_DB = -16.0  # RMS (dBFS) of the track as the look-ahead vocal model sees it
+CHUNK_FRAMES = 512  # vocal-model STFT frames per chunk of the inverse transforms (bounded memory on long tracks)
 TILES_PER_CALL = 8  # look-ahead tiles computed together (the model batches them)
+REST_BLOCK = 16384  # samples per block of the rest, computed once as ranges ask for it
+REST_TILES_KEPT = 32  # stems-model tiles whose masks a track keeps (the most recent; about 2.4 min of audio)
 # How much audio the causal model hears before a range that does not start at 0 (``separate_range``): its recurrent
 # state and the spatial filter's averages start from zero there, as they do at a track's start. Measured on the
 # default model (benchmarks/results/hq_stems/): the range's stems are within 1e-3 of the whole-track pass's after
@@ -59,6 +65,7 @@ class HighQualitySeparator:
         lookahead_path: str | Path | None = None,
         causal_path: str | Path | None = None,
         *,
+        stems_path: str | Path | None = None,
         device: str = "auto",
         threads: int = 1,
         block_size: int = 4096,
@@ -71,75 +78,82 @@ class HighQualitySeparator:
         la = self.vocal_model.card
         if "vocals" not in la.stems:
             raise ModelError(f"{la.path}: the look-ahead model has no vocals stem (it has {', '.join(la.stems)})")
-        self.causal = StreamingSeparator(
+        self.stem_model = LookaheadModel(
+            Path(stems_path) if stems_path is not None else DEFAULT_STEMS_MODEL, threads=threads, device=device
+        )
+        sm = self.stem_model.card
+        missing = [s for s in REST_STEMS if s not in sm.stems]
+        if missing:
+            raise ModelError(f"{sm.path}: the look-ahead stems model has no stem(s) {', '.join(missing)}")
+        # the causal model on the whole mix, for the vocals above the vocal model's band
+        self.mix_causal = StreamingSeparator(
             causal_path, device=device, intra_op_threads=threads, max_hops=max(1, block_size // 64 + 2)
         )
-        card = self.causal.card
-        missing = [s for s in STEMS if s not in card.stems]
-        if missing:
-            raise ModelError(f"{card.path}: the causal model has no stem(s) {', '.join(missing)}")
-        if card.sample_rate != la.sample_rate:
-            raise ModelError(
-                f"{la.path}: its sample rate {la.sample_rate} Hz differs from the causal model's {card.sample_rate}"
-            )
-        self.adapter = BlockAdapter(self.causal, max_block_size=block_size, block_size=block_size)
-        # a second stream of the causal model, on the whole mix, for the vocals above the look-ahead model's band
-        # (its own recurrent state, so ranges can run both streams side by side)
-        self.mix_causal = StreamingSeparator(
-            card.path, device=device, intra_op_threads=threads, max_hops=max(1, block_size // 64 + 2)
-        )
+        card = self.mix_causal.card
+        if "vocals" not in card.stems:
+            raise ModelError(f"{card.path}: the causal model has no vocals stem")
+        for other in (sm, card):
+            if other.sample_rate != la.sample_rate or other.num_channels != la.num_channels:
+                raise ModelError(
+                    f"{other.path}: {other.sample_rate} Hz, {other.num_channels} channels, but the vocal model "
+                    f"{la.path.name} takes {la.sample_rate} Hz, {la.num_channels} channels"
+                )
         self.mix_adapter = BlockAdapter(self.mix_causal, max_block_size=block_size, block_size=block_size)
         self.block_size = block_size
         self.sample_rate = la.sample_rate
         self.num_channels = la.num_channels
         self.vocal_index = la.stems.index("vocals")
-        self.causal_order = [card.stems.index(s) for s in STEMS]
+        self.rest_index = [sm.stems.index(s) for s in REST_STEMS]
+        self.causal_vocals = card.stems.index("vocals")
 
     @property
     def description(self) -> str:
-        la, card = self.vocal_model.card, self.causal.card
+        la, sm, card = self.vocal_model.card, self.stem_model.card, self.mix_causal.card
         return (
             f"high-quality path: vocals from look-ahead model {la.name} ({la.path.name}, "
             f"{la.context_frames * la.hop_size / la.sample_rate:.1f} s of context either side), drums and bass "
-            f"from causal model {card.name} on the rest, other = residual; on {self.vocal_model.active_provider}"
+            f"from look-ahead model {sm.name} ({sm.path.name}, {sm.context_frames * sm.hop_size / sm.sample_rate:.1f}"
+            f" s) on the rest, vocals above {la.num_bins * la.sample_rate / la.n_fft / 1000:.0f} kHz from causal "
+            f"model {card.name}, other = residual; on {self.vocal_model.active_provider}"
         )
 
     @property
     def model_files(self) -> list[Path]:
-        """Both models' graphs and cards: what the stems depend on besides the audio and ``PIPELINE_VERSION``."""
-        la, card = self.vocal_model.card.path, self.causal.card.path
-        return [la, la.with_suffix(".json"), card, card.with_suffix(".json")]
+        """The models' graphs and cards: what the stems depend on besides the audio and ``PIPELINE_VERSION``."""
+        paths = [self.vocal_model.card.path, self.stem_model.card.path, self.mix_causal.card.path]
+        return [q for p in paths for q in (p, p.with_suffix(".json"))]
 
     def separate(self, audio: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
         from stembridge.engine.separate import separate_audio
 
         num_in, n = audio.shape
-        mix = np.repeat(audio, self.num_channels, axis=0) if num_in == 1 else np.ascontiguousarray(audio)
-        if mix.shape[0] != self.num_channels:
-            raise ModelError(f"the high-quality path takes mono or {self.num_channels}-channel audio, not {num_in}")
+        mix, masks = self.prepare(audio)
         la = self.vocal_model
-        gain = la.level_gain(mix, LEVEL_DB)
         bins = la.card.num_bins
-        done = 0  # frames reported to ``progress``: a third per stage, n in all
+        done = 0  # samples reported to ``progress``: a third per stage, n in all
 
-        # the causal model on the whole mix, for the vocals above the look-ahead model's band (on the rest alone it
-        # hears no voice below 11 kHz and keeps little above: 11-16 kHz leakage -1 dB, against -7 dB), needs nothing
-        # of the look-ahead model: it runs beside steps 1 and 2 on a thread (ONNX Runtime releases the GIL)
-        v = self.causal_order[0]
+        # the causal model on the whole mix, for the vocals above the vocal model's band, needs nothing of the
+        # look-ahead models: it runs beside steps 1 and 2 on a thread (ONNX Runtime releases the GIL)
+        v = self.causal_vocals
         with ThreadPoolExecutor(1, thread_name_prefix="stembridge-hq-mix") as pool:  # waits for it on any exit
             mix_pass = pool.submit(
                 lambda: separate_audio(self.mix_adapter, mix, self.block_size, overlap=True)[v].copy()
             )
-            vocals, causal, done = self._vocals_and_rest(mix, gain, progress, done)
+            out = np.empty((4,) + mix.shape, dtype=np.float32)
+            for s0 in range(0, n, REST_BLOCK):  # 1. the rest (the mix less the vocal model's vocals)
+                s1 = min(n, s0 + REST_BLOCK)
+                masks.rest.get(s0, s1)
+                done = self._report(progress, done, (s1 - s0) // 3)
+            for s0, s1, _, _ in self._chunks(n):  # 2. drums and bass of the rest
+                out[1:3, :, s0:s1] = masks.rest_stems(s0, s1)
+                done = self._report(progress, done, (s1 - s0) // 3)
             causal_mix_vocals = mix_pass.result()
 
-        # 3. above the look-ahead model's band, the causal model's vocals (sibilants, breaths); 4. other = residual
-        out = np.empty((4,) + mix.shape, dtype=np.float32)
-        out[1], out[2] = causal[1], causal[2]
+        # 3. vocals: the vocal model's below its band, the causal model's above (sibilants, breaths); other = residual
         for s0, s1, f0, f1 in self._chunks(n):
             high = la.stft(causal_mix_vocals, f0, f1)
             high[:, :, :bins] = 0.0
-            out[0, :, s0:s1] = vocals[:, s0:s1] + la.istft_range(high, f0, s0, s1, n)
+            out[0, :, s0:s1] = mix[:, s0:s1] - masks.rest.get(s0, s1) + la.istft_range(high, f0, s0, s1, n)
             done = self._report(progress, done, (s1 - s0) // 3)
         out[3] = mix - out[0] - out[1] - out[2]
         self._report(progress, done, n - done)
@@ -147,63 +161,32 @@ class HighQualitySeparator:
             out = out.mean(axis=1, keepdims=True)
         return out
 
-    def _vocals_and_rest(self, mix: np.ndarray, gain: float, progress, done: int):
-        """Steps 1 and 2 of ``separate``: the look-ahead vocals (C, n) and the causal stems of the rest (4, C, n)."""
-        from stembridge.engine.separate import separate_audio
-
-        la = self.vocal_model
-        n = mix.shape[1]
-        total = la.num_frames(n)
-        bins = la.card.num_bins
-
-        # 1. the look-ahead vocal mask, kept as float16 (C, frames, bins), each tile of frames computed once
-        kept = la.card.kept_frames
-        num_tiles = -(-total // kept)
-        vmask = np.empty((mix.shape[0], num_tiles * kept, bins), dtype=np.float16)
-        for k0 in range(0, num_tiles, TILES_PER_CALL):
-            k1 = min(num_tiles, k0 + TILES_PER_CALL)
-            vmask[:, k0 * kept : k1 * kept] = la.tile_masks(mix, k0, k1, gain)[self.vocal_index]
-            covered = min(k1 * kept * la.card.hop_size, n) - min(k0 * kept * la.card.hop_size, n)
-            done = self._report(progress, done, covered // 3)
-        vocals = np.zeros_like(mix)
-        for s0, s1, f0, f1 in self._chunks(n):
-            spec = la.stft(mix, f0, f1)
-            spec[:, :, bins:] = 0.0
-            spec[:, :, :bins] *= vmask[:, f0:f1].astype(np.float32)
-            vocals[:, s0:s1] = la.istft_range(spec, f0, s0, s1, n)
-
-        # 2. the causal model on what the vocals leave
-        causal = separate_audio(self.adapter, mix - vocals, self.block_size, overlap=True)[self.causal_order]
-        done = self._report(progress, done, n // 3)
-        return vocals, causal, done
-
     # ------------------------------------------------------------------------------------------- ranges
 
-    def prepare(self, audio: np.ndarray) -> tuple[np.ndarray, TrackVocalMasks]:
+    def prepare(self, audio: np.ndarray) -> tuple[np.ndarray, TrackMasks]:
         """What every range of one track shares: the track as the models take it (float32 (num_channels, n), mono
-        doubled) and its vocal masks (computed tile by tile as ranges ask for them, then kept)."""
+        doubled) and its ``TrackMasks`` (the look-ahead models' masks and the rest, computed as ranges ask)."""
         num_in = audio.shape[0]
         mix = np.repeat(audio, self.num_channels, axis=0) if num_in == 1 else np.ascontiguousarray(audio)
         if mix.shape[0] != self.num_channels or mix.ndim != 2:
             raise ModelError(f"the high-quality path takes mono or {self.num_channels}-channel audio, not {num_in}")
         mix = mix.astype(np.float32, copy=False)
-        gain = self.vocal_model.level_gain(mix, LEVEL_DB)
-        return mix, TrackVocalMasks(self.vocal_model, mix, gain, self.vocal_index)
+        return mix, TrackMasks(self, mix)
 
     def open_range(
         self,
         mix: np.ndarray,
-        masks: TrackVocalMasks,
+        masks: TrackMasks,
         start: int,
         warmup_samples: int | None = None,
         *,
         warmup_tiles: bool = True,
     ) -> RangeStems:
         """A ``RangeStems`` producing the stems of ``mix`` (from ``prepare``) from sample ``start`` on, range after
-        range. The causal model is warmed up on ``warmup_samples`` (default ``WARMUP_S``) before ``start``.
-        ``warmup_tiles`` False: shorten the warm-up rather than compute a look-ahead tile for it alone (a tile is
-        one model call of 8.9 s of audio: what a file deck's seek waits for). Only one range of a separator may be
-        open at a time: they share its causal model's stream."""
+        range. The causal model (the high-band vocals) is warmed up on ``warmup_samples`` (default ``WARMUP_S``)
+        before ``start``. ``warmup_tiles`` False: shorten the warm-up rather than compute a vocal-model tile for it
+        alone (a tile is one model call of 8.9 s of audio: what a file deck's seek waits for). Only one range of a
+        separator may be open at a time: they share its causal model's stream."""
         if warmup_samples is None:
             warmup_samples = int(round(WARMUP_S * self.sample_rate))
         return RangeStems(self, mix, masks, start, warmup_samples, warmup_tiles=warmup_tiles)
@@ -215,15 +198,15 @@ class HighQualitySeparator:
         stop: int,
         *,
         warmup_samples: int | None = None,
-        masks: TrackVocalMasks | None = None,
+        masks: TrackMasks | None = None,
     ) -> np.ndarray:
         """Stems of samples [start, stop) of a whole track: audio float32 (num_channels, n) -> float32 (4,
         num_channels, stop - start), summing to ``audio[:, start:stop]`` exactly.
 
-        The look-ahead vocals are those of the whole track (its tiles are global); the causal pass starts
-        ``warmup_samples`` (default ``WARMUP_S``) before ``start`` from zero state, so drums and bass match the
-        whole-track pass's once the model has converged (exactly when ``start`` is 0). ``masks``: a
-        ``TrackVocalMasks`` of this track (from ``prepare``) to reuse across ranges."""
+        The look-ahead stems are those of the whole track (their tiles are global); the causal pass starts
+        ``warmup_samples`` (default ``WARMUP_S``) before ``start`` from zero state, so the high-band vocals match the
+        whole-track pass's once the model has converged (exactly when ``start`` is 0). ``masks``: the
+        ``TrackMasks`` of this track (from ``prepare``) to reuse across ranges."""
         n = audio.shape[1]
         if not 0 <= start < stop <= n:
             raise ValueError(f"range [{start}, {stop}) is not inside the track's {n} samples")
@@ -240,13 +223,77 @@ class HighQualitySeparator:
         return done + frames
 
     def _chunks(self, n: int):
-        """(first sample, end sample, first frame, end frame) of chunks of about CHUNK_FRAMES frames covering n."""
+        """(first sample, end sample, first frame, end frame) of chunks of about CHUNK_FRAMES vocal-model frames
+        covering n."""
         la = self.vocal_model
         step = CHUNK_FRAMES * la.card.hop_size
         for s0 in range(0, n, step):
             s1 = min(n, s0 + step)
             f0, f1 = la.frame_range(s0, s1, n)
             yield s0, s1, f0, f1
+
+
+class TrackMasks:
+    """What the look-ahead models give for one track, computed as ranges ask and kept (not thread-safe: one user):
+
+    - ``vocals``: the vocal model's mask of the whole track (``TrackVocalMasks``);
+    - ``rest``: the mix less those vocals (``TrackRest``);
+    - the stems model's drums and bass masks on the rest, tile by tile, the most recent ``REST_TILES_KEPT`` tiles
+      kept (a run moving forward computes each tile once; a jump back far recomputes a few).
+    """
+
+    def __init__(self, hq: HighQualitySeparator, mix: np.ndarray) -> None:
+        self.hq = hq
+        self.mix = mix
+        self.num_samples = mix.shape[1]
+        gain = hq.vocal_model.level_gain(mix, LEVEL_DB)
+        self.vocals = TrackVocalMasks(hq.vocal_model, mix, gain, hq.vocal_index)
+        self.rest = TrackRest(hq.vocal_model, mix, self.vocals)
+        self._tiles: OrderedDict[int, np.ndarray] = OrderedDict()  # stems-model tile -> float16 (2, C, kept, bins)
+
+    @property
+    def done(self) -> np.ndarray:
+        """Which vocal-model tiles are computed (``RangeStems`` starts its warm-up where they begin)."""
+        return self.vocals.done
+
+    def _rest_masks(self, first: int, last: int) -> np.ndarray:
+        """The stems model's masks of drums and bass on the rest, frames [first, last): float32 (2, C, frames,
+        bins)."""
+        sm = self.hq.stem_model
+        kept, n = sm.card.kept_frames, self.num_samples
+        k0, k1 = first // kept, (last - 1) // kept + 1
+        k = k0
+        while k < k1:
+            if k in self._tiles:
+                self._tiles.move_to_end(k)
+                k += 1
+                continue
+            j = k
+            while j < k1 and j - k < TILES_PER_CALL and j not in self._tiles:
+                j += 1
+            a, b = sm.tile_span(k, j)
+            a, b = max(0, a), min(n, b)
+            rest = self.rest.get(a, b) if b > a else np.zeros((self.mix.shape[0], 0), dtype=np.float32)
+            masks = sm.tile_masks(rest, k, j, offset=a, num_samples=n)[self.hq.rest_index].astype(np.float16)
+            for i in range(k, j):
+                self._tiles[i] = masks[:, :, (i - k) * kept : (i - k + 1) * kept]
+            while len(self._tiles) > max(REST_TILES_KEPT, k1 - k0):
+                self._tiles.popitem(last=False)
+            k = j
+        out = np.concatenate([self._tiles[i] for i in range(k0, k1)], axis=2)
+        return out[:, :, first - k0 * kept : last - k0 * kept].astype(np.float32)
+
+    def rest_stems(self, s0: int, s1: int) -> np.ndarray:
+        """Drums and bass of samples [s0, s1): float32 (2, C, s1 - s0), the stems model's masks on the rest."""
+        sm, n = self.hq.stem_model, self.num_samples
+        half = sm.card.n_fft // 2
+        g0, g1 = sm.frame_range(s0, s1, n)
+        a, b = max(0, g0 * sm.card.hop_size - half), min(n, (g1 - 1) * sm.card.hop_size + half)
+        spec = sm.stft(self.rest.get(a, b), g0, g1, offset=a)[:, :, : sm.card.num_bins]
+        masked = spec[None] * self._rest_masks(g0, g1)
+        full = np.zeros(masked.shape[:-1] + (sm.card.n_fft // 2 + 1,), dtype=np.complex64)
+        full[..., : sm.card.num_bins] = masked
+        return sm.istft_range(full, g0, s0, s1, n)
 
 
 class TrackVocalMasks:
@@ -284,6 +331,32 @@ class TrackVocalMasks:
         return float(self.done.mean())
 
 
+class TrackRest:
+    """The mix of one track less its look-ahead vocals (below the vocal model's band), computed in blocks of
+    ``REST_BLOCK`` samples as they are asked for and kept: float32 (num_channels, n). Not thread-safe: one user."""
+
+    def __init__(self, model: LookaheadModel, mix: np.ndarray, vocals: TrackVocalMasks) -> None:
+        self.model, self.mix, self.vocals = model, mix, vocals
+        self.values = np.empty_like(mix)
+        self.done = np.zeros(-(-mix.shape[1] // REST_BLOCK), dtype=bool)
+
+    def get(self, s0: int, s1: int) -> np.ndarray:
+        """Samples [s0, s1) of the rest (a view: do not write to it)."""
+        la, n = self.model, self.mix.shape[1]
+        bins = la.card.num_bins
+        for b in range(s0 // REST_BLOCK, -(-s1 // REST_BLOCK)):
+            if self.done[b]:
+                continue
+            a, z = b * REST_BLOCK, min(n, (b + 1) * REST_BLOCK)
+            f0, f1 = la.frame_range(a, z, n)
+            spec = la.stft(self.mix, f0, f1)
+            spec[:, :, bins:] = 0.0
+            spec[:, :, :bins] *= self.vocals.frames(f0, f1)
+            self.values[:, a:z] = self.mix[:, a:z] - la.istft_range(spec, f0, a, z, n)
+            self.done[b] = True
+        return self.values[:, s0:s1]
+
+
 class RangeStems:
     """The high-quality stems of one track from a start sample on, one range after another (``next(stop)``), with
     the causal model's stream carried from range to range, so consecutive ranges join exactly as one range would.
@@ -293,7 +366,7 @@ class RangeStems:
         self,
         hq: HighQualitySeparator,
         mix: np.ndarray,
-        masks: TrackVocalMasks,
+        masks: TrackMasks,
         start: int,
         warmup_samples: int,
         *,
@@ -310,7 +383,7 @@ class RangeStems:
         hop, half = la.card.hop_size, la.card.n_fft // 2
         first = la.frame_range(start, start + 1, n)[0] if start < n else la.num_frames(n) - 1
         begin = max(0, first * hop - half - warmup_samples)
-        begin -= begin % hop  # the causal buffer starts on a frame boundary of the look-ahead STFT
+        begin -= begin % hop  # the causal buffer starts on a frame boundary of the vocal model's STFT
         if not warmup_tiles:  # start the warm-up where the tiles already computed (or the range's own) begin
             kept = la.card.kept_frames
             k = first // kept
@@ -319,33 +392,21 @@ class RangeStems:
             # the frames touching sample b start at (b - half) // hop + 1: keep them at or after tile k
             earliest = (k * kept - 1) * hop + half if k > 0 else 0
             begin = max(begin, min(earliest, first * hop - half))
-        hq.adapter.reset()
         hq.mix_adapter.reset()
-        self._fed = begin  # next sample of (mix - vocals) to go into the causal model
-        self._drop = hq.adapter.latency_samples  # stream samples still to drop (the causal model's latency)
+        self._fed = begin  # next sample of the mix to go into the causal model
+        self._drop = hq.mix_adapter.latency_samples  # stream samples still to drop (the causal model's latency)
         self._buf_start = begin  # absolute sample of self._causal[..., 0]
-        # aligned causal stems: vocals of the mix (for above the look-ahead band), drums and bass of the rest
-        self._causal = np.zeros((3, mix.shape[0], 0), dtype=np.float32)
+        self._causal = np.zeros((mix.shape[0], 0), dtype=np.float32)  # the causal model's vocals of the mix, aligned
 
     @property
     def _buf_end(self) -> int:
         return self._buf_start + self._causal.shape[-1]
 
-    def _vocals(self, s0: int, s1: int) -> np.ndarray:
-        """The look-ahead vocals of samples [s0, s1): float32 (num_channels, s1 - s0)."""
-        la, n = self.hq.vocal_model, self.num_samples
-        bins = la.card.num_bins
-        f0, f1 = la.frame_range(s0, s1, n)
-        spec = la.stft(self.mix, f0, f1)
-        spec[:, :, bins:] = 0.0
-        spec[:, :, :bins] *= self.masks.frames(f0, f1)
-        return la.istft_range(spec, f0, s0, s1, n)
-
     def _causal_until(self, stop: int) -> None:
-        """Run the causal model on (mix - vocals) and on the mix until their aligned stems reach sample ``stop``."""
+        """Run the causal model on the mix until its aligned vocals reach sample ``stop``."""
         hq, n = self.hq, self.num_samples
         block = hq.block_size
-        latency = hq.adapter.latency_samples
+        latency = hq.mix_adapter.latency_samples
         if self._buf_end >= stop:
             return
         target = self._fed + -(-(stop + latency - self._fed) // block) * block
@@ -353,24 +414,14 @@ class RangeStems:
         real = min(target, n) - self._fed
         if real > 0:
             whole[:, :real] = self.mix[:, self._fed : self._fed + real]
-        rest = whole.copy()
-        if real > 0:
-            rest[:, :real] -= self._vocals(self._fed, self._fed + real)
-        v, d, b = hq.causal_order[:3]
+        v = hq.causal_vocals
         starts = range(0, target - self._fed, block)
-
-        def mix_vocals() -> list[np.ndarray]:  # the stream on the whole mix, beside the one on the rest
-            return [hq.mix_adapter.process(whole[None, :, i : i + block])[0, v].copy() for i in starts]
-
-        with ThreadPoolExecutor(1, thread_name_prefix="stembridge-hq-mix") as pool:
-            vocals = pool.submit(mix_vocals)
-            rest_stems = [hq.adapter.process(rest[None, :, i : i + block])[0, [d, b]] for i in starts]
-            outs = [np.concatenate([vv[None], db]) for vv, db in zip(vocals.result(), rest_stems, strict=True)]
-        stems = np.concatenate(outs, axis=-1)[..., self._drop :]
+        outs = [hq.mix_adapter.process(whole[None, :, i : i + block])[0, v].copy() for i in starts]  # (its buffer)
+        vocals = np.concatenate(outs, axis=-1)[..., self._drop :]
         self._drop = max(0, self._drop - (target - self._fed))
         self._fed = target
-        keep = max(0, min(stems.shape[-1], n - self._buf_end))
-        self._causal = np.concatenate([self._causal, stems[..., :keep]], axis=-1)
+        keep = max(0, min(vocals.shape[-1], n - self._buf_end))
+        self._causal = np.concatenate([self._causal, vocals[..., :keep]], axis=-1)
 
     def next(self, stop: int) -> np.ndarray:
         """Stems of samples [pos, stop): float32 (4, num_channels, stop - pos), summing to the mix exactly; then
@@ -388,12 +439,11 @@ class RangeStems:
             if self._buf_start > max(0, f0 * hop - half):
                 raise RuntimeError("RangeStems: the causal stems before this range were already dropped")
             k = self._buf_start // hop
-            high = la.stft(self._causal[0], f0 - k, f1 - k)
+            high = la.stft(self._causal, f0 - k, f1 - k)
             high[:, :, :bins] = 0.0
-            out[0, :, c0 - s0 : c1 - s0] = self._vocals(c0, c1) + la.istft_range(high, f0, c0, c1, n)
-            a, z = c0 - self._buf_start, c1 - self._buf_start
-            out[1, :, c0 - s0 : c1 - s0] = self._causal[1, :, a:z]
-            out[2, :, c0 - s0 : c1 - s0] = self._causal[2, :, a:z]
+            low = self.mix[:, c0:c1] - self.masks.rest.get(c0, c1)
+            out[0, :, c0 - s0 : c1 - s0] = low + la.istft_range(high, f0, c0, c1, n)
+            out[1:3, :, c0 - s0 : c1 - s0] = self.masks.rest_stems(c0, c1)
         out[3] = self.mix[:, s0:s1] - out[0] - out[1] - out[2]
         self.pos = s1
         if s1 < n:  # drop the causal stems no later range needs

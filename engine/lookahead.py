@@ -4,7 +4,8 @@ A look-ahead model is ``<name>.onnx`` with a card ``<name>.json`` whose ``"kind"
 causal contract (engine/model_card.py: one hop in, one hop out, recurrent state), the graph sees a whole segment of
 STFT frames at once, the past and the future of every frame it masks:
 
-- ``n_fft``, ``hop_size``, ``window`` ("hann", periodic), ``sample_rate``, ``num_channels``: the STFT, centred
+- ``n_fft``, ``hop_size``, ``window`` (one of engine/stft.py's ``WINDOWS``: "hann" (periodic), "vorbis"),
+  ``sample_rate``, ``num_channels``: the STFT, centred
   (frame t is centred on sample t * hop_size; the signal is zero-padded by n_fft / 2 at both ends).
 - ``num_bins``: the magnitudes of bins 0 .. num_bins - 1 are the model's input; the bins above get no mask from the
   model (their share is decided by the pipeline: see engine/hq.py).
@@ -35,6 +36,8 @@ from typing import Any
 import numpy as np
 import scipy.fft
 from stembridge.engine.model_card import ModelError
+from stembridge.engine.stft import WINDOWS
+from stembridge.engine.stft import window as named_window
 
 KIND = "lookahead"
 MASKS = ("ratio_power", "direct")
@@ -64,6 +67,7 @@ class LookaheadCard:
     sample_rate: int
     n_fft: int
     hop_size: int
+    window: str
     num_channels: int
     num_bins: int
     stems: tuple[str, ...]
@@ -125,8 +129,8 @@ def load_lookahead_card(model_path: str | Path) -> LookaheadCard:
     for key in ("sample_rate", "n_fft", "hop_size", "num_channels", "num_bins"):
         if not isinstance(raw[key], int) or raw[key] < 1:
             raise fail(f"{key} must be a positive integer, got {raw[key]!r}")
-    if raw["window"] != "hann":
-        raise fail(f'window {raw["window"]!r} is not supported ("hann")')
+    if raw["window"] not in WINDOWS:
+        raise fail(f"window {raw['window']!r} is not supported ({', '.join(WINDOWS)})")
     if raw["n_fft"] % raw["hop_size"] or raw["n_fft"] // raw["hop_size"] < 2:
         raise fail("hop_size must divide n_fft at least twice")
     if raw["num_bins"] > raw["n_fft"] // 2 + 1:
@@ -156,6 +160,7 @@ def load_lookahead_card(model_path: str | Path) -> LookaheadCard:
         sample_rate=raw["sample_rate"],
         n_fft=raw["n_fft"],
         hop_size=raw["hop_size"],
+        window=raw["window"],
         num_channels=raw["num_channels"],
         num_bins=raw["num_bins"],
         stems=tuple(stems),
@@ -167,10 +172,6 @@ def load_lookahead_card(model_path: str | Path) -> LookaheadCard:
         output_name=output_name,
         provenance=dict(raw.get("provenance") or {}),
     )
-
-
-def periodic_hann(n: int) -> np.ndarray:
-    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
 
 
 class LookaheadModel:
@@ -213,7 +214,7 @@ class LookaheadModel:
         if len(oshape) != 5 or oshape[1] != len(c.stems) or oshape[4] != c.num_bins:
             raise ModelError(f"{c.path}: output shape {oshape} does not match the card's {len(c.stems)} stems")
         self.batch = max(1, batch)
-        self.window = periodic_hann(c.n_fft)
+        self.window = named_window(c.window, c.n_fft)
         self.active_provider = self.session.get_providers()[0]
 
     # ------------------------------------------------------------------------------------------------- STFT
@@ -221,18 +222,18 @@ class LookaheadModel:
     def num_frames(self, num_samples: int) -> int:
         return 1 + num_samples // self.card.hop_size
 
-    def stft(self, audio: np.ndarray, first: int, last: int) -> np.ndarray:
+    def stft(self, audio: np.ndarray, first: int, last: int, offset: int = 0) -> np.ndarray:
         """Frames [first, last) of the centred STFT of audio float32 (C, n): complex64 (C, frames, n_fft/2+1).
-        Frames outside the signal are zeros."""
+        ``audio`` holds samples [offset, offset + n) of the signal; samples outside it are zeros."""
         c = self.card
         half = c.n_fft // 2
         n = audio.shape[1]
         start = first * c.hop_size - half
         stop = (last - 1) * c.hop_size + half
         seg = np.zeros((audio.shape[0], max(0, stop - start)), dtype=np.float32)
-        lo, hi = max(start, 0), min(stop, n)
+        lo, hi = max(start, offset), min(stop, offset + n)
         if hi > lo:
-            seg[:, lo - start : hi - start] = audio[:, lo:hi]
+            seg[:, lo - start : hi - start] = audio[:, lo - offset : hi - offset]
         frames = np.lib.stride_tricks.sliding_window_view(seg, c.n_fft, axis=1)[:, :: c.hop_size]
         return scipy.fft.rfft(frames * self.window, axis=-1)  # float32 in, complex64 out (numpy's would be 64-bit)
 
@@ -245,17 +246,36 @@ class LookaheadModel:
             out.append(self.session.run([self.card.output_name], {self.card.input_name: mags[i : i + self.batch]})[0])
         return np.concatenate(out, axis=0)
 
-    def tile_masks(self, audio: np.ndarray, k0: int, k1: int, gain: float = 1.0) -> np.ndarray:
+    def tile_span(self, k0: int, k1: int) -> tuple[int, int]:
+        """The samples [start, stop) that tiles [k0, k1)'s segments read (may reach outside the signal)."""
+        c = self.card
+        first = k0 * c.kept_frames - c.context_frames
+        last = (k1 - 1) * c.kept_frames - c.context_frames + c.segment_frames
+        return first * c.hop_size - c.n_fft // 2, (last - 1) * c.hop_size + c.n_fft // 2
+
+    def tile_masks(
+        self,
+        audio: np.ndarray,
+        k0: int,
+        k1: int,
+        gain: float = 1.0,
+        *,
+        offset: int = 0,
+        num_samples: int | None = None,
+    ) -> np.ndarray:
         """Masks of the frames tiles [k0, k1) keep: float32 (S, C, (k1 - k0) * kept_frames, num_bins), frames
         [k0 * kept, k1 * kept), each tile computed once; ``gain`` scales what the model sees (its input level),
-        never the audio masked. Frames outside the signal are silence."""
+        never the audio masked. Frames outside the signal are silence. ``audio`` holds samples [offset, offset +
+        its length) of a signal of ``num_samples`` (default: all of it); it must cover ``tile_span(k0, k1)`` inside
+        the signal."""
         c = self.card
         kept = c.kept_frames
+        total = offset + audio.shape[1] if num_samples is None else num_samples
         spec_first = k0 * kept - c.context_frames
         spec_last = (k1 - 1) * kept - c.context_frames + c.segment_frames
-        mag = np.abs(self.stft(audio, spec_first, spec_last)[:, :, : c.num_bins]).astype(np.float32)
+        mag = np.abs(self.stft(audio, spec_first, spec_last, offset)[:, :, : c.num_bins]).astype(np.float32)
         mag *= np.float32(gain)
-        beyond = self.num_frames(audio.shape[1]) - spec_first
+        beyond = self.num_frames(total) - spec_first
         if beyond < mag.shape[1]:
             mag[:, max(beyond, 0) :] = 0.0
         windows = np.stack([mag[:, i * kept : i * kept + c.segment_frames] for i in range(k1 - k0)])

@@ -99,6 +99,27 @@ def test_the_four_stems_sum_to_the_input_and_keep_its_shape(tiny_model, channels
     assert np.abs(stems[:3]).max() > 0.0
 
 
+def test_drums_and_bass_of_any_range_equal_the_whole_track_pass(tiny_model):
+    """The stems model tiles the track globally: wherever a range (a deck's seek) starts, its drums and bass are the
+    whole-track pass's, with no warm-up."""
+    rng = np.random.default_rng(4)
+    t = np.arange(12 * SR) / SR
+    x = (0.2 * np.sin(2 * np.pi * 55 * t) + 0.05 * rng.standard_normal((2, t.size))).astype(np.float32)
+    hq = HighQualitySeparator(causal_path=tiny_model)
+    whole = hq.separate(x)
+    mix, masks = hq.prepare(x)
+    for start, stop in [(5 * SR + 123, 6 * SR), (11 * SR, 12 * SR), (777, 2000)]:
+        part = hq.separate_range(x, start, stop, warmup_samples=0, masks=masks)
+        np.testing.assert_allclose(part[1:3], whole[1:3, :, start:stop], atol=1e-5)
+        np.testing.assert_allclose(part.sum(axis=0), x[:, start:stop], atol=1e-5)
+
+
+def test_a_stems_model_without_drums_and_bass_is_refused(tiny_model):
+    with pytest.raises(ModelError, match="has no stem.*drums, bass") as err:
+        HighQualitySeparator(causal_path=tiny_model, stems_path=DEFAULT_HQ_MODEL)
+    assert "hq_vocals.onnx" in str(err.value)
+
+
 def _real_songs(count: int):
     from stembridge.engine.training.musdb import VALIDATION, decode_stems
 

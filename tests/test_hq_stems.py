@@ -145,9 +145,10 @@ def test_read_fills_only_ready_stems(hq, audio):
 
 def test_joins_of_runs_started_at_different_positions_do_not_click():
     """Seeks while analysing: runs start at 7 chunks and stop at others. The default causal model (it has a long
-    memory: the fixture model has none) with no warm-up, so neighbouring runs' estimates differ the most.
-    Everywhere the stems sum to the mix; at every join no step exceeds the audio's own (the one-pass stems') by more
-    than half, where butting the runs' chunks together does (a check clicks fail)."""
+    memory: the fixture model has none) with no warm-up, so neighbouring runs' high-band vocals differ the most.
+    Everywhere the stems sum to the mix; drums and bass (the look-ahead stems model's alone) are the whole-track
+    pass's wherever a run started; at every join no step exceeds the audio's own (the one-pass stems') by more than
+    half, and the runs' own estimates differ there (what the join crossfades)."""
     hq = HighQualitySeparator(device="cpu")
     audio = track(2.0, seed=5)
     whole = hq.separate(audio)
@@ -173,7 +174,10 @@ def test_joins_of_runs_started_at_different_positions_do_not_click():
         part = hq.separate_range(audio, s, e, warmup_samples=warmup, masks=masks)
         butted[..., c * CHUNK : e] = part[..., c * CHUNK - s :]
     np.testing.assert_allclose(butted[..., : 2 * CHUNK - JOIN], a.stems[..., : 2 * CHUNK - JOIN], atol=1e-5)
-    assert max_join_step_ratio(butted, whole, [c * CHUNK for c in starts if c], JOIN) > 1.5
+    np.testing.assert_allclose(a.stems[1:3], whole[1:3], atol=1e-5)
+    np.testing.assert_allclose(butted[1:3], whole[1:3], atol=1e-5)
+    near = np.concatenate([np.arange(c * CHUNK - JOIN, c * CHUNK + JOIN) for c in starts if c])
+    assert np.abs(butted[0][..., near] - a.stems[0][..., near]).max() > 1e-4
 
 
 def test_join_ramp_sums_to_one_and_is_smooth():

@@ -142,6 +142,48 @@ def test_widened_weights_compute_the_same_masks_and_can_grow_apart(factor):
     assert not torch.allclose(grad[:h], grad[h : 2 * h], atol=1e-6)
 
 
+def test_bidirectional_model_starts_as_its_causal_model_and_then_reads_the_future():
+    causal = tiny_model()
+    bidi = SeparatorModel(replace(TINY, bidirectional=True)).eval()
+    params = {k for k, _ in bidi.named_parameters()}
+    assert {k for k, _ in causal.named_parameters()} < params  # the causal weights all fit
+    bidi.load_state_dict({**bidi.state_dict(), **causal.state_dict()})
+    mag = torch.rand(2, 30, 2, TINY.num_bins) * 4.0
+    torch.testing.assert_close(bidi(mag, *bidi.initial_state(2))[0], causal(mag, *causal.initial_state(2))[0])
+    with torch.no_grad():  # once the backward layer counts, a frame's masks depend on frames after it
+        bidi.backward_proj.weight.normal_(0.0, 0.5)
+        later = mag.clone()
+        later[:, 20:] *= 3.0
+        before = bidi(mag, *bidi.initial_state(2))[0][:, :20]
+        after = bidi(later, *bidi.initial_state(2))[0][:, :20]
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_bidirectional_export_meets_the_lookahead_contract(tmp_path):
+    from stembridge.engine.lookahead import LookaheadModel
+
+    model = SeparatorModel(replace(TINY, bidirectional=True, window="vorbis")).eval()
+    with torch.no_grad():
+        model.backward_proj.weight.normal_(0.0, 0.5)
+        model.decoder.weight.normal_(0.0, 0.5)
+    out = tmp_path / "bidi.onnx"
+    card = export.export_lookahead(model, out, {"training_data": "test"}, segment_frames=48, context_frames=8)
+    assert card["kind"] == "lookahead" and card["window"] == "vorbis" and card["mask"] == "direct"
+    assert card["provenance"]["onnx_max_abs_error_vs_torch"] <= 1e-4
+    la = LookaheadModel(out)
+    assert la.card.num_bins == TINY.num_bins and la.card.kept_frames == 32
+    # the engine's tiled masks are the torch model's on each tile's segment, and sum to 1 over stems
+    audio = (np.random.default_rng(0).standard_normal((2, TINY.hop_size * 90)) * 0.1).astype(np.float32)
+    masks = la.masks(audio, 0, la.num_frames(audio.shape[1]))
+    np.testing.assert_allclose(masks.sum(axis=0), 1.0, atol=1e-5)
+    seg = np.abs(la.stft(audio, 32 - 8, 32 - 8 + 48)).astype(np.float32)  # tile 1's segment
+    with torch.no_grad():
+        want = model(torch.from_numpy(seg).permute(1, 0, 2)[None], *model.initial_state(1))[0][0]
+    np.testing.assert_allclose(masks[:, :, 32:64], want.permute(1, 2, 0, 3)[:, :, 8:40].numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="takes a bidirectional model"):
+        export.export_lookahead(tiny_model(), tmp_path / "causal.onnx")
+
+
 def test_reframed_config_keeps_band_frequencies_and_weight_shapes():
     base = ModelConfig(n_fft=1024, hop_size=512)
     longer = reframed(base, 2048)

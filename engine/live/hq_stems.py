@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from stembridge.engine.hq import PIPELINE_VERSION, HighQualitySeparator, RangeStems, TrackVocalMasks
+from stembridge.engine.hq import PIPELINE_VERSION, HighQualitySeparator, RangeStems, TrackMasks
 from stembridge.engine.stem_cache import StemCache, audio_hash, model_version
 
 log = logging.getLogger(__name__)
@@ -369,7 +369,7 @@ class _Analyser:
         self._run: RangeStems | None = None  # the run in hand and the chunk it computes next
         self._next = 0
         self._mix: np.ndarray | None = None
-        self._masks: TrackVocalMasks | None = None
+        self._masks: TrackMasks | None = None
 
     @property
     def _stopping(self) -> bool:
@@ -475,7 +475,7 @@ class _Analyser:
         self._next = c + 1
         return True
 
-    def _start_run(self, mix: np.ndarray, masks: TrackVocalMasks, c: int) -> RangeStems:
+    def _start_run(self, mix: np.ndarray, masks: TrackMasks, c: int) -> RangeStems:
         s = c * self.chunk_samples
         need_head = c > 0 and not self._ready[c - 1]
         begin = s - self.join_samples if need_head else s

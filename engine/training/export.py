@@ -8,9 +8,13 @@ see the field notes). After writing, the graph is checked against torch: ONNX Ru
 1e-4 over several consecutive calls with the recurrent state carried between them, batch and frames must stay dynamic
 in the session's input shapes, and the card must load and match the graph (``engine.model_card``). The single-frame
 call time (batch 1, 1 thread: the live case) and the per-frame time of 32-frame calls go into the card's provenance.
-An existing card's ``provenance.quality`` (written by the evaluation) is kept unless the caller passes new figures;
-when the new export has other weights (another ``trained_steps``), the kept figures get the ``trained_steps`` they
-were measured at, so stale quality figures are visible as such until ``stembridge evaluate`` runs again.
+A bidirectional model (training/model.py ``bidirectional``) cannot meet the causal contract: it is exported under
+the look-ahead contract instead (engine/lookahead.py: magnitudes of a whole segment in, direct masks out, no state;
+``export_lookahead``), verified against torch the same way and loaded by ``LookaheadModel`` before it replaces
+anything. An existing card's ``provenance.quality`` (written by the evaluation) is kept unless the caller passes new
+figures; when the new export has other weights (another ``trained_steps``), the kept figures get the
+``trained_steps`` they were measured at, so stale quality figures are visible as such until ``stembridge evaluate``
+runs again.
 """
 
 from __future__ import annotations
@@ -251,6 +255,108 @@ def export_model(
     return card
 
 
+class _LookaheadGraph(torch.nn.Module):
+    """A bidirectional model under the look-ahead contract: mag (batch, C, frames, bins) -> masks (batch, S, C,
+    frames, bins), from zero state at the segment's start."""
+
+    def __init__(self, model: SeparatorModel) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, mag: torch.Tensor) -> torch.Tensor:
+        cfg = self.model.config
+        x = mag.permute(0, 2, 1, 3)  # (batch, frames, C, bins)
+        h = x.new_zeros((cfg.num_layers, x.shape[0], cfg.hidden))
+        lvl = x.new_zeros((1, x.shape[0], 1))
+        masks, _, _ = self.model(x, h, lvl)  # (batch, frames, S, C, bins)
+        return masks.permute(0, 2, 3, 1, 4)
+
+
+def make_lookahead_card(
+    config: ModelConfig, name: str, segment_frames: int, context_frames: int, provenance: dict[str, Any]
+) -> dict:
+    """The look-ahead contract card (engine/lookahead.py) of a bidirectional model of ``config``."""
+    bins, c, s = config.num_bins, config.num_channels, len(config.stems)
+    return {
+        "schema_version": 1,
+        "kind": "lookahead",
+        "name": name,
+        "description": "the project's band-GRU model with a backward GRU layer (engine/training/model.py), for audio "
+        "known in advance",
+        "sample_rate": config.sample_rate,
+        "n_fft": config.n_fft,
+        "hop_size": config.hop_size,
+        "window": config.window,
+        "num_channels": c,
+        "num_bins": bins,
+        "stems": list(config.stems),
+        "mask": "direct",
+        "framing": {"segment_frames": segment_frames, "frame_multiple": 1, "context_frames": context_frames},
+        "tensors": {
+            "input": {"name": INPUT, "shape": ["batch", c, "frames", bins]},
+            "output": {"name": OUTPUT, "shape": ["batch", s, c, "frames", bins]},
+        },
+        "provenance": provenance,
+    }
+
+
+def export_lookahead(
+    model: SeparatorModel,
+    out: Path,
+    provenance: dict[str, Any] | None = None,
+    name: str | None = None,
+    segment_frames: int = 640,
+    context_frames: int = 128,
+) -> dict:
+    """Export, verify and card a bidirectional ``model`` under the look-ahead contract at ``out``; returns the card.
+    Written to a temporary file and moved into place only after ONNX Runtime matched torch (to ``TOLERANCE`` at
+    batch 1 and 3, several segment lengths) and ``LookaheadModel`` loaded it."""
+    from stembridge.engine.lookahead import LookaheadModel
+
+    if not model.config.bidirectional:
+        raise ValueError("export_lookahead takes a bidirectional model (a causal one goes through export_model)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    provenance = dict(provenance or {})
+    cfg = model.config
+    graph = _LookaheadGraph(model)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_onnx = Path(tmp) / out.name
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph,
+                (torch.rand(1, cfg.num_channels, 16, cfg.num_bins),),
+                str(tmp_onnx),
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch", 2: "frames"}, OUTPUT: {0: "batch", 3: "frames"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        sess = _session(tmp_onnx)
+        gen = torch.Generator().manual_seed(0)
+        worst = 0.0
+        for batch, frames in ((1, 40), (3, 7), (2, segment_frames)):
+            mag = torch.rand(batch, cfg.num_channels, frames, cfg.num_bins, generator=gen) ** 4 * 300.0
+            with torch.no_grad():
+                want = graph(mag).numpy()
+            got = sess.run([OUTPUT], {INPUT: mag.numpy()})[0]
+            worst = max(worst, float(np.abs(got - want).max()))
+        if worst > TOLERANCE:
+            raise AssertionError(f"{out}: ONNX Runtime differs from torch by {worst:.3g} (> {TOLERANCE})")
+        provenance["onnx_max_abs_error_vs_torch"] = float(f"{worst:.3g}")
+        provenance["num_parameters"] = count_parameters(model)
+        provenance["architecture"] = cfg.to_dict()
+        card = make_lookahead_card(cfg, name or out.stem, segment_frames, context_frames, provenance)
+        tmp_card = tmp_onnx.with_suffix(".json")
+        tmp_card.write_text(json.dumps(card, indent=1) + "\n")
+        LookaheadModel(tmp_onnx)  # the contract's own checks of card against graph
+        os.replace(tmp_onnx, out)
+        os.replace(tmp_card, out.with_suffix(".json"))
+    return card
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export a checkpoint to ONNX + card, verified against torch.")
     parser.add_argument("--checkpoint", type=Path, required=True, help="runs/<name>/last.pt or an fp16 checkpoint")
@@ -287,6 +393,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="a line for the provenance's history (e.g. how the run was started); kept in the fp16 checkpoint too",
     )
+    parser.add_argument(
+        "--segment-frames", type=int, default=640, help="bidirectional models: frames per look-ahead call"
+    )
+    parser.add_argument(
+        "--context-frames", type=int, default=128, help="bidirectional models: frames of context either side"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     checkpoint = args.checkpoint
@@ -305,6 +417,23 @@ def main(argv: list[str] | None = None) -> None:
         provenance["training_data"] = args.training_data
     provenance["weights"] = chosen_weights(ckpt, average=not args.raw)[1]
     provenance["trained_steps"] = int(ckpt.get("step", provenance.get("trained_steps", 0)))
+    if model.config.bidirectional:
+        old_card = args.out.with_suffix(".json")
+        if old_card.exists():  # keep the evaluation's figures of an earlier export, as export_model does
+            try:
+                old = json.loads(old_card.read_text()).get("provenance", {})
+            except (OSError, json.JSONDecodeError):
+                old = {}
+            for key in CARD_QUALITY_KEYS:
+                if key in old and key not in provenance:
+                    provenance[key] = {**old[key], "trained_steps": old.get("trained_steps")}
+        card = export_lookahead(model, args.out, provenance, args.name, args.segment_frames, args.context_frames)
+        print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) and its look-ahead card")
+        print(
+            f"{card['provenance']['num_parameters']} parameters; ONNX vs torch max abs error "
+            f"{card['provenance']['onnx_max_abs_error_vs_torch']}"
+        )
+        return
     card = export_model(
         model,
         args.out,

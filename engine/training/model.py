@@ -19,6 +19,12 @@ stems. Everything the model needs beyond the magnitude happens inside the graph:
   (which cost more than the GRU in ONNX Runtime); softmax over stems is spelled out for the same reason.
 
 Output frame k depends on input frames <= k only. All shapes and sizes come from ``ModelConfig``.
+
+``ModelConfig.bidirectional`` makes the look-ahead variant for audio known in advance (the high-quality path,
+engine/hq.py; exported under the look-ahead contract, engine/lookahead.py): one more GRU layer runs backwards in
+time over the causal GRU's output, and a linear projection of it is added to that output before the decoder. The
+projection starts at zero, so a model warm-started from causal weights begins as exactly the causal model and
+learns what the future adds. Its output frame k then depends on every frame of the segment it is given.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class ModelConfig:
     band_layout: tuple[tuple[int, int], ...] = ()  # (spacing_bins, end_bin) regions; () = default_band_layout
     hidden: int = 192
     num_layers: int = 2
+    bidirectional: bool = False  # a backward GRU layer over the causal one: look-ahead, never live (module docstring)
 
     @property
     def num_bins(self) -> int:
@@ -150,6 +157,12 @@ class SeparatorModel(nn.Module):
         num_in = c * nb + nb + 1  # per-channel bands, their channel difference (if stereo), onset cue
         self.encoder = nn.Sequential(nn.Linear(num_in, config.hidden), nn.LayerNorm(config.hidden), nn.ReLU())
         self.gru = nn.GRU(config.hidden, config.hidden, num_layers=config.num_layers, batch_first=True)
+        if config.bidirectional:
+            self.backward_gru = nn.GRU(config.hidden, config.hidden, num_layers=1, batch_first=True)
+            self.backward_proj = nn.Linear(config.hidden, config.hidden)
+            with torch.no_grad():  # start as the causal model exactly: the future adds nothing until trained to
+                self.backward_proj.weight.zero_()
+                self.backward_proj.bias.zero_()
         self.decoder_norm = nn.LayerNorm(config.hidden)
         self.decoder = nn.Linear(config.hidden, s * c * nb + s * nb)
         with torch.no_grad():  # start from "equal masks, no peakiness preference"
@@ -182,6 +195,9 @@ class SeparatorModel(nn.Module):
         feats = torch.cat([bands.reshape(b, t, c * nb), stereo, onset], dim=-1)
         z = self.encoder(feats)
         y, h_out = self.gru(z, h)
+        if cfg.bidirectional:  # what the rest of the segment says about each frame, read backwards in time
+            future, _ = self.backward_gru(torch.flip(y, dims=(1,)))
+            y = y + self.backward_proj(torch.flip(future, dims=(1,)))
         y = self.decoder_norm(y + z)
         if frames is not None:
             y, x, bands = y[:, frames], x[:, frames], bands[:, frames]

@@ -362,6 +362,16 @@ class Trainer:
                 f"step {state.get('step', 0)}: widened from {source} ({old.hidden} to {config.hidden} GRU units, "
                 "each unit copied with its outgoing weights split in random shares: the same function)"
             )
+        if args.bidirectional and not config.bidirectional:
+            # the look-ahead variant (training/model.py): a backward GRU layer whose projection starts at zero, so a
+            # warm start begins as the causal model it comes from
+            config = replace(config, bidirectional=True)
+            if warm_start:
+                state = restarted(state, chosen_weights(state)[0])
+                self.history.append(
+                    f"step {state.get('step', 0)}: made bidirectional from {source} (a backward GRU layer over the "
+                    "causal one, its projection starting at zero: the same function to begin with)"
+                )
         self.model = build_model(config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.ema: WeightAverage | None = None
@@ -579,6 +589,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=ModelConfig.hidden, help="GRU hidden size (new runs only)")
     p.add_argument(
         "--widen", type=int, default=1, help="warm starts from --init: times the GRU hidden size (the same function)"
+    )
+    p.add_argument(
+        "--bidirectional",
+        action="store_true",
+        help="the look-ahead variant for the high-quality path (training/model.py): a backward GRU layer; warm starts "
+        "from causal weights begin as that causal model",
     )
     p.add_argument("--layers", type=int, default=ModelConfig.num_layers, help="GRU layers (new runs only)")
     p.add_argument(
