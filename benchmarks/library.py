@@ -127,7 +127,7 @@ def run_pool(name: str, library: Path, out: Path, settings: SeparationSettings, 
 
 
 def _time_model_calls(separator) -> list[float]:
-    """Wrap every model call ``separator`` makes (the causal model's ``infer``; the look-ahead model's session) to
+    """Wrap every model call ``separator`` makes (the causal model's ``infer``; the look-ahead models' sessions) to
     add its time to the returned one-element list."""
     total = [0.0]
 
@@ -141,11 +141,11 @@ def _time_model_calls(separator) -> list[float]:
 
         return wrapper
 
-    causal = separator.causal if hasattr(separator, "causal") else separator.adapter.separator
+    causal = separator.mix_causal if hasattr(separator, "mix_causal") else separator.adapter.separator
     causal.infer = timed(causal.infer)
     if hasattr(separator, "vocal_model"):
-        session = separator.vocal_model.session
-        session.run = timed(session.run)
+        for model in (separator.vocal_model, separator.stem_model):
+            model.session.run = timed(model.session.run)
     return total
 
 

@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument(
         "--update-cards",
         action="store_true",
-        help="write each path's figures into its model's card (provenance.quality_real / quality_real_loud)",
+        help="write each path's figures into its models' cards (provenance.quality_real / quality_real_loud)",
     )
     p.add_argument("--loud-db", type=float, default=10.0)
     args = p.parse_args()
@@ -68,8 +68,9 @@ def main() -> None:
         if args.update_cards:
             key = "quality_real" if loud is None else "quality_real_loud"
             quality.update_card(model.card.path.with_suffix(".json"), quality.card_quality(report, "model"), key)
-            hq_card = methods[0].separator.vocal_model.card.path.with_suffix(".json")
-            quality.update_card(hq_card, quality.card_quality(report, "hq"), key)
+            hq = methods[0].separator  # the high-quality path's figures go into both look-ahead models' cards
+            for look_ahead in (hq.vocal_model, hq.stem_model):
+                quality.update_card(look_ahead.card.path.with_suffix(".json"), quality.card_quality(report, "hq"), key)
         print(paths["md"].read_text().split("\n\nWhole-track")[0])
 
 

@@ -101,10 +101,10 @@ class SeparationSettings:
 
 
 def model_cards(separator) -> list:
-    """The cards of the models a file separator runs: the look-ahead and the causal model of the high-quality path,
-    or the causal model alone."""
+    """The cards of the models a file separator runs: the two look-ahead models and the causal model of the
+    high-quality path, or the causal model alone."""
     if hasattr(separator, "vocal_model"):
-        return [separator.vocal_model.card, separator.causal.card]
+        return [separator.vocal_model.card, separator.stem_model.card, separator.mix_causal.card]
     return [separator.adapter.separator.card]
 
 

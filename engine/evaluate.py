@@ -418,7 +418,8 @@ class ModelMethod:
 
 
 class HighQualityMethod:
-    """The high-quality path for audio known in advance (engine/hq.py): look-ahead vocals + the causal model."""
+    """The high-quality path for audio known in advance (engine/hq.py): look-ahead vocals, look-ahead drums and bass,
+    the causal model's vocals above 11 kHz."""
 
     name = "hq"
 
@@ -433,11 +434,16 @@ class HighQualityMethod:
 
         self.separator = HighQualitySeparator(lookahead_path, causal_path, device=device, threads=threads)
         la = self.separator.vocal_model.card
+        rate = la.sample_rate
         self.description = self.separator.description
         self.params = {
             "lookahead_model": la.name,
             "lookahead_path": str(la.path),
-            "causal_model": self.separator.causal.card.name,
+            "stems_model": self.separator.stem_model.card.name,
+            "stems_context_s": round(
+                self.separator.stem_model.card.context_frames * self.separator.stem_model.card.hop_size / rate, 3
+            ),
+            "causal_model": self.separator.mix_causal.card.name,
             "context_s": round(la.context_frames * la.hop_size / la.sample_rate, 3),
             "lookahead_samples": la.lookahead_samples,
             "provider": self.separator.vocal_model.active_provider,

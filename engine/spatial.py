@@ -92,28 +92,8 @@ class SpatialWiener:
         all stems' masks (every stem's covariance enters the filter). Returns complex64
         (streams, len(stems), 2, hops, bins).
         """
-        streams, _, hops, bins = spectra.shape
-        num_stems = masks.shape[2]
-        x0, x1 = spectra[:, 0], spectra[:, 1]  # (streams, hops, bins)
-        # second moments of the masked mix y_j = m_j * x without forming it: the mix's own, once per bin
-        # (|x0|^2, |x1|^2, Re and Im of x0 x1*), times the stem's m0^2, m1^2, m0 m1, m0 m1
-        mix = np.empty((streams, hops, 4, 1, bins), dtype=np.float32)
-        sq = spectra.real * spectra.real
-        sq += spectra.imag * spectra.imag  # (streams, 2, hops, bins)
-        mix[:, :, 0:2, 0] = sq.transpose(0, 2, 1, 3)
-        cross = x0 * np.conj(x1)
-        mix[:, :, 2, 0] = cross.real
-        mix[:, :, 3, 0] = cross.imag
-        coef = np.empty((streams, hops, 4, num_stems, bins), dtype=np.float32)
-        np.square(masks.transpose(0, 1, 3, 2, 4), out=coef[:, :, 0:2])
-        np.multiply(masks[:, :, :, 0], masks[:, :, :, 1], out=coef[:, :, 2])
-        coef[:, :, 3] = coef[:, :, 2]
-        new = np.empty((streams, hops, 5, num_stems, bins), dtype=np.float32)
-        np.multiply(coef, mix, out=new[:, :, :4])
-        power = new[:, :, 4]
-        np.add(new[:, :, 0], new[:, :, 1], out=power)
-        power *= 0.5
-        amplitude = np.sqrt(power)
+        new, amplitude = _moments(spectra, masks)
+        hops = spectra.shape[2]
         # the exponential averages after each frame, in closed form over runs of frames:
         # stats_k = a^k (a stats_-1 + (1 - a) sum_{i <= k} a^-i new_i), runs short enough that a^-i stays <= 1e3
         stats = np.empty_like(new)
@@ -131,25 +111,74 @@ class SpatialWiener:
         # adding and taking away _FLUSH leaves every value above ~1e-37 as it was (to float32 precision)
         self._stats += _FLUSH
         self._stats -= _FLUSH
-        # w_j R_j = (w_j / mean power_j) * [[|y0|^2, y0 y1*], [y1 y0*, |y1|^2]] (averages)
-        wr = stats[:, :, :4] * (amplitude / (stats[:, :, 4] + POWER_FLOOR))[:, :, None]
-        c = wr.sum(axis=3)  # (streams, hops, 4, bins): their sum over stems
-        c00, c11, c_re, c_im = c[:, :, 0], c[:, :, 1], c[:, :, 2], c[:, :, 3]
-        reg = (c00 + c11) * (0.5 * self.regularization) + AMPLITUDE_FLOOR
-        c00 += reg
-        c11 += reg
-        inv_det = 1.0 / (c00 * c11 - c_re * c_re - c_im * c_im)
-        c01 = _complex(c_re, c_im)
-        z0 = ((c11 * x0 - c01 * x1) * inv_det)[:, None]  # C^-1 x, (streams, 1, hops, bins)
-        z1 = ((c00 * x1 - np.conj(c01) * x0) * inv_det)[:, None]
-        sel = wr[:, :, :, stems].transpose(0, 3, 2, 1, 4)  # (streams, stems, 4, hops, bins)
-        r01 = _complex(sel[:, :, 2], sel[:, :, 3])
-        out = np.empty((streams, sel.shape[1], 2, hops, bins), dtype=np.complex64)
-        np.multiply(sel[:, :, 0], z0, out=out[:, :, 0])
-        out[:, :, 0] += r01 * z1
-        np.multiply(sel[:, :, 1], z1, out=out[:, :, 1])
-        out[:, :, 1] += np.conj(r01, out=r01) * z0
-        return out
+        return _filtered(spectra, stats, amplitude, stems, self.regularization)
+
+
+def segment_filter(
+    spectra: np.ndarray, masks: np.ndarray, stems: slice | list[int], regularization: float = DEFAULT_REGULARIZATION
+) -> np.ndarray:
+    """The same filter with each stem's spatial covariance averaged over the whole segment given, past and future
+    alike, instead of a causal running average: for audio known in advance (the high-quality path filters each
+    look-ahead tile on its own, so any range's result equals the whole track's). Arguments and result as
+    ``SpatialWiener.apply``."""
+    new, amplitude = _moments(spectra, masks)
+    return _filtered(spectra, new.mean(axis=1, keepdims=True), amplitude, stems, regularization)
+
+
+def _moments(spectra: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, stem and bin: the masked mix's second moments |y0|^2, |y1|^2, Re and Im of y0 y1*, and mean power,
+    float32 (streams, hops, 5, stems, bins); and the stem's masked amplitude (streams, hops, stems, bins)."""
+    streams, _, hops, bins = spectra.shape
+    num_stems = masks.shape[2]
+    x0, x1 = spectra[:, 0], spectra[:, 1]  # (streams, hops, bins)
+    # second moments of the masked mix y_j = m_j * x without forming it: the mix's own, once per bin
+    # (|x0|^2, |x1|^2, Re and Im of x0 x1*), times the stem's m0^2, m1^2, m0 m1, m0 m1
+    mix = np.empty((streams, hops, 4, 1, bins), dtype=np.float32)
+    sq = spectra.real * spectra.real
+    sq += spectra.imag * spectra.imag  # (streams, 2, hops, bins)
+    mix[:, :, 0:2, 0] = sq.transpose(0, 2, 1, 3)
+    cross = x0 * np.conj(x1)
+    mix[:, :, 2, 0] = cross.real
+    mix[:, :, 3, 0] = cross.imag
+    coef = np.empty((streams, hops, 4, num_stems, bins), dtype=np.float32)
+    np.square(masks.transpose(0, 1, 3, 2, 4), out=coef[:, :, 0:2])
+    np.multiply(masks[:, :, :, 0], masks[:, :, :, 1], out=coef[:, :, 2])
+    coef[:, :, 3] = coef[:, :, 2]
+    new = np.empty((streams, hops, 5, num_stems, bins), dtype=np.float32)
+    np.multiply(coef, mix, out=new[:, :, :4])
+    power = new[:, :, 4]
+    np.add(new[:, :, 0], new[:, :, 1], out=power)
+    power *= 0.5
+    return new, np.sqrt(power)
+
+
+def _filtered(
+    spectra: np.ndarray, stats: np.ndarray, amplitude: np.ndarray, stems: slice | list[int], regularization: float
+) -> np.ndarray:
+    """s_j = w_j R_j (sum_k w_k R_k + r I)^-1 x for the stems asked for, from averaged moments ``stats`` (streams,
+    hops or 1, 5, stems, bins) and amplitudes (streams, hops, stems, bins): complex64 (streams, stems, 2, hops,
+    bins)."""
+    x0, x1 = spectra[:, 0], spectra[:, 1]
+    hops = spectra.shape[2]
+    # w_j R_j = (w_j / mean power_j) * [[|y0|^2, y0 y1*], [y1 y0*, |y1|^2]] (averages)
+    wr = stats[:, :, :4] * (amplitude / (stats[:, :, 4] + POWER_FLOOR))[:, :, None]
+    c = wr.sum(axis=3)  # (streams, hops, 4, bins): their sum over stems
+    c00, c11, c_re, c_im = c[:, :, 0], c[:, :, 1], c[:, :, 2], c[:, :, 3]
+    reg = (c00 + c11) * (0.5 * regularization) + AMPLITUDE_FLOOR
+    c00 += reg
+    c11 += reg
+    inv_det = 1.0 / (c00 * c11 - c_re * c_re - c_im * c_im)
+    c01 = _complex(c_re, c_im)
+    z0 = ((c11 * x0 - c01 * x1) * inv_det)[:, None]  # C^-1 x, (streams, 1, hops, bins)
+    z1 = ((c00 * x1 - np.conj(c01) * x0) * inv_det)[:, None]
+    sel = wr[:, :, :, stems].transpose(0, 3, 2, 1, 4)  # (streams, stems, 4, hops, bins)
+    r01 = _complex(sel[:, :, 2], sel[:, :, 3])
+    out = np.empty((spectra.shape[0], sel.shape[1], 2, hops, spectra.shape[3]), dtype=np.complex64)
+    np.multiply(sel[:, :, 0], z0, out=out[:, :, 0])
+    out[:, :, 0] += r01 * z1
+    np.multiply(sel[:, :, 1], z1, out=out[:, :, 1])
+    out[:, :, 1] += np.conj(r01, out=r01) * z0
+    return out
 
 
 def _complex(real: np.ndarray, imag: np.ndarray) -> np.ndarray:
