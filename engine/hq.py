@@ -62,17 +62,24 @@ class HighQualitySeparator:
         device: str = "auto",
         threads: int = 1,
         block_size: int = 4096,
+        sessions=None,
     ) -> None:
+        """``sessions``: an ``engine.batching.SharedSessions`` to take both models' sessions from (shared with
+        separators on other threads) instead of building them."""
         from stembridge.engine.separator import StreamingSeparator
         from stembridge.engine.stream import BlockAdapter
 
         path = Path(lookahead_path) if lookahead_path is not None else DEFAULT_HQ_MODEL
-        self.vocal_model = LookaheadModel(path, threads=threads, device=device)
+        self.vocal_model = LookaheadModel(path, threads=threads, device=device, sessions=sessions)
         la = self.vocal_model.card
         if "vocals" not in la.stems:
             raise ModelError(f"{la.path}: the look-ahead model has no vocals stem (it has {', '.join(la.stems)})")
         self.causal = StreamingSeparator(
-            causal_path, device=device, intra_op_threads=threads, max_hops=max(1, block_size // 64 + 2)
+            causal_path,
+            device=device,
+            intra_op_threads=threads,
+            max_hops=max(1, block_size // 64 + 2),
+            sessions=sessions,
         )
         card = self.causal.card
         missing = [s for s in STEMS if s not in card.stems]
@@ -86,7 +93,7 @@ class HighQualitySeparator:
         # a second stream of the causal model, on the whole mix, for the vocals above the look-ahead model's band
         # (its own recurrent state, so ranges can run both streams side by side)
         self.mix_causal = StreamingSeparator(
-            card.path, device=device, intra_op_threads=threads, max_hops=max(1, block_size // 64 + 2)
+            card.path, device=device, intra_op_threads=threads, max_hops=max(1, block_size // 64 + 2), sessions=sessions
         )
         self.mix_adapter = BlockAdapter(self.mix_causal, max_block_size=block_size, block_size=block_size)
         self.block_size = block_size
