@@ -11,7 +11,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
-from stembridge.engine.batch import BatchSummary, InlinePool, Outcome, SeparationSettings, identity, run_batch
+from stembridge.engine.batch import (
+    BatchSummary,
+    InlinePool,
+    Outcome,
+    SeparationSettings,
+    ThreadsPool,
+    files_per_worker,
+    identity,
+    run_batch,
+)
 from stembridge.engine.library import (
     SPACE_MARGIN,
     Job,
@@ -135,7 +144,8 @@ def run_separate(
         separator = settings.make_separator()
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
-    settings = replace(settings, stems=tuple(parse_stems(stems_arg, separator.stems)))
+    batch_files = files_per_worker(settings, separator, on_ray=ray_address is not None)
+    settings = replace(settings, stems=tuple(parse_stems(stems_arg, separator.stems)), batch_files=batch_files)
     click.echo(separator.description, err=True)
     for suffix, count in sorted(collected.unreadable.items()):
         click.echo(f"note: {count} {suffix} file(s) left out: {suffix} files hold no audio to separate", err=True)
@@ -162,7 +172,10 @@ def run_separate(
                 f"{settings.fmt}) need about {format_bytes(needed)}, and {out_dir} has {format_bytes(free)} free"
             )
         where = f" on Ray ({ray_address or 'local or RAY_ADDRESS'})" if ray_address is not None else ""
-        workers = f", {min(jobs, len(todo))} worker process(es)" if jobs and jobs > 1 and ray_address is None else ""
+        local = jobs and jobs > 1 and ray_address is None
+        workers = f", {min(jobs, -(-len(todo) // batch_files))} worker process(es)" if local else ""
+        if batch_files > 1 and len(todo) > 1:
+            workers += f", {batch_files} files at once per worker (model calls batched)"
         click.echo(
             f"{len(todo)} track(s) to separate ({_hours(audio_s)} of audio, stems about {format_bytes(needed)} "
             f"of {format_bytes(free)} free){where}{workers}"
@@ -196,7 +209,10 @@ def _make_pool(
     ray_address: str | None,
     reporter: CliReporter,
 ):
-    """The pool for ``jobs`` workers (never more than there are files): Ray actors, local processes, or this one."""
+    """The pool for ``jobs`` workers (never more than the files need): Ray actors, local processes, or this
+    process (on ``settings.batch_files`` threads when that is more than 1)."""
+    from stembridge.engine.model_card import ModelError
+
     if ray_address is not None:
         try:
             from stembridge.engine.ray_batch import RayPool
@@ -214,10 +230,16 @@ def _make_pool(
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise click.ClickException(f"Ray: {exc}") from exc
+    files_each = settings.batch_files or 1
     if jobs is not None and jobs > 1 and num_files > 1:
         from stembridge.engine.batch import LocalPool
 
-        return LocalPool(settings, min(jobs, num_files))
+        return LocalPool(settings, min(jobs, -(-num_files // files_each)))
+    if files_each > 1 and num_files > 1:
+        try:
+            return ThreadsPool(settings.make_separators(min(files_each, num_files)), settings)
+        except ModelError as exc:
+            raise click.ClickException(str(exc)) from exc
     return InlinePool(separator, settings, reporter.progress)
 
 

@@ -8,6 +8,12 @@ intra-op thread) or on Ray (``engine.ray_batch.RayPool``). A pool has slots, eac
 each job's ``Outcome`` or, when the worker died under it (killed, out of memory), a ``WorkerLost``; the coordinator
 ``run_batch`` then gives that one file to a fresh worker, up to ``MAX_ATTEMPTS`` tries.
 
+A worker can hold several files at once (``separate --batch-files K``, ``SeparationSettings.batch_files``): it runs
+them on K threads (``engine.batching.FileThreads``), each with its own separator, all sharing one
+``engine.batching.BatchingSession`` per model, so that their model calls go to ONNX Runtime as one batched call (for
+a GPU). Each of its K slots is a slot of the pool; a worker that dies loses every file it held, and each goes back
+to the coordinator. Their stems equal one-file-at-a-time's to float rounding (within 1e-5), not bit for bit.
+
 Ctrl-C: the coordinator stops the pool; workers that were mid-file raise ``KeyboardInterrupt`` inside
 ``separate_file``, whose ``AtomicStemWriter`` deletes its temporaries, so no partial output is left; any temporary a
 killed worker could not delete is swept by its pid. The manifest records the tracks in progress as ``interrupted``
@@ -21,6 +27,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +42,8 @@ from stembridge.engine.manifest import Fingerprint, Manifest, TrackIdentity
 
 MAX_ATTEMPTS = 3  # tries of one file whose worker keeps dying under it
 HEARTBEAT_S = 5.0
+AUTO_GPU_BATCH_FILES = 8  # files per worker that --batch-files auto gives a worker whose model runs on a GPU
+STREAMS_PER_FILE = 2  # model calls one file may have in flight on one model (one today in either path; room for two)
 
 
 @dataclass(frozen=True)
@@ -52,9 +61,11 @@ class SeparationSettings:
     fmt: str | None = "wav"  # None: chosen by the CLI (flac for a folder, else wav); "stem": one NI stem file
     codec: str = "aac"  # of an NI stem file: "aac" or "alac"
     reseparate: bool = False  # separate the mixture of an input that is already an NI stem file
+    batch_files: int | None = None  # files a worker separates at once, batching their model calls; None: auto
 
-    def make_separator(self):
-        """The ``engine.separate.FileSeparator`` that ``separate`` runs every file through (raises ModelError)."""
+    def make_separator(self, sessions=None):
+        """The ``engine.separate.FileSeparator`` that ``separate`` runs every file through (raises ModelError).
+        ``sessions``: an ``engine.batching.SharedSessions`` to take the model sessions from."""
         if self.mode == "hq":
             from stembridge.engine.hq import HighQualitySeparator
 
@@ -64,6 +75,7 @@ class SeparationSettings:
                 device=self.device,
                 threads=self.threads,
                 block_size=self.block_size,
+                sessions=sessions,
             )
         if self.mode != "live":
             raise ValueError(f"unknown separation mode {self.mode!r} (hq or live)")
@@ -77,9 +89,20 @@ class SeparationSettings:
             intra_op_threads=self.threads,
             max_hops=max(1, self.block_size // 64 + 2),
             spatial_filter=self.spatial_filter,
+            sessions=sessions,
         )
         adapter = BlockAdapter(causal, max_block_size=self.block_size, block_size=self.block_size)
         return CausalFileSeparator(adapter, self.block_size)
+
+    def make_separators(self, count: int) -> list:
+        """``count`` file separators for the threads of one worker: each with its own state and buffers, and when
+        ``count`` > 1 all sharing one ``engine.batching.BatchingSession`` per model file."""
+        if count <= 1:
+            return [self.make_separator()]
+        from stembridge.engine.batching import SharedSessions
+
+        sessions = SharedSessions(max_batch=STREAMS_PER_FILE * count)
+        return [self.make_separator(sessions) for _ in range(count)]
 
     def fingerprint(self, separator) -> Fingerprint:
         """What outputs made with these settings and ``separator``'s models depend on (the manifest's skip test):
@@ -106,6 +129,25 @@ def model_cards(separator) -> list:
     if hasattr(separator, "vocal_model"):
         return [separator.vocal_model.card, separator.stem_model.card, separator.mix_causal.card]
     return [separator.adapter.separator.card]
+
+
+def active_provider(separator) -> str:
+    """The ONNX Runtime execution provider a file separator's (first) model runs on."""
+    if hasattr(separator, "vocal_model"):
+        return separator.vocal_model.active_provider
+    return separator.adapter.separator.active_provider
+
+
+def files_per_worker(settings: SeparationSettings, separator, on_ray: bool = False) -> int:
+    """What ``settings.batch_files`` comes to: as given, or (auto) ``AUTO_GPU_BATCH_FILES`` when the model runs on
+    a GPU (``separator``, built here, runs on CUDA or TensorRT; on Ray: ``--device cuda``, the only way its actors
+    get a GPU), else 1."""
+    if settings.batch_files:
+        return settings.batch_files
+    from stembridge.engine.separator import GPU_PROVIDERS
+
+    on_gpu = settings.device == "cuda" if on_ray else active_provider(separator) in GPU_PROVIDERS
+    return AUTO_GPU_BATCH_FILES if on_gpu else 1
 
 
 def _combined(digests: list[str]) -> str:
@@ -238,6 +280,33 @@ class InlinePool:
         self._job = None
 
 
+class ThreadsPool:
+    """K slots run on K threads of this process (``--batch-files K`` without ``--jobs``), one separator each,
+    sharing their model sessions: see ``engine.batching``."""
+
+    def __init__(self, separators: list, settings: SeparationSettings) -> None:
+        from stembridge.engine.batching import FileThreads
+
+        self.settings = settings
+        self.num_slots = len(separators)
+        self._threads = FileThreads(separators, self._work)
+
+    def _work(self, separator, job: Job, overwrite: bool, check: Callable[[int], None]) -> Outcome:
+        return run_job(separator, self.settings, job, overwrite, check)
+
+    def worker(self, slot: int) -> str:
+        return worker_name()
+
+    def submit(self, slot: int, job: Job, overwrite: bool) -> None:
+        self._threads.submit(slot, job, overwrite)
+
+    def wait(self, timeout: float) -> list[tuple[int, Outcome | WorkerLost]]:
+        return self._threads.finished(timeout)
+
+    def stop(self, abort: bool) -> None:
+        self._threads.stop(abort)
+
+
 _READY = "ready"  # a worker's first message: its model is loaded
 
 
@@ -251,17 +320,33 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def _local_worker_main(conn: Connection, settings: SeparationSettings) -> None:
-    """A local worker process: build the separator once, then separate each job it is sent until told to stop.
+    """A local worker process: build the separator once (``settings.batch_files`` of them, on as many threads,
+    sharing their model sessions), then separate each job it is sent until told to stop.
 
     Ctrl-C reaches the whole process group; workers ignore it and leave the stopping to the coordinator, which
-    sends SIGTERM, turned here into ``KeyboardInterrupt`` so that the stem writer discards its temporaries."""
+    sends SIGTERM, turned here into ``KeyboardInterrupt`` so that the stem writer discards its temporaries (with
+    several files on threads, each file's thread raises it at its next progress report)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    threads = None
     try:
         try:
-            separator, load_error = settings.make_separator(), ""
+            separators, load_error = settings.make_separators(settings.batch_files or 1), ""
         except Exception as exc:  # the coordinator loaded the same model; report it per job rather than die in a loop
-            separator, load_error = None, f"worker cannot load the model: {exc}"
+            separators, load_error = [], f"worker cannot load the model: {exc}"
+        if len(separators) > 1:
+            from stembridge.engine.batching import FileThreads
+
+            send_lock = threading.Lock()
+
+            def send(tag, outcome: Outcome) -> None:
+                with send_lock:
+                    conn.send(outcome)
+
+            def work(separator, job: Job, overwrite: bool, check) -> Outcome:
+                return run_job(separator, settings, job, overwrite, check)
+
+            threads = FileThreads(separators, work, on_done=send)
         # ONNX Runtime can turn a KeyboardInterrupt raised inside its calls into an error of its own: the flag,
         # checked after loading and between files, is what makes a SIGTERM always end the worker. Polling rather
         # than a blocking read keeps the main thread coming back to Python, where signal handlers run.
@@ -275,12 +360,20 @@ def _local_worker_main(conn: Connection, settings: SeparationSettings) -> None:
             if message is None:
                 return
             job, overwrite = message
-            if separator is None:
+            if not separators:
                 conn.send(Outcome(job.key, False, error=f"{job.input}: {load_error}", worker=worker_name()))
-                continue
-            conn.send(run_job(separator, settings, job, overwrite))
+            elif threads is not None:
+                threads.submit(None, job, overwrite)
+            else:
+                conn.send(run_job(separators[0], settings, job, overwrite))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return
+    finally:
+        if threads is not None:
+            try:
+                threads.stop(abort=True)
+            except KeyboardInterrupt:  # a second SIGTERM: leave the rest to the coordinator's sweep
+                pass
 
 
 def _worker_context():
@@ -300,16 +393,19 @@ def _worker_context():
 class _LocalWorker:
     process: multiprocessing.Process
     conn: Connection
-    job: Job | None = None
+    jobs: dict[int, Job] = field(default_factory=dict)  # by slot
     ready: bool = False
 
 
 class LocalPool:
-    """``num_workers`` worker processes on this machine, each with its own ONNX Runtime session."""
+    """``num_workers`` worker processes on this machine, each with its own ONNX Runtime sessions and
+    ``settings.batch_files`` slots (files at once); slot ``s`` is held by worker ``s % num_workers``, so the
+    first files go to different workers."""
 
     def __init__(self, settings: SeparationSettings, num_workers: int) -> None:
         self.settings = settings
-        self.num_slots = num_workers
+        self.num_workers = num_workers
+        self.num_slots = num_workers * (settings.batch_files or 1)
         self._context = _worker_context()
         self._workers = [self._start() for _ in range(num_workers)]
 
@@ -325,7 +421,7 @@ class LocalPool:
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Block until every worker has loaded its model (the pool works without this; it times start-up)."""
         for w in self._workers:
-            if not w.ready and w.job is None and w.conn.poll(timeout_s):
+            if not w.ready and not w.jobs and w.conn.poll(timeout_s):
                 w.ready = w.conn.recv() == _READY
 
     @property
@@ -333,53 +429,56 @@ class LocalPool:
         return [w.process.pid for w in self._workers]
 
     def worker(self, slot: int) -> str:
-        return f"{socket.gethostname()}:{self._workers[slot].process.pid}"
+        return f"{socket.gethostname()}:{self._workers[slot % self.num_workers].process.pid}"
 
     def submit(self, slot: int, job: Job, overwrite: bool) -> None:
-        w = self._workers[slot]
-        w.job = job
+        w = self._workers[slot % self.num_workers]
+        w.jobs[slot] = job
         try:
             w.conn.send((job, overwrite))
         except (BrokenPipeError, OSError):
             pass  # it died since; wait() reports it through its sentinel
 
     def wait(self, timeout: float) -> list[tuple[int, Outcome | WorkerLost]]:
-        busy = {w.conn: i for i, w in enumerate(self._workers) if w.job is not None}
+        busy = {w.conn: i for i, w in enumerate(self._workers) if w.jobs}
         sentinels = {w.process.sentinel: i for i, w in enumerate(self._workers)}
         ready = wait([*busy, *sentinels], timeout)
         events: list[tuple[int, Outcome | WorkerLost]] = []
         lost: set[int] = set()
         for r in ready:
             if r in busy:
-                slot = busy[r]
+                w = self._workers[busy[r]]
                 try:
-                    outcome = r.recv()
+                    while True:  # every answer already there: a worker of several files can send several
+                        outcome = r.recv()
+                        if outcome == _READY:
+                            w.ready = True
+                        else:
+                            slot = next(s for s, job in w.jobs.items() if job.key == outcome.key)
+                            del w.jobs[slot]
+                            events.append((slot, outcome))
+                        if not r.poll(0):
+                            break
                 except (EOFError, OSError):
-                    lost.add(slot)
-                    continue
-                if outcome == _READY:
-                    self._workers[slot].ready = True
-                    continue
-                self._workers[slot].job = None
-                events.append((slot, outcome))
+                    lost.add(busy[r])
         for r in ready:
             if r in sentinels:
                 lost.add(sentinels[r])
-        for slot in sorted(lost):
-            w = self._workers[slot]
+        for index in sorted(lost):
+            w = self._workers[index]
             w.process.join(1.0)
             code = w.process.exitcode
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            if w.job is not None:
-                sweep_partials(w.job, w.process.pid)
+            for slot, job in sorted(w.jobs.items()):  # every file it held goes back
+                sweep_partials(job, w.process.pid)
                 events.append((slot, WorkerLost(f"worker process {w.process.pid} died ({how})")))
             w.conn.close()
-            self._workers[slot] = self._start()
+            self._workers[index] = self._start()
         return events
 
     def stop(self, abort: bool) -> None:
         for w in self._workers:
-            if abort and w.job is not None:
+            if abort and w.jobs:
                 w.process.terminate()  # SIGTERM: the worker unwinds and its stem writer discards its temporaries
             else:
                 try:
@@ -392,8 +491,8 @@ class LocalPool:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(1.0)
-            if w.job is not None:
-                sweep_partials(w.job, w.process.pid)
+            for job in w.jobs.values():
+                sweep_partials(job, w.process.pid)
             w.conn.close()
 
 

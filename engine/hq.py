@@ -69,17 +69,23 @@ class HighQualitySeparator:
         device: str = "auto",
         threads: int = 1,
         block_size: int = 4096,
+        sessions=None,
     ) -> None:
+        """``sessions``: an ``engine.batching.SharedSessions`` to take the three models' sessions from (shared with
+        separators on other threads) instead of building them."""
         from stembridge.engine.separator import StreamingSeparator
         from stembridge.engine.stream import BlockAdapter
 
         path = Path(lookahead_path) if lookahead_path is not None else DEFAULT_HQ_MODEL
-        self.vocal_model = LookaheadModel(path, threads=threads, device=device)
+        self.vocal_model = LookaheadModel(path, threads=threads, device=device, sessions=sessions)
         la = self.vocal_model.card
         if "vocals" not in la.stems:
             raise ModelError(f"{la.path}: the look-ahead model has no vocals stem (it has {', '.join(la.stems)})")
         self.stem_model = LookaheadModel(
-            Path(stems_path) if stems_path is not None else DEFAULT_STEMS_MODEL, threads=threads, device=device
+            Path(stems_path) if stems_path is not None else DEFAULT_STEMS_MODEL,
+            threads=threads,
+            device=device,
+            sessions=sessions,
         )
         sm = self.stem_model.card
         missing = [s for s in REST_STEMS if s not in sm.stems]
@@ -87,7 +93,11 @@ class HighQualitySeparator:
             raise ModelError(f"{sm.path}: the look-ahead stems model has no stem(s) {', '.join(missing)}")
         # the causal model on the whole mix, for the vocals above the vocal model's band
         self.mix_causal = StreamingSeparator(
-            causal_path, device=device, intra_op_threads=threads, max_hops=max(1, block_size // 64 + 2)
+            causal_path,
+            device=device,
+            intra_op_threads=threads,
+            max_hops=max(1, block_size // 64 + 2),
+            sessions=sessions,
         )
         card = self.mix_causal.card
         if "vocals" not in card.stems:

@@ -31,13 +31,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.fft
 from stembridge.engine.model_card import ModelError
 from stembridge.engine.stft import WINDOWS
 from stembridge.engine.stft import window as named_window
+
+if TYPE_CHECKING:
+    from stembridge.engine.batching import SharedSessions
 
 KIND = "lookahead"
 MASKS = ("ratio_power", "direct")
@@ -180,7 +183,17 @@ class LookaheadModel:
     Not real-time code: it runs on a worker thread or in ``separate``, never on the audio thread.
     """
 
-    def __init__(self, model_path: str | Path, *, threads: int = 1, device: str = "auto", batch: int = 4) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        threads: int = 1,
+        device: str = "auto",
+        batch: int = 4,
+        sessions: SharedSessions | None = None,
+    ) -> None:
+        """``batch``: tiles per model call. ``sessions``: take the session from there (one
+        ``engine.batching.BatchingSession`` per model file, shared with other threads) instead of building one."""
         import onnxruntime as ort
         from stembridge.engine.separator import DEVICES, GPU_PROVIDERS, _providers_for
 
@@ -188,15 +201,19 @@ class LookaheadModel:
         c = self.card
         if device not in DEVICES:
             raise ModelError(f"unknown device {device!r} (choose from {', '.join(DEVICES)})")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # a CUDA provider that cannot start is reported by active_provider below
-        try:
-            self.session = ort.InferenceSession(str(c.path), options, providers=_providers_for(device))
-        except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
-            raise ModelError(f"{c.path}: ONNX Runtime cannot load the graph: {exc}") from exc
+
+        def build():
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.log_severity_level = 3  # a CUDA provider that cannot start is reported by active_provider below
+            try:
+                return ort.InferenceSession(str(c.path), options, providers=_providers_for(device))
+            except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
+                raise ModelError(f"{c.path}: ONNX Runtime cannot load the graph: {exc}") from exc
+
+        self.session = build() if sessions is None else sessions.get(c.path, build)
         if device == "cuda" and self.session.get_providers()[0] not in GPU_PROVIDERS:
             raise ModelError(f"--device cuda was asked for, but CUDA could not start here for {c.path}")
         inputs = {i.name: i.shape for i in self.session.get_inputs()}

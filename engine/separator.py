@@ -11,11 +11,15 @@ import logging
 import os
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from stembridge.engine.model_card import ModelCard, ModelError, check_card_against_graph, load_card, resolve_model_path
 from stembridge.engine.spatial import SpatialWiener
 from stembridge.engine.stft import StreamingSTFT
+
+if TYPE_CHECKING:
+    from stembridge.engine.batching import SharedSessions
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +121,20 @@ class StreamingSeparator:
         intra_op_threads: int = 1,
         max_hops: int = 64,
         spatial_filter: bool | dict[str, float] | None = None,
+        sessions: SharedSessions | None = None,
     ) -> None:
         """``spatial_filter``: None follows the card's ``spatial_filter``, False turns it off, True turns it on (with
         the card's settings, or ``engine.spatial``'s defaults when the card has none; stereo models only), and a dict
-        like the card's turns it on with those settings."""
+        like the card's turns it on with those settings. ``sessions``: take the model's session from there (one
+        ``engine.batching.BatchingSession`` per model file, shared with other separators on other threads) instead
+        of building one; this separator's state and buffers stay its own."""
         path = resolve_model_path(model_path) if model_path is not None else default_model_path()
         self.card = load_card(path)
-        self.session, self.active_provider = create_session(self.card, device, intra_op_threads)
+        if sessions is None:
+            self.session, self.active_provider = create_session(self.card, device, intra_op_threads)
+        else:
+            self.session = sessions.get(self.card.path, lambda: create_session(self.card, device, intra_op_threads)[0])
+            self.active_provider = self.session.get_providers()[0]
         log.info("model %s runs on %s (%d stream(s))", self.card.name, self.active_provider, num_streams)
         card = self.card
         self.num_streams = num_streams
