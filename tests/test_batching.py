@@ -273,7 +273,7 @@ def test_worker_processes_of_2_files_lose_only_the_files_of_a_killed_worker(libr
 
 
 def test_ctrl_c_stops_worker_threads_cleanly_and_the_next_run_finishes(tmp_path):
-    library = make_library(tmp_path / "library", long_s=20.0)  # long enough to be stopped mid-file on a busy machine
+    library = make_library(tmp_path / "library", long_s=90.0)  # long enough to be stopped mid-file on a busy machine
     out = tmp_path / "out"
     proc = cli_process("separate", library, "-o", out, *LIVE, "--jobs", "2", "--batch-files", "2")
     for rel in LONG:  # on both workers, past loading ONNX Runtime

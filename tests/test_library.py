@@ -150,8 +150,12 @@ def test_jobs_2_loses_only_the_file_of_a_killed_worker(library, reference, tmp_p
     assert leftovers(out) == []
 
 
-def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(library, reference, tmp_path):
-    _, _, want = reference
+def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(tmp_path):
+    # long tracks of their own (seconds each with the fixture model), so that the interrupt lands mid-file even
+    # when a busy machine is slow to show the test that both workers are on them
+    library = make_library(tmp_path / "library", long_s=90.0)
+    assert separate(library, "-o", tmp_path / "reference", *LIVE).exit_code == 1  # the corrupt file
+    want = output_bytes(tmp_path / "reference")
     out = tmp_path / "out"
     proc = cli_process("separate", library, "-o", out, *LIVE, "--jobs", "2")
     for rel in LONG:  # both workers on the two long tracks, past loading ONNX Runtime

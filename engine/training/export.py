@@ -291,7 +291,13 @@ def make_lookahead_card(
         "num_bins": bins,
         "stems": list(config.stems),
         "mask": "direct",
-        "framing": {"segment_frames": segment_frames, "frame_multiple": 1, "context_frames": context_frames},
+        # a recurrent model's state after digital silence is not its start state: edge windows run cropped
+        "framing": {
+            "segment_frames": segment_frames,
+            "frame_multiple": 1,
+            "context_frames": context_frames,
+            "edges": "crop",
+        },
         "tensors": {
             "input": {"name": INPUT, "shape": ["batch", c, "frames", bins]},
             "output": {"name": OUTPUT, "shape": ["batch", s, c, "frames", bins]},
