@@ -114,15 +114,27 @@ class SpatialWiener:
         return _filtered(spectra, stats, amplitude, stems, self.regularization)
 
 
+def segment_stats(spectra: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Each stem's spatial statistics averaged over the whole segment given, past and future alike (for audio known
+    in advance, instead of ``SpatialWiener``'s causal running average): float32 (streams, 1, 5, stems, bins), for
+    ``segment_filter``. spectra and masks as ``SpatialWiener.apply`` takes them."""
+    return _moments(spectra, masks)[0].mean(axis=1, keepdims=True)
+
+
 def segment_filter(
-    spectra: np.ndarray, masks: np.ndarray, stems: slice | list[int], regularization: float = DEFAULT_REGULARIZATION
+    spectra: np.ndarray,
+    masks: np.ndarray,
+    stems: slice | list[int],
+    stats: np.ndarray | None = None,
+    regularization: float = DEFAULT_REGULARIZATION,
 ) -> np.ndarray:
-    """The same filter with each stem's spatial covariance averaged over the whole segment given, past and future
-    alike, instead of a causal running average: for audio known in advance (the high-quality path filters each
-    look-ahead tile on its own, so any range's result equals the whole track's). Arguments and result as
-    ``SpatialWiener.apply``."""
+    """The filter with fixed statistics ``stats`` (``segment_stats``; default: those of this segment) over the
+    frames given. Arguments and result otherwise as ``SpatialWiener.apply``. The high-quality path filters each
+    look-ahead tile with its own statistics, so any range's stems equal the whole track's."""
     new, amplitude = _moments(spectra, masks)
-    return _filtered(spectra, new.mean(axis=1, keepdims=True), amplitude, stems, regularization)
+    if stats is None:
+        stats = new.mean(axis=1, keepdims=True)
+    return _filtered(spectra, stats, amplitude, stems, regularization)
 
 
 def _moments(spectra: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
