@@ -75,15 +75,15 @@ def _parse_batch_files(ctx, param, value: str) -> int | None:
     type=click.Choice(["hq", "live"]),
     default="hq",
     show_default=True,
-    help="hq: the high-quality path (a look-ahead vocal model with the causal model, for files); live: the "
-    "causal live model alone, exactly as `stembridge live` plays it.",
+    help="hq: the high-quality path (look-ahead vocal and stems models with the causal model, for files); live: "
+    "the causal live model alone, exactly as `stembridge live` plays it.",
 )
 @model_option(help="Causal model .onnx (with its .json card) or a folder holding one. Default: the built-in model.")
 @click.option(
     "--hq-model",
     "hq_model_path",
     type=click.Path(path_type=Path),
-    help="Look-ahead model .onnx for --mode hq (card kind 'lookahead'). Default: the built-in one.",
+    help="Look-ahead vocal model .onnx for --mode hq (card kind 'lookahead'). Default: the built-in one.",
 )
 @device_option()
 @spatial_filter_option()

@@ -40,7 +40,7 @@ def _parse_methods(value: str) -> list[str]:
     "--hq-model",
     "hq_model_path",
     type=click.Path(path_type=Path),
-    help="Look-ahead model .onnx for the hq method (default: the built-in one).",
+    help="Look-ahead vocal model .onnx for the hq method (default: the built-in one).",
 )
 @click.option(
     "--loud",

@@ -292,9 +292,10 @@ class TrackMasks:
             f = slice((i - k) * kept, (i - k + 1) * kept)
             stats = segment_stats(spec[None, :, f], masks[None, f])
             self._tiles[i] = (masks[f].astype(np.float16), stats)
-        while len(self._tiles) > REST_TILES_KEPT:
+        asked = self._tiles[k]
+        while len(self._tiles) > max(REST_TILES_KEPT, j - k):  # (never the tiles just computed)
             self._tiles.popitem(last=False)
-        return self._tiles[k]
+        return asked
 
     def rest_stems(self, s0: int, s1: int) -> np.ndarray:
         """Drums and bass of samples [s0, s1): float32 (2, C, s1 - s0), the spatial filter of the stems model's

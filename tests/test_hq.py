@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stembridge.engine import hq as hq_module
 from stembridge.engine.hq import DEFAULT_HQ_MODEL, HighQualitySeparator
 from stembridge.engine.lookahead import LookaheadModel, is_lookahead_card, load_lookahead_card
 from stembridge.engine.model_card import ModelError
@@ -99,7 +100,7 @@ def test_the_four_stems_sum_to_the_input_and_keep_its_shape(tiny_model, channels
     assert np.abs(stems[:3]).max() > 0.0
 
 
-def test_drums_and_bass_of_any_range_equal_the_whole_track_pass(tiny_model):
+def test_drums_and_bass_of_any_range_equal_the_whole_track_pass(tiny_model, monkeypatch):
     """The stems model tiles the track globally: wherever a range (a deck's seek) starts, its drums and bass are the
     whole-track pass's, with no warm-up."""
     rng = np.random.default_rng(4)
@@ -112,6 +113,13 @@ def test_drums_and_bass_of_any_range_equal_the_whole_track_pass(tiny_model):
         part = hq.separate_range(x, start, stop, warmup_samples=0, masks=masks)
         np.testing.assert_allclose(part[1:3], whole[1:3, :, start:stop], atol=1e-5)
         np.testing.assert_allclose(part.sum(axis=0), x[:, start:stop], atol=1e-5)
+    # a track keeps only its most recent stems-model tiles: jumping back recomputes them, to the same values
+    monkeypatch.setattr(hq_module, "REST_TILES_KEPT", 1)
+    mix, masks = hq.prepare(x)
+    for start in (10 * SR, 6 * SR, SR, 4 * SR, 9 * SR):  # (4-5 s crosses tiles 0 and 1)
+        part = hq.separate_range(x, start, start + SR, warmup_samples=0, masks=masks)
+        np.testing.assert_allclose(part[1:3], whole[1:3, :, start : start + SR], atol=1e-5)
+    assert len(masks._tiles) <= 2
 
 
 def test_a_stems_model_without_drums_and_bass_is_refused(tiny_model):
