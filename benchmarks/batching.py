@@ -3,15 +3,15 @@
 One synthetic library (``--files`` stereo files of about ``--seconds`` each, 44.1 kHz, written here; lengths vary
 0.6-1.4x) through the library path in this process (``run_batch`` with the manifest, largest first), with the shipped
 models (block 4096, one ONNX Runtime intra-op thread per session, FLAC out), for ``--mode hq`` (the default path:
-the look-ahead vocal model and the causal model) and ``--mode live`` (the causal model alone). K = 1 is today's
-path (``InlinePool``: each model its own session); K > 1 runs K files on K threads sharing one
+the look-ahead vocal and stems models and the causal model) and ``--mode live`` (the causal model alone). K = 1 is
+today's path (``InlinePool``: each model its own session); K > 1 runs K files on K threads sharing one
 ``engine.batching.BatchingSession`` per model (``ThreadsPool``).
 
 Per model: the callers' calls per file, the session runs per file and the mean batch size (callers per run); the
 K = 1 calls are counted by a thin wrapper. The stems of K > 1 are compared with K = 1's (largest difference of the
 24-bit FLAC samples). Every K runs ``--rounds`` times, interleaved, so a change in the machine's load hits each.
 
-The machine is shared (training jobs run beside it): figures are as measured; compare the ratios within one run.
+The machine may be shared (its busy share during each run is reported): compare the ratios within one run.
 
     python benchmarks/batching.py [--files 4] [--seconds 15] [--rounds 2] [--modes hq,live] [--k 1,2,4]
 
@@ -63,9 +63,9 @@ class Counting:
 
 
 def model_sessions(separator) -> dict[str, list]:
-    """The sessions a file separator calls, by model ("lookahead", "causal"); hq has two causal streams."""
+    """The sessions a file separator calls, by model ("vocals", "stems": the look-ahead models of hq; "causal")."""
     if hasattr(separator, "vocal_model"):
-        return {"lookahead": [separator.vocal_model], "causal": [separator.causal, separator.mix_causal]}
+        return {"vocals": [separator.vocal_model], "stems": [separator.stem_model], "causal": [separator.mix_causal]}
     return {"causal": [separator.adapter.separator]}
 
 
@@ -179,8 +179,8 @@ def markdown(r: dict) -> str:
         f"{r['files']} synthetic stereo files, {r['audio_s']:.0f} s of audio, through the library path in one process "
         "with the shipped models, block 4096, FLAC stems, one ONNX Runtime intra-op thread per session, on the CPU; "
         f"every K {r['rounds']} times, interleaved. K = 1 is today's path (a session per model and stream); K > 1 "
-        "runs K files on K threads sharing one batching session per model. 2-core VM **shared with two training "
-        "jobs**: figures as measured in one run, the rounds show how far they move. `x real time` leaves the model "
+        "runs K files on K threads sharing one batching session per model. 2-core VM (how busy it was: the last "
+        "column): figures as measured in one run, the rounds show how far they move. `x real time` leaves the model "
         "loading out; `calls/file`: the separators' model calls per file; `runs/file`: ONNX Runtime runs per file; "
         "`batch`: mean callers per run (these three of the last round).",
         "",

@@ -16,8 +16,8 @@ throughput counts both. Then Ray's overhead per file: ``--overhead-files`` very 
 against the inline path, as (batch wall - the time the workers spent in ``separate_file``) / files. Also the share
 of the per-file time spent in the model call (what a GPU could take away), and the FLAC stems' size per audio hour.
 
-The machine is shared (a training job and other sessions run beside it): figures are as measured, the ratios in one
-run are what to compare. A paper projection for a 20,000-track library follows from them in the markdown.
+The machine may be shared (its busy share during each configuration is reported): figures are as measured, the ratios
+in one run are what to compare. A paper projection for a 20,000-track library follows from them in the markdown.
 
     python benchmarks/library.py [--files 6] [--seconds 15] [--rounds 2] [--overhead-files 20] [--mode hq|live]
 
@@ -317,9 +317,10 @@ def markdown(r: dict) -> str:
         f"{r['files']} synthetic stereo files, {r['audio_s']:.0f} s of audio, `separate --mode {r['mode']}` with the "
         f"shipped models (`{r['model']}`), block 4096, FLAC stems, one ONNX Runtime thread per worker; every config "
         f"{r['rounds']} times, interleaved. 2-core "
-        "VM **shared with a training job and other sessions**: figures as measured in one run; the rounds show how "
-        "far they move. `x real time` = audio hours per wall-clock hour, start-up included (over the rounds); "
-        "`steady` leaves the pool's start-up out; `machine busy`: whole-VM user+nice CPU while the config ran.",
+        "VM (how busy it was: the last column; a training job was paused for this run): figures as measured in one "
+        "run; the rounds show how far they move. `x real time` = audio hours per wall-clock hour, start-up included "
+        "(over the rounds); `steady` leaves the pool's start-up out; `machine busy`: whole-VM user+nice CPU while the "
+        "config ran.",
         "",
         "| config | start-up s | batch s | x real time | per round | steady | vs plain | machine busy % |",
         "|---|---|---|---|---|---|---|---|",
