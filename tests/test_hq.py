@@ -43,6 +43,9 @@ def test_the_shipped_model_is_a_valid_lookahead_model_from_the_package():
         ({"mask": "magic"}, "mask"),
         ({"colour": "red"}, "unknown key"),
         ({"hop_size": 1000}, "hop_size"),
+        ({"framing": {"segment_frames": 512, "frame_multiple": 64, "context_frames": 64, "edges": "mirror"}}, "edges"),
+        ({"framing": {"segment_frames": 512, "frame_multiple": 64, "context_frames": 64, "edges": "crop"}}, "crop"),
+        ({"window": "blackman"}, "window"),
     ],
 )
 def test_a_bad_card_is_refused_naming_the_file_and_the_problem(tmp_path, change, message):

@@ -180,6 +180,12 @@ def test_bidirectional_export_meets_the_lookahead_contract(tmp_path):
     with torch.no_grad():
         want = model(torch.from_numpy(seg).permute(1, 0, 2)[None], *model.initial_state(1))[0][0]
     np.testing.assert_allclose(masks[:, :, 32:64], want.permute(1, 2, 0, 3)[:, :, 8:40].numpy(), atol=1e-4)
+    # a window reaching before the track's start runs on its frames inside only ("edges": "crop"), not on zeros
+    assert la.card.edges == "crop"
+    seg = np.abs(la.stft(audio, 0, 40)).astype(np.float32)  # tile 0's segment [-8, 40), cropped to the track
+    with torch.no_grad():
+        want = model(torch.from_numpy(seg).permute(1, 0, 2)[None], *model.initial_state(1))[0][0]
+    np.testing.assert_allclose(masks[:, :, :32], want.permute(1, 2, 0, 3)[:, :, :32].numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="takes a bidirectional model"):
         export.export_lookahead(tiny_model(), tmp_path / "causal.onnx")
 
