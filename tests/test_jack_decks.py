@@ -245,7 +245,12 @@ def test_two_empty_decks_load_over_osc_while_one_plays_per_deck_ports_and_the_cu
     on = int(np.flatnonzero(np.abs(cue).max(axis=0) > 0)[0])
     assert np.abs(cue[:, :on]).max() == 0.0 and on >= cue_at
     after = slice(on + 2 * 256, end)
-    np.testing.assert_allclose(cue[:, after], deck2[:, after], atol=1e-6)
+    # period by period (256 frames): only a period JACK lost may differ, as above (seen once on a loaded machine)
+    diff = np.abs(cue[:, after] - deck2[:, after]).max(axis=0)
+    periods = diff[: diff.size // 256 * 256].reshape(-1, 256).max(axis=1)
+    assert int((periods > 1e-6).sum()) <= xruns, (
+        f"the cue differs from deck 2 in periods {np.flatnonzero(periods > 1e-6)}"
+    )
     assert np.abs(cue[:, after]).max() > 0.1
 
 

@@ -220,7 +220,7 @@ def test_the_high_quality_path_runs_the_same_in_workers(tmp_path):
     assert "look-ahead model hq_vocals" in two.output and "(hq mode)" in two.output
     assert output_bytes(tmp_path / "two") == output_bytes(tmp_path / "one") != {}
     recorded = rows(tmp_path / "two")
-    assert {r["model_name"] for r in recorded.values()} == {"hq_vocals+tiny"}
+    assert {r["model_name"] for r in recorded.values()} == {"hq_vocals+hq_stems+tiny"}
     assert {r["worker"] for r in recorded.values()} != {f"{os.uname().nodename}:{os.getpid()}"}
 
 
