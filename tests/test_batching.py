@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 
 import numpy as np
 import onnxruntime as ort
@@ -274,14 +275,19 @@ def test_worker_processes_of_2_files_lose_only_the_files_of_a_killed_worker(libr
 
 def test_ctrl_c_stops_worker_threads_cleanly_and_the_next_run_finishes(tmp_path):
     library = make_library(tmp_path / "library", long_s=90.0)  # long enough to be stopped mid-file on a busy machine
-    out = tmp_path / "out"
-    proc = cli_process("separate", library, "-o", out, *LIVE, "--jobs", "2", "--batch-files", "2")
-    # a long file under way, past loading ONNX Runtime (waiting for the second too took longer than the whole run
-    # once, on a busy machine)
-    wait_model_loaded(wait_running(out, library / LONG[0], not_pid=proc.pid))
-    time.sleep(0.05)
-    interrupt(proc)
-    log, _ = proc.communicate(timeout=60)
+    for attempt in (1, 2):
+        out = tmp_path / f"out{attempt}"
+        proc = cli_process("separate", library, "-o", out, *LIVE, "--jobs", "2", "--batch-files", "2")
+        # a long file under way, past loading ONNX Runtime
+        wait_model_loaded(wait_running(out, library / LONG[0], not_pid=proc.pid))
+        time.sleep(0.05)
+        interrupt(proc)
+        log, _ = proc.communicate(timeout=60)
+        if attempt == 1 and proc.returncode == 1 and "interrupted" not in log:
+            # the interrupt came after the last file (seen in full-suite runs on a loaded machine): once more
+            warnings.warn("the Ctrl-C of the first run came after it had finished; ran it again", stacklevel=1)
+            continue
+        break
     assert proc.returncode == 130, log
     statuses = [r["status"] for k, r in rows(out).items() if not k.endswith("corrupt.wav")]
     assert "interrupted" in statuses and set(statuses) <= {"interrupted", "pending", "done"}, statuses
