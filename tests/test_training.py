@@ -549,6 +549,23 @@ def test_sdr_loss_is_the_negative_sdr_of_the_stems_that_sound_and_ignores_level(
         train.separation_loss(model, equal.sum(1), equal, kind="sdri")
 
 
+def test_sdr_loss_counts_only_the_stems_asked_for():
+    model = tiny_model()
+    rng = np.random.default_rng(5)
+    stems = torch.from_numpy((rng.standard_normal((2, 4, 2, TINY.hop_size * 40)) * 0.1).astype(np.float32))
+    mix = stems.sum(dim=1)
+    weights = torch.tensor([0.0, 1.0, 1.0, 0.0])  # drums and bass
+    torch.manual_seed(1)
+    loss, figures = train.separation_loss(model, mix, stems, 1.0, stem_weights=weights)
+    assert set(figures) == {"drums", "bass"}
+    other_refs = stems.clone()
+    other_refs[:, 0] *= 0.5  # another vocal reference (same mix): the drums and bass loss does not see it
+    torch.manual_seed(1)
+    assert torch.allclose(train.separation_loss(model, mix, other_refs, 1.0, stem_weights=weights)[0], loss)
+    torch.manual_seed(1)
+    assert not torch.allclose(train.separation_loss(model, mix, other_refs, 1.0)[0], loss)
+
+
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     for i in range(2):
         write_song(tmp_path / "data", "train", f"song{i:06d}", 1.2, i)

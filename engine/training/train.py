@@ -89,8 +89,10 @@ def separation_loss(
     skip_frames: int = 8,
     kind: str = "sdr",
     spatial: dict[str, float] | None = None,
+    stem_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """mix (batch, channels, n), stems (batch, num_stems, channels, n) -> (loss, per-stem loss figures).
+    ``stem_weights`` (num_stems,) of 0 or 1: the stems the loss counts (default: all; the figures only show those).
 
     The GRU runs over every frame; the mask head and the loss only over a random ``frame_fraction`` of the frames
     after the first ``skip_frames`` (neighbouring frames are nearly redundant and the per-bin head dominates the cost).
@@ -140,6 +142,8 @@ def separation_loss(
         energy = (target.real.square() + target.imag.square()).sum(dim=(1, 3, 4))
         floor = (xs.real.square() + xs.imag.square()).sum(dim=(1, 2, 3, 4)).clamp_min(1e-8) * 10 ** (SDR_FLOOR_DB / 10)
         sounds = (energy > floor[:, None]).float()
+        if stem_weights is not None:
+            sounds = sounds * stem_weights[None, :]
         sdr = 10.0 * torch.log10((error + floor[:, None]) / (energy + floor[:, None])) * sounds
         counts = sounds.sum(dim=0)
         figures = {s: float(v / n) for s, v, n in zip(cfg.stems, sdr.detach().sum(dim=0), counts, strict=True) if n}
@@ -147,6 +151,8 @@ def separation_loss(
     level = mag.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp_min(1e-4).reshape(-1, 1, 1, 1, 1)
     diff = d_re.abs() + d_im.abs() + (est_mag - magnitude(target)).abs()
     per_stem = (diff / level).mean(dim=(0, 1, 3, 4))
+    if stem_weights is not None:
+        per_stem = per_stem * stem_weights
     return per_stem.sum(), {s: float(v) for s, v in zip(cfg.stems, per_stem.detach(), strict=True)}
 
 
@@ -403,6 +409,19 @@ class Trainer:
         self.note_change(state, "real", "none", real_setting, "real recordings")
         self.note_change(state, "augment", "default", args.augment, "augmentation")
         self.note_change(state, "spatial_filter", "off", args.spatial_filter, "training through the spatial filter")
+        self.note_change(state, "loss_stems", "all", args.loss_stems, "the stems the loss counts")
+        unknown = sorted(set(args.loss_stems.split(",")) - set(config.stems)) if args.loss_stems != "all" else []
+        if unknown:
+            stems = ", ".join(config.stems)
+            raise SystemExit(f"--loss-stems: {', '.join(unknown)} not among the model's stems {stems}")
+        self.loss_stems = list(config.stems) if args.loss_stems == "all" else args.loss_stems.split(",")
+        if state is not None and state.get("loss_stems", "all") != args.loss_stems:
+            self.best = -1e9  # best.pt was chosen on other stems
+        self.stem_weights = (
+            None
+            if args.loss_stems == "all"
+            else torch.tensor([float(s in self.loss_stems) for s in config.stems], dtype=torch.float32)
+        )
         self.spatial = DEFAULT_SETTINGS if args.spatial_filter == "on" else None
         self.train_bank = SongBank(args.data, "train", config.stems, config.sample_rate)
         self.val_bank = SongBank(args.data, "validation", config.stems, config.sample_rate)
@@ -448,6 +467,7 @@ class Trainer:
             "loss": self.args.loss,
             "augment": self.args.augment,
             "spatial_filter": self.args.spatial_filter,
+            "loss_stems": self.args.loss_stems,
             "real": f"{self.args.real} (p {self.args.p_real})" if self.args.real else "none",
             "lr_origin": self.lr_origin,
             "sampler_seed": self.sampler_seed + self.step,
@@ -503,6 +523,7 @@ class Trainer:
                 args.frame_fraction,
                 kind=args.loss,
                 spatial=self.spatial,
+                stem_weights=self.stem_weights,
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -540,9 +561,13 @@ class Trainer:
                     with self.ema.swapped_in():
                         result = validate(self.model, excerpts, self.spatial)
                     result = {**result, "weights": "average", "raw_sdr_mean": raw}
+                if self.stem_weights is not None:  # chosen on the stems the loss counts
+                    kept = [result["sdr"][s] for s in self.loss_stems if s in result["sdr"]]
+                    result["loss_stems_sdr_mean"] = round(float(np.mean(kept)), 3) if kept else None
                 self.log({"kind": "validation", "step": self.step, **result})
-                if result["sdr_mean"] is not None and result["sdr_mean"] > self.best:
-                    self.best = result["sdr_mean"]
+                score = result["sdr_mean"] if self.stem_weights is None else result["loss_stems_sdr_mean"]
+                if score is not None and score > self.best:
+                    self.best = score
                     save_atomic(self.checkpoint(), self.run / "best.pt")
                 t0 = time.monotonic()
             if time.monotonic() - last_save > 60.0 * args.checkpoint_minutes:
@@ -579,6 +604,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="off",
         help="on: the loss and validation score the stems the engine plays with its spatial filter (engine/spatial.py, "
         "the settings export writes into a stereo model's card) instead of the masked mix",
+    )
+    p.add_argument(
+        "--loss-stems",
+        default="all",
+        help="comma-separated stems the loss counts and best.pt is chosen on (e.g. drums,bass for the high-quality "
+        "path's stems model, which gives only those); default all",
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
