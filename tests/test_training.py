@@ -336,6 +336,7 @@ def test_augmentation_presets_name_their_settings():
     timbre = dataset.Augment.preset("timbre")
     assert timbre.eq_db > dataset.Augment().eq_db and timbre.resample_range > dataset.Augment().resample_range
     assert timbre.gain_db == dataset.Augment().gain_db  # only the timbre changes are stronger
+    assert dataset.Augment.preset("rest").vocal_offset_db == (-24.0, 0.0)  # what the stems model hears: less voice
     with pytest.raises(ValueError, match="unknown augmentation preset 'loud'"):
         dataset.Augment.preset("loud")
 

@@ -160,7 +160,9 @@ class Augment:
         12 dB on 80 % of stems, resampling by up to 12 % (two semitones, formants with them) on 70 %, saturation on
         45 %), so that instruments and voices unlike the synthesizer's are less of a surprise; or "quiet_vocals",
         which turns the vocal stem down by a further 0 to 6 dB, so that vocals sit below their band as often as in
-        produced rock and pop (the synthesizer's sit a median 2.8 dB below it, active frames 0.7 dB); "coherent"
+        produced rock and pop (the synthesizer's sit a median 2.8 dB below it, active frames 0.7 dB); "rest", which
+        turns it down by 0 to 24 dB, as what the high-quality path's stems model hears (the mix less the look-ahead
+        vocals) keeps some of the voice; "coherent"
         and "whole_songs", which remix 20 % and none of the examples instead of 60 %, so that more of them are whole
         songs whose stems share key, tempo and arrangement, as the songs a model is asked to separate do."""
         if name not in AUGMENT_PRESETS:
@@ -172,6 +174,7 @@ AUGMENT_PRESETS: dict[str, dict] = {
     "default": {},
     "timbre": {"p_eq": 0.8, "eq_db": 12.0, "p_saturate": 0.45, "p_resample": 0.7, "resample_range": 0.12},
     "quiet_vocals": {"vocal_offset_db": (-6.0, 0.0)},
+    "rest": {"vocal_offset_db": (-24.0, 0.0)},
     "coherent": {"p_remix": 0.2},
     "whole_songs": {"p_remix": 0.0},
 }

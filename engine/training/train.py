@@ -595,7 +595,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=tuple(AUGMENT_PRESETS),
         default="default",
         help="augmentation preset (engine/training/dataset.py): timbre, stronger EQ, resampling and saturation; "
-        "quiet_vocals, the vocal stem 0-6 dB further down; coherent / whole_songs, 20 %% / none of the examples "
+        "quiet_vocals, the vocal stem 0-6 dB further down; rest, 0-24 dB down (the high-quality stems model's "
+        "input); coherent / whole_songs, 20 %% / none of the examples "
         "remixed across songs instead of 60 %%",
     )
     p.add_argument(
