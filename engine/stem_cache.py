@@ -5,8 +5,8 @@ One FLAC file per track and model version in ``$STEMBRIDGE_CACHE`` or ``~/.cache
 
 - the **audio hash** is the sha256 of the decoded float32 audio at the model rate (its shape first), so the same
   audio in another file format or under another name hits the cache, and an edited file misses it;
-- the **model version** is the sha256 of both models' files (graphs and cards) and ``hq.PIPELINE_VERSION``, so a new
-  model or pipeline never plays stems the old one made.
+- the **model version** is the sha256 of the high-quality path's models' files (graphs and cards) and
+  ``hq.PIPELINE_VERSION``, so a new model or pipeline never plays stems the old one made.
 
 A file holds 6 channels, vocals, drums and bass (left, right each), as 16-bit FLAC by default (24-bit on request),
 scaled by the stems' peak when it exceeds full scale; ``other`` is not stored, it is the mix minus the three, so the

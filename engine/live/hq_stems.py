@@ -512,7 +512,7 @@ class _Analyser:
 class HqAnalysisProcess:
     """A child process that analyses one deck's tracks, one at a time, on shared memory (see ``HqTrackStems``).
 
-    Made once per deck (off the audio thread; the child imports and loads both models in a second or two, while the
+    Made once per deck (off the audio thread; the child imports and loads the models in a second or two, while the
     deck already plays the causal stems). The child runs at ``nice`` under SCHED_BATCH on Linux (the whole process),
     below the live worker. ``close()`` ends it. Not real-time.
     """
