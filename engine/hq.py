@@ -45,7 +45,7 @@ LEVEL_DB = -16.0  # RMS (dBFS) of the track as the look-ahead vocal model sees i
 CHUNK_FRAMES = 512  # vocal-model STFT frames per chunk of the inverse transforms (bounded memory on long tracks)
 TILES_PER_CALL = 8  # look-ahead tiles computed together (the model batches them)
 REST_BLOCK = 16384  # samples per block of the rest, computed once as ranges ask for it
-REST_TILES_KEPT = 16  # stems-model tiles whose masks a track keeps (the most recent; 71 s of audio, 50 MB)
+REST_TILES_KEPT = 16  # stems-model tiles a track keeps (the most recent; 71 s of audio, 50 MB)
 # How much audio the causal model hears before a range that does not start at 0 (``separate_range``): its recurrent
 # state and the spatial filter's averages start from zero there, as they do at a track's start. Measured on the
 # default model (benchmarks/results/hq_stems/): the range's stems are within 1e-3 of the whole-track pass's after
@@ -251,10 +251,10 @@ class TrackMasks:
 
     - ``vocals``: the vocal model's mask of the whole track (``TrackVocalMasks``);
     - ``rest``: the mix less those vocals (``TrackRest``);
-    - the stems model's masks of its stems on the rest, tile by tile, with each tile's spatial statistics (the
-      multichannel Wiener filter of engine/spatial.py, averaged over the tile's frames: ``segment_filter``), the
-      most recent ``REST_TILES_KEPT`` tiles kept (a run moving forward computes each tile once; a jump back far
-      recomputes a few). Drums and bass are the filter's output for them.
+    - what the multichannel Wiener filter of engine/spatial.py needs of the stems model's masks on the rest, tile
+      by tile: each tile's spatial statistics (averaged over its frames) and its frames' stem amplitudes
+      (``segment_stats``, used by ``segment_filter``), the most recent ``REST_TILES_KEPT`` tiles kept (a run moving
+      forward computes each tile once; a jump back far recomputes a few). Drums and bass are the filter's output.
     """
 
     def __init__(self, hq: HighQualitySeparator, mix: np.ndarray) -> None:
@@ -264,7 +264,8 @@ class TrackMasks:
         gain = hq.vocal_model.level_gain(mix, LEVEL_DB)
         self.vocals = TrackVocalMasks(hq.vocal_model, mix, gain, hq.vocal_index)
         self.rest = TrackRest(hq.vocal_model, mix, self.vocals)
-        # stems-model tile -> (masks float16 (kept, S, C, bins), spatial statistics (1, 1, 5, S, bins))
+        # stems-model tile -> (spatial statistics (1, 1, 5, S, bins), stem amplitudes (1, kept, S, bins)): all the
+        # filter needs of the tile's masks
         self._tiles: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     @property
@@ -273,8 +274,8 @@ class TrackMasks:
         return self.vocals.done
 
     def _tile(self, k: int, k1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tile ``k``'s masks and statistics, computing it (with its uncomputed successors before ``k1``, up to
-        ``TILES_PER_CALL`` in one model call) when it is not kept."""
+        """Tile ``k``'s spatial statistics and stem amplitudes, computing it (with its uncomputed successors before
+        ``k1``, up to ``TILES_PER_CALL`` in one model call) when it is not kept."""
         if k in self._tiles:
             self._tiles.move_to_end(k)
             return self._tiles[k]
@@ -290,8 +291,7 @@ class TrackMasks:
         spec = sm.stft(rest, k * kept, j * kept, offset=a)[:, :, : sm.card.num_bins]  # (C, frames, bins)
         for i in range(k, j):
             f = slice((i - k) * kept, (i - k + 1) * kept)
-            stats = segment_stats(spec[None, :, f], masks[None, f])
-            self._tiles[i] = (masks[f].astype(np.float16), stats)
+            self._tiles[i] = segment_stats(spec[None, :, f], np.ascontiguousarray(masks[None, f]))
         asked = self._tiles[k]
         while len(self._tiles) > max(REST_TILES_KEPT, j - k):  # (never the tiles just computed)
             self._tiles.popitem(last=False)
@@ -307,11 +307,11 @@ class TrackMasks:
         spec = sm.stft(self.rest.get(a, b), g0, g1, offset=a)  # (C, frames, n_fft / 2 + 1)
         out = np.zeros((2,) + spec.shape, dtype=np.complex64)
         for k in range(g0 // kept, (g1 - 1) // kept + 1):
-            masks, stats = self._tile(k, (g1 - 1) // kept + 1)
+            stats, amplitude = self._tile(k, (g1 - 1) // kept + 1)
             f0, f1 = max(g0, k * kept), min(g1, (k + 1) * kept)
             part = spec[None, :, f0 - g0 : f1 - g0, :bins]
-            m = masks[f0 - k * kept : f1 - k * kept].astype(np.float32)[None]
-            out[:, :, f0 - g0 : f1 - g0, :bins] = segment_filter(part, m, self.hq.rest_index, stats)[0]
+            amp = amplitude[:, f0 - k * kept : f1 - k * kept]
+            out[:, :, f0 - g0 : f1 - g0, :bins] = segment_filter(part, stats, amp, self.hq.rest_index)[0]
         return sm.istft_range(out, g0, s0, s1, n)
 
 

@@ -114,26 +114,26 @@ class SpatialWiener:
         return _filtered(spectra, stats, amplitude, stems, self.regularization)
 
 
-def segment_stats(spectra: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Each stem's spatial statistics averaged over the whole segment given, past and future alike (for audio known
-    in advance, instead of ``SpatialWiener``'s causal running average): float32 (streams, 1, 5, stems, bins), for
-    ``segment_filter``. spectra and masks as ``SpatialWiener.apply`` takes them."""
-    return _moments(spectra, masks)[0].mean(axis=1, keepdims=True)
+def segment_stats(spectra: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For audio known in advance: each stem's spatial statistics averaged over the whole segment given, past and
+    future alike (instead of ``SpatialWiener``'s causal running average), float32 (streams, 1, 5, stems, bins), and
+    each frame's stem amplitudes, float32 (streams, hops, stems, bins): what ``segment_filter`` needs. spectra and
+    masks as ``SpatialWiener.apply`` takes them."""
+    new, amplitude = _moments(spectra, masks)
+    return new.mean(axis=1, keepdims=True), amplitude
 
 
 def segment_filter(
     spectra: np.ndarray,
-    masks: np.ndarray,
+    stats: np.ndarray,
+    amplitude: np.ndarray,
     stems: slice | list[int],
-    stats: np.ndarray | None = None,
     regularization: float = DEFAULT_REGULARIZATION,
 ) -> np.ndarray:
-    """The filter with fixed statistics ``stats`` (``segment_stats``; default: those of this segment) over the
-    frames given. Arguments and result otherwise as ``SpatialWiener.apply``. The high-quality path filters each
-    look-ahead tile with its own statistics, so any range's stems equal the whole track's."""
-    new, amplitude = _moments(spectra, masks)
-    if stats is None:
-        stats = new.mean(axis=1, keepdims=True)
+    """The filter with fixed statistics over a segment, from ``segment_stats`` of the same frames (or a stretch of
+    them: amplitude (streams, hops, stems, bins) for the frames of ``spectra``). Result as ``SpatialWiener.apply``.
+    The high-quality path filters each look-ahead tile with its own statistics, so any range's stems equal the
+    whole track's."""
     return _filtered(spectra, stats, amplitude, stems, regularization)
 
 

@@ -125,3 +125,11 @@ def cli_process(*args: str | Path) -> subprocess.Popen:
 def interrupt(proc: subprocess.Popen) -> None:
     """Ctrl-C as a terminal sends it: SIGINT to the whole process group."""
     os.killpg(proc.pid, signal.SIGINT)
+
+
+def separate(*args: str | Path):
+    """``stembridge separate`` in this process (click's test runner): its result, output and exit code."""
+    from click.testing import CliRunner
+    from stembridge.bridge.cli import main
+
+    return CliRunner().invoke(main, ["separate", *map(str, args)])

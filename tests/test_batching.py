@@ -16,7 +16,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
 from conftest import TINY_MODEL
 from library_tree import (
     CORRUPT,
@@ -28,19 +27,15 @@ from library_tree import (
     make_library,
     row_for,
     rows,
+    separate,
     wait_model_loaded,
     wait_running,
 )
-from stembridge.bridge.cli import main
 from stembridge.engine.batching import BatchingSession
 
 LIVE = ("--mode", "live", "--model", TINY_MODEL)
 STEMS = ("vocals", "drums", "bass", "other")
 TOLERANCE = 1e-5
-
-
-def separate(*args):
-    return CliRunner().invoke(main, ["separate", *map(str, args)])
 
 
 class Recording:

@@ -15,7 +15,6 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
 from conftest import TINY_MODEL
 from library_tree import (
     CORRUPT,
@@ -28,19 +27,15 @@ from library_tree import (
     output_bytes,
     row_for,
     rows,
+    separate,
     stem_dirs,
     wait_model_loaded,
     wait_running,
 )
-from stembridge.bridge.cli import main
 from stembridge.engine.manifest import Fingerprint, Manifest, TrackIdentity
 
 STEMS = ("vocals", "drums", "bass", "other")
 LIVE = ("--mode", "live", "--model", TINY_MODEL)  # the fixture model through the causal path: fast
-
-
-def separate(*args):
-    return CliRunner().invoke(main, ["separate", *map(str, args)])
 
 
 def expected_dirs(out):

@@ -192,6 +192,28 @@ def load_weights(checkpoint: Path, average: bool = True) -> SeparatorModel:
     return model.eval()
 
 
+def carried_provenance(card_path: Path, provenance: dict[str, Any] | None, keep: list[str]) -> dict[str, Any]:
+    """``provenance`` with the ``keep`` entries of the card already at ``card_path`` (the evaluation's figures) that
+    it does not set itself; kept quality figures of other weights (another ``trained_steps``) get the
+    ``trained_steps`` they were measured at, so they read as stale until the evaluation runs again."""
+    provenance = dict(provenance or {})
+    if not card_path.exists():
+        return provenance
+    try:
+        old = json.loads(card_path.read_text()).get("provenance", {})
+    except (OSError, json.JSONDecodeError):
+        old = {}
+    for key in keep:
+        if key in old and key not in provenance:
+            provenance[key] = old[key]
+    steps_before = old.get("trained_steps")
+    for key in CARD_QUALITY_KEYS:
+        quality = provenance.get(key)
+        if quality and "trained_steps" not in quality and steps_before != provenance.get("trained_steps"):
+            provenance[key] = {**quality, "trained_steps": steps_before}
+    return provenance
+
+
 def export_model(
     model: SeparatorModel,
     out: Path,
@@ -210,22 +232,8 @@ def export_model(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     card_path = out.with_suffix(".json")
-    provenance = dict(provenance or {})
     keep = [*CARD_QUALITY_KEYS] + ([] if timing else ["inference_time_cpu_1thread"])
-    if card_path.exists():
-        try:
-            old = json.loads(card_path.read_text()).get("provenance", {})
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        for key in keep:
-            if key in old and key not in provenance:
-                provenance[key] = old[key]
-        steps_before = old.get("trained_steps")
-        for key in CARD_QUALITY_KEYS:
-            quality = provenance.get(key)
-            if quality and "trained_steps" not in quality and steps_before != provenance.get("trained_steps"):
-                # figures measured on the previous export: say so until the evaluation runs again
-                provenance[key] = {**quality, "trained_steps": steps_before}
+    provenance = carried_provenance(card_path, provenance, keep)
     provenance.setdefault("quality", {})
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_onnx = Path(tmp) / out.name
@@ -316,14 +324,15 @@ def export_lookahead(
 ) -> dict:
     """Export, verify and card a bidirectional ``model`` under the look-ahead contract at ``out``; returns the card.
     Written to a temporary file and moved into place only after ONNX Runtime matched torch (to ``TOLERANCE`` at
-    batch 1 and 3, several segment lengths) and ``LookaheadModel`` loaded it."""
+    batch 1 and 3, several segment lengths) and ``LookaheadModel`` loaded it; an existing card's quality figures
+    carry over as ``export_model``'s do."""
     from stembridge.engine.lookahead import LookaheadModel
 
     if not model.config.bidirectional:
         raise ValueError("export_lookahead takes a bidirectional model (a causal one goes through export_model)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    provenance = dict(provenance or {})
+    provenance = carried_provenance(out.with_suffix(".json"), provenance, list(CARD_QUALITY_KEYS))
     cfg = model.config
     graph = _LookaheadGraph(model)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -424,15 +433,6 @@ def main(argv: list[str] | None = None) -> None:
     provenance["weights"] = chosen_weights(ckpt, average=not args.raw)[1]
     provenance["trained_steps"] = int(ckpt.get("step", provenance.get("trained_steps", 0)))
     if model.config.bidirectional:
-        old_card = args.out.with_suffix(".json")
-        if old_card.exists():  # keep the evaluation's figures of an earlier export, as export_model does
-            try:
-                old = json.loads(old_card.read_text()).get("provenance", {})
-            except (OSError, json.JSONDecodeError):
-                old = {}
-            for key in CARD_QUALITY_KEYS:
-                if key in old and key not in provenance:
-                    provenance[key] = {**old[key], "trained_steps": old.get("trained_steps")}
         card = export_lookahead(model, args.out, provenance, args.name, args.segment_frames, args.context_frames)
         print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) and its look-ahead card")
         print(
